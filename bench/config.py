@@ -1,0 +1,195 @@
+"""Grid files (`sweeps/<grid>.yaml`) validated into dataclasses before anything runs.
+
+A grid names teacher pools and the methods evaluated on groups of their members. Any value may
+be given per scale as `{paper: ..., tiny: ...}`; `load_grid(grid, scale)` picks one. Every
+error names the file, the key and the allowed values, and is raised before any job exists.
+
+    description: what the grid reproduces
+    n_teachers: 4            # N, teachers per ensemble
+    seeds: 3                 # method runs per (pool, method); seed s uses teacher group s
+    pools:
+      - name: vgg                       # optional; default <arch>-<dataset>-<scale>-<init>
+        arch: vgg11
+        dataset: {paper: cifar10, tiny: digits}
+        init: scratch                   # scratch | shared
+        members: {paper: 20, tiny: 6}   # K
+        held_out: {paper: 4, tiny: 2}   # the last members, never used for meta-training
+        recipe: {paper: {epochs: 240, ...}, tiny: {}}   # bench.train.TrainConfig fields
+    methods: [single, ensemble]         # or {name: {option: value}}
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.data import DATASETS
+from bench.errors import BenchError
+from bench.models import ARCHS, SCALES
+from bench.paths import project_root
+from bench.train import TrainConfig
+
+GRID_DIR = project_root() / "sweeps"
+INITS = ("scratch", "shared")
+# The training fields a pool's recipe may set (the rest are fixed by the pool and the member).
+RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                    if f.name not in ("arch", "dataset", "scale", "seed", "init_seed", "extra", "device"))
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    name: str
+    arch: str
+    dataset: str
+    scale: str
+    init: str
+    members: int
+    held_out: int
+    recipe: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def meta_train_members(self) -> tuple[int, ...]:
+        return tuple(range(self.members - self.held_out))
+
+    @property
+    def held_out_members(self) -> tuple[int, ...]:
+        return tuple(range(self.members - self.held_out, self.members))
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    path: Path
+    scale: str
+    description: str
+    n_teachers: int
+    seeds: int
+    pools: tuple[PoolSpec, ...]
+    methods: tuple[MethodSpec, ...]
+
+
+def grid_names() -> list[str]:
+    return sorted(p.stem for p in GRID_DIR.glob("*.yaml") if p.stem != "cluster")
+
+
+def grid_path(grid: str) -> Path:
+    """A grid's name (a file in sweeps/) or the path of a user's own YAML file."""
+    path = Path(grid)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise BenchError(f"grid file {path} not found")
+        return path
+    if not (GRID_DIR / f"{grid}.yaml").is_file():
+        raise BenchError(f"unknown grid {grid!r}; valid: {', '.join(grid_names())} (or a path to a .yaml file)")
+    return GRID_DIR / f"{grid}.yaml"
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise BenchError(f"{path}: malformed YAML at {where}: {err.problem}") from None
+    except yaml.YAMLError as err:
+        raise BenchError(f"{path}: malformed YAML: {err}") from None
+
+
+class _Reader:
+    """Reads one file's mappings, naming the file and key path in every error."""
+
+    def __init__(self, path: Path, scale: str):
+        self.path, self.scale = path, scale
+
+    def fail(self, where: str, message: str) -> BenchError:
+        return BenchError(f"{self.path}: {where}: {message}")
+
+    def per_scale(self, value: Any, where: str) -> Any:
+        if isinstance(value, dict) and value and set(value) <= set(SCALES):
+            if self.scale not in value:
+                raise self.fail(where, f"no value for scale {self.scale!r} (given: {', '.join(value)})")
+            return value[self.scale]
+        return value
+
+    def mapping(self, value: Any, where: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a mapping, got {type(value).__name__}")
+        for key in value:
+            if key not in allowed:
+                raise self.fail(where, f"unknown key {key!r}; valid: {', '.join(allowed)}")
+        for key in required:
+            if key not in value:
+                raise self.fail(where, f"missing key {key!r}")
+        return {k: self.per_scale(v, f"{where}.{k}") for k, v in value.items()}
+
+    def choice(self, value: Any, where: str, valid) -> str:
+        if value not in valid:
+            raise self.fail(where, f"unknown value {value!r}; valid: {', '.join(sorted(valid))}")
+        return value
+
+    def count(self, value: Any, where: str, minimum: int) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise self.fail(where, f"expected a whole number >= {minimum}, got {value!r}")
+        return value
+
+
+GRID_KEYS = ("description", "n_teachers", "seeds", "pools", "methods")
+POOL_KEYS = ("name", "arch", "dataset", "init", "members", "held_out", "recipe")
+
+
+def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
+    from bench.methods import METHODS  # registry of the methods stage
+
+    if scale not in SCALES:
+        raise BenchError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
+    path = grid_path(str(grid))
+    r = _Reader(path, scale)
+    raw = read_yaml(path)
+    top = r.mapping(raw if raw is not None else {}, "top level", GRID_KEYS, ("pools", "methods"))
+    n_teachers = r.count(top.get("n_teachers", 4), "n_teachers", 1)
+    seeds = r.count(top.get("seeds", 3), "seeds", 1)
+
+    if not isinstance(top["pools"], list) or not top["pools"]:
+        raise r.fail("pools", "expected a non-empty list of pools")
+    pools = []
+    for i, item in enumerate(top["pools"]):
+        where = f"pools[{i}]"
+        p = r.mapping(item, where, POOL_KEYS, ("arch", "dataset"))
+        arch = r.choice(p["arch"], f"{where}.arch", ARCHS)
+        dataset = r.choice(p["dataset"], f"{where}.dataset", DATASETS)
+        init = r.choice(p.get("init", "scratch"), f"{where}.init", INITS)
+        members = r.count(p.get("members", 20), f"{where}.members", 1)
+        held_out = r.count(p.get("held_out", 0), f"{where}.held_out", 0)
+        if held_out >= members:
+            raise r.fail(f"{where}.held_out", f"{held_out} leaves no meta-train members out of {members}")
+        recipe = r.mapping(p.get("recipe") or {}, f"{where}.recipe", RECIPE_KEYS)
+        if n_teachers > members - held_out:
+            raise r.fail("n_teachers", f"N = {n_teachers} is larger than pool {where}'s meta-train part "
+                                       f"({members - held_out} of {members} members)")
+        name = p.get("name") or f"{arch}-{dataset}-{scale}-{init}"
+        pools.append(PoolSpec(str(name), arch, dataset, scale, init, members, held_out, recipe))
+    names = [p.name for p in pools]
+    if len(set(names)) != len(names):
+        raise r.fail("pools", f"pool names repeat: {', '.join(names)}")
+
+    raw_methods = top["methods"]
+    if isinstance(raw_methods, list):
+        raw_methods = {m: {} for m in raw_methods} if all(isinstance(m, str) for m in raw_methods) else None
+    if not isinstance(raw_methods, dict) or not raw_methods:
+        raise r.fail("methods", "expected a non-empty list of method names or a mapping name -> options")
+    methods = []
+    for name, options in raw_methods.items():
+        r.choice(name, "methods", METHODS)
+        opts = r.mapping(options or {}, f"methods.{name}", METHODS[name].OPTIONS)
+        methods.append(MethodSpec(name, opts))
+    return Grid(path.stem, path, scale, str(top.get("description", "")), n_teachers, seeds,
+                tuple(pools), tuple(methods))

@@ -1,0 +1,91 @@
+"""Whole-split loaders that keep a data set on the device and augment whole batches at once.
+
+The order and the augmentation of every epoch come from a generator seeded by (seed, epoch)
+alone, so a run resumed at epoch k sees exactly the batches an uninterrupted run saw.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from bench.data import ImageSet
+from bench.errors import choose
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # Distinct, reproducible streams per (seed, epoch); CPU generators are the same everywhere.
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero-pad by `pad` and cut a random window of the original size out of each image."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)[:, None, None, None]
+    return torch.where(flip, x.flip(3), x)
+
+
+AUGMENTATIONS = {
+    "none": lambda x, g: x,
+    "translate2": lambda x, g: random_crop(x, 2, g),           # digits: no flips (2 != mirrored 2)
+    "crop4_flip": lambda x, g: random_flip(random_crop(x, 4, g), g),  # the standard CIFAR recipe
+}
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    x = images.double() / 255
+    return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).clamp_min(1e-3).tolist())
+
+
+class DeviceLoader:
+    """Batches of (normalised float images, int64 labels) from an ImageSet held on `device`."""
+
+    def __init__(self, data: ImageSet, *, batch_size: int, train: bool, seed: int = 0,
+                 device: str | torch.device = "cpu", mean: Sequence[float], std: Sequence[float],
+                 augment: str = "none", channels: int | None = None,
+                 drop_last: bool | None = None) -> None:
+        self.augment = AUGMENTATIONS[choose("augmentation", augment, AUGMENTATIONS)]
+        images = data.images
+        if channels is not None and images.shape[1] != channels:
+            if images.shape[1] != 1:
+                raise ValueError(f"cannot turn {images.shape[1]} channels into {channels}")
+            images, mean, std = images.expand(-1, channels, -1, -1), list(mean) * channels, list(std) * channels
+        self.images = images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+        # Training drops the ragged last batch (steady BatchNorm statistics); evaluation keeps all.
+        self.drop_last = train if drop_last is None else drop_last
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = epoch_generator(self.seed, self.epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
+        order = order.to(self.images.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[idx].float()
+            if self.train:
+                x = self.augment(x, gen)
+            yield (x - self.mean) / self.std, self.labels[idx]

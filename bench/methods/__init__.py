@@ -1,0 +1,37 @@
+"""The rows of the table: one module per method, one signature, a registry by name.
+
+Each method module defines `OPTIONS` (the option names a grid may set) and
+`run(job: MethodJob) -> dict` returning the record fields it measured (metrics, costs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from bench.methods import ensemble, single
+
+METHODS: dict[str, ModuleType] = {"single": single, "ensemble": ensemble}
+
+
+@dataclass
+class MethodJob:
+    """What a method needs: the teachers (checkpoint paths and member ids) and its settings."""
+
+    method: str
+    dataset: str
+    arch: str
+    seed: int
+    teachers: list[Path]
+    members: list[int]
+    options: dict[str, Any] = field(default_factory=dict)
+    data_root: str | None = None
+    device: str = "auto"
+
+    def torch_device(self) -> torch.device:
+        from bench.train import pick_device
+
+        return pick_device(self.device)

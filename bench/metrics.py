@@ -1,0 +1,31 @@
+"""Classification metrics from predicted probabilities (ensembles average probabilities)."""
+from __future__ import annotations
+
+import torch
+
+ECE_BINS = 15
+
+
+@torch.no_grad()
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> dict[str, float]:
+    """top1 / top5 accuracy and ECE in percent, NLL in nats per image.
+
+    ECE: images binned by confidence (max probability) into `bins` equal-width bins on
+    (0, 1]; the mean |accuracy - confidence| per bin, weighted by the bin's share of images.
+    """
+    probs, labels = probs.double().cpu(), labels.cpu()
+    n, k = probs.shape
+    conf, pred = probs.max(1)
+    correct = (pred == labels).double()
+    topk = probs.topk(min(5, k), dim=1).indices
+    top5 = (topk == labels[:, None]).any(1).double()
+    nll = -probs.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-12).log()
+    # Bin b holds confidences in (b/bins, (b+1)/bins]; ceil puts an exact edge in the lower bin.
+    which = (conf * bins).ceil().long().clamp(1, bins) - 1
+    ece = torch.zeros((), dtype=torch.float64)
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            ece += in_bin.double().mean() * (correct[in_bin].mean() - conf[in_bin].mean()).abs()
+    return {"top1": 100 * correct.mean().item(), "top5": 100 * top5.mean().item(),
+            "nll": nll.mean().item(), "ece": 100 * ece.item(), "n_test": n}

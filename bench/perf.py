@@ -1,0 +1,85 @@
+"""Performance benchmarks: `python -m bench.perf [--repeat 3]`.
+
+Measures, on this machine: batches per second of the device-resident loader (with and without
+augmentation), training and inference images per second of each tiny architecture on digits,
+and checkpoint write/verify-read time. Speed is measured here, never asserted in tests.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from bench.checkpoint import load_checkpoint, save_checkpoint
+from bench.data.loaders import make_loader
+from bench.errors import cli
+from bench.models import ARCHS, build_model, count_parameters
+
+
+def timed(fn: Callable[[], int], repeat: int) -> tuple[float, float]:
+    """(median, spread) of items per second over `repeat` calls; fn returns items processed."""
+    fn()  # warm-up: first-call allocations and kernel selection
+    rates = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates), (max(rates) - min(rates)) / 2
+
+
+def benchmarks(repeat: int) -> pd.DataFrame:
+    rows = []
+    for augment in (False, True):
+        loader = make_loader("digits", "train", batch_size=64, train=augment, image_size=16)
+        rate, spread = timed(lambda: sum(len(y) for _, y in loader), repeat)
+        rows.append(("loader", "digits " + ("train (augmented)" if augment else "eval"), "images/s", rate, spread))
+    loader = make_loader("digits", "train", batch_size=64, train=True, image_size=16)
+    for arch in ARCHS:
+        torch.manual_seed(0)
+        model = build_model(arch, 10, 16, "tiny")
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def epoch() -> int:
+            model.train()
+            for x, y in loader:
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+            return len(loader) * 64
+
+        @torch.no_grad()
+        def infer() -> int:
+            model.eval()
+            return sum(len(model(x)) for x, _ in loader)
+
+        rows.append(("train", f"{arch} tiny ({count_parameters(model):,} params)", "images/s", *timed(epoch, repeat)))
+        rows.append(("infer", f"{arch} tiny", "images/s", *timed(infer, repeat)))
+    big = build_model("resnet50", 1000, 224, "paper").state_dict()
+    with tempfile.TemporaryDirectory() as tmp:
+        size_mb = sum(v.numel() * v.element_size() for v in big.values()) / 1e6
+        rows.append(("checkpoint", f"resnet50 paper write ({size_mb:.0f} MB)", "MB/s",
+                     *timed(lambda: save_checkpoint(Path(tmp) / "m", big, {"arch": "resnet50"}) and size_mb, repeat)))
+        rows.append(("checkpoint", "resnet50 paper verified read", "MB/s",
+                     *timed(lambda: load_checkpoint(Path(tmp) / "m") and size_mb, repeat)))
+    return pd.DataFrame(rows, columns=["kind", "what", "unit", "median", "half_range"])
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeat", type=int, default=3)
+    a = p.parse_args(argv)
+    table = benchmarks(a.repeat)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    print(table.round({"median": 0, "half_range": 0}).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Teacher pools: K members of one (arch, dataset, scale, init), trained one run each.
+
+`python -m bench.pool --arch all --dataset digits --scale tiny --members 4` trains (or finds)
+every member under `teachers/<pool>/member-<k>/` and prints a table of their test metrics,
+built from the run records written to `results/<grid>/records/`.
+
+init: `scratch` -- member k is seed k for initial weights and data order (independent
+networks, as in Allen-Zhu & Li); `shared` -- every member starts from the weights of seed 0 and
+differs only in data order and augmentation.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.data import DATASETS
+from bench.errors import BenchError, choose, cli
+from bench.models import ARCHS, SCALES
+from bench.paths import data_root, results_root, teachers_root
+from bench.store import load_records, run_id, write_record
+from bench.train import TrainConfig, train
+
+INITS = ("scratch", "shared")
+
+
+@dataclass(frozen=True)
+class Pool:
+    arch: str
+    dataset: str
+    scale: str = "tiny"
+    init: str = "scratch"
+
+    def __post_init__(self) -> None:
+        choose("arch", self.arch, ARCHS)
+        choose("dataset", self.dataset, DATASETS)
+        choose("scale", self.scale, SCALES)
+        choose("init", self.init, INITS)
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}-{self.dataset}-{self.scale}-{self.init}"
+
+    def member_config(self, k: int, **overrides: Any) -> TrainConfig:
+        init_seed = 0 if self.init == "shared" else None
+        return TrainConfig(arch=self.arch, dataset=self.dataset, scale=self.scale, seed=k,
+                           init_seed=init_seed, **overrides)
+
+    def member_dir(self, k: int, root: str | Path | None = None) -> Path:
+        return teachers_root(root) / self.name / f"member-{k}"
+
+
+def train_member(pool: Pool, k: int, *, teachers: str | Path | None = None,
+                 results: str | Path | None = None, grid: str = "teachers",
+                 progress: bool | None = None, run: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Train member k (resuming or finding it), write its run record, return the record.
+
+    `run` is the record's run_id (the sweep passes its job's); by default a hash of the member."""
+    cfg = pool.member_config(k, **overrides)
+    spec = {"stage": "teachers", "pool": pool.name, "member": k, "config": cfg.resolved().to_json()}
+    t0 = time.perf_counter()
+    meta = train(cfg, pool.member_dir(k, teachers), progress=progress)
+    record = {"run_id": run or run_id(spec), "grid": grid, "stage": "teachers", "method": "single",
+              "arch": pool.arch, "dataset": pool.dataset, "scale": pool.scale, "init": pool.init,
+              "pool": pool.name, "member": k, "seed": k, "n_teachers": 1, "status": "done",
+              **{m: meta["metrics"][m] for m in ("top1", "top5", "nll", "ece")},
+              "train_s": meta["train_s"], "wall_s": time.perf_counter() - t0,
+              "epochs": meta["epochs"], "weights": str(pool.member_dir(k, teachers) / "model.safetensors")}
+    write_record(results_root(results) / grid / "records", record)
+    return record
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per pool: members, mean and std of top-1 (%), mean NLL and ECE, training seconds."""
+    g = table.groupby(["arch", "dataset", "scale", "init"], sort=False)
+    out = g.agg(members=("top1", "size"), top1_mean=("top1", "mean"), top1_std=("top1", "std"),
+                nll=("nll", "mean"), ece=("ece", "mean"), train_s=("train_s", "mean"))
+    return out.reset_index().round({"top1_mean": 2, "top1_std": 2, "nll": 4, "ece": 2, "train_s": 1})
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.pool", description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="all", help=f"all, or a comma list of {', '.join(ARCHS)}")
+    p.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--scale", default="tiny", help=f"one of {', '.join(SCALES)}")
+    p.add_argument("--init", default="scratch", help=f"one of {', '.join(INITS)}")
+    p.add_argument("--members", type=int, default=4, help="pool size K")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--grid", default="teachers", help="records go to <results>/<grid>/records")
+    p.add_argument("--data-root")
+    p.add_argument("--teachers-root")
+    p.add_argument("--results-root")
+    a = p.parse_args(argv)
+    archs = list(ARCHS) if a.arch == "all" else a.arch.split(",")
+    if a.members < 1:
+        raise BenchError(f"--members must be at least 1, got {a.members}")
+    pools = [Pool(arch, a.dataset, a.scale, a.init) for arch in archs]  # validates every name first
+    overrides = {"epochs": a.epochs} if a.epochs else {}
+    root = data_root(a.data_root)
+    if root:
+        overrides["data_root"] = str(root)
+    records = [train_member(pool, k, teachers=a.teachers_root, results=a.results_root, grid=a.grid, **overrides)
+               for pool in pools for k in range(a.members)]
+    table = pd.DataFrame(records)
+    cols = ["pool", "member", "top1", "top5", "nll", "ece", "train_s"]
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(table[cols].round(3).to_string(index=False))
+        print()
+        print(summary(table).to_string(index=False))
+    print(f"\nrecords: {results_root(a.results_root) / a.grid / 'records'}  "
+          f"(all runs so far: {len(load_records(results_root(a.results_root) / a.grid))})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The sweep's stages: each turns a grid into jobs, knows when a job is done, and runs one.
+
+A job is a pure function of its spec; `run_id` = hash of the spec. Stages run in the order of
+`STAGES`; a job names the run_ids it needs (of earlier stages). Adding a stage is one entry here.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from bench.config import Grid, PoolSpec
+from bench.paths import results_root, teachers_root
+from bench.pool import Pool, train_member
+from bench.store import read_record, run_id, write_record
+
+
+@dataclass(frozen=True)
+class Roots:
+    teachers: Path
+    results: Path
+
+    @classmethod
+    def resolve(cls, teachers: str | None = None, results: str | None = None) -> "Roots":
+        return cls(teachers_root(teachers).resolve(), results_root(results).resolve())
+
+
+@dataclass
+class Job:
+    stage: str
+    spec: dict[str, Any]
+    label: str
+    needs: list[str] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.spec)
+
+
+class Stage(Protocol):
+    name: str
+
+    def plan(self, grid: Grid, roots: Roots) -> list[Job]: ...
+    def done(self, job: Job, grid: Grid, roots: Roots) -> bool: ...
+
+
+def _pool(spec: dict[str, Any]) -> Pool:
+    return Pool(spec["arch"], spec["dataset"], spec["scale"], spec["init"])
+
+
+def teacher_spec(pool: PoolSpec, k: int) -> dict[str, Any]:
+    return {"stage": "teachers", "pool": pool.name, "arch": pool.arch, "dataset": pool.dataset,
+            "scale": pool.scale, "init": pool.init, "member": k, "recipe": dict(sorted(pool.recipe.items()))}
+
+
+def member_dir(roots: Roots, spec: dict[str, Any]) -> Path:
+    return _pool(spec).member_dir(spec["member"], roots.teachers)
+
+
+class TeachersStage:
+    """One job per pool member: a training run into teachers/<pool>/member-<k>/."""
+
+    name = "teachers"
+
+    def plan(self, grid: Grid, roots: Roots) -> list[Job]:
+        return [Job(self.name, teacher_spec(p, k), f"{p.name}/member-{k}")
+                for p in grid.pools for k in range(p.members)]
+
+    def done(self, job: Job, grid: Grid, roots: Roots) -> bool:
+        return (member_dir(roots, job.spec) / "model.json").exists() and \
+            (roots.results / grid.name / "records" / f"{job.run_id}.json").exists()
+
+
+def teacher_group(pool: PoolSpec, n: int, seed: int) -> list[int]:
+    """Method seed s uses N members of the meta-train part drawn by a generator seeded by s."""
+    part = pool.meta_train_members
+    order = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(part[i] for i in order[:n])
+
+
+class MethodsStage:
+    """One job per (pool, method, seed): a table cell's run on one group of N teachers."""
+
+    name = "methods"
+
+    def plan(self, grid: Grid, roots: Roots) -> list[Job]:
+        jobs = []
+        for p in grid.pools:
+            for m in grid.methods:
+                for seed in range(grid.seeds):
+                    members = teacher_group(p, grid.n_teachers, seed)
+                    spec = {"stage": "methods", "method": m.name, "options": dict(sorted(m.options.items())),
+                            "seed": seed, "n_teachers": grid.n_teachers, "members": members,
+                            "teachers": [teacher_spec(p, k) for k in members]}
+                    jobs.append(Job(self.name, spec, f"{p.name}/{m.name}/seed-{seed}",
+                                    needs=[run_id(t) for t in spec["teachers"]]))
+        return jobs
+
+    def done(self, job: Job, grid: Grid, roots: Roots) -> bool:
+        rec = roots.results / grid.name / "records" / f"{job.run_id}.json"
+        return rec.exists() and (read_record(rec) or {}).get("status") == "done"
+
+
+STAGES: dict[str, Stage] = {"teachers": TeachersStage(), "methods": MethodsStage()}
+
+
+# --- running one job (inside a SLURM task, a local subprocess or the sweep process) ----------
+
+def run_teachers(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
+    pool = _pool(spec)
+    return train_member(pool, spec["member"], teachers=roots.teachers, results=roots.results, grid=grid,
+                        run=run_id(spec), progress=False, **spec["recipe"])
+
+
+def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
+    from bench.methods import METHODS, MethodJob
+
+    t0 = time.perf_counter()
+    teacher = spec["teachers"][0]
+    base = {"run_id": run_id(spec), "grid": grid, "stage": "methods", "method": spec["method"],
+            "arch": teacher["arch"], "dataset": teacher["dataset"], "scale": teacher["scale"],
+            "init": teacher["init"], "pool": teacher["pool"], "seed": spec["seed"],
+            "n_teachers": spec["n_teachers"], "teacher_members": spec["members"],
+            **{f"option_{k}": v for k, v in spec["options"].items()}}
+    job = MethodJob(method=spec["method"], dataset=teacher["dataset"], arch=teacher["arch"], seed=spec["seed"],
+                    teachers=[member_dir(roots, t) / "model.safetensors" for t in spec["teachers"]],
+                    members=spec["members"], options=spec["options"],
+                    data_root=teacher["recipe"].get("data_root"))
+    records = roots.results / grid / "records"
+    try:
+        fields = METHODS[spec["method"]].run(job)
+    except Exception as err:  # a failed record says why instead of a number, then the job fails
+        reason = " ".join(str(err).split()) or type(err).__name__
+        write_record(records, {**base, "status": "failed", "reason": f"{type(err).__name__}: {reason}",
+                               "traceback": traceback.format_exc(limit=5), "wall_s": time.perf_counter() - t0})
+        raise
+    record = {**base, "status": "done", **fields, "wall_s": time.perf_counter() - t0}
+    write_record(records, record)
+    return record
+
+
+RUNNERS: dict[str, Callable[[dict[str, Any], str, Roots], dict[str, Any]]] = {
+    "teachers": run_teachers, "methods": run_methods}
+
+
+def run_job(spec: dict[str, Any], grid: str, roots: Roots, cpus: int | None = None) -> dict[str, Any]:
+    """Entry point of every job. Interrupted training resumes from its own epoch checkpoint.
+
+    Threads follow the CPUs the job was given (`cpus`, else SLURM's allocation, else the
+    affinity mask), so jobs sharing a node do not oversubscribe it."""
+    from bench.data.ffcv import job_cpus
+
+    torch.set_num_threads(max(1, cpus or job_cpus()))
+    return RUNNERS[spec["stage"]](spec, grid, roots)

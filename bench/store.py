@@ -1,0 +1,83 @@
+"""Run records: one flat JSON object per run, and one long pandas table of all of them.
+
+A record is written once, atomically, to `<records dir>/<run_id>.json`; `run_id` is a short
+hash of the run's spec, so the same spec always finds its own record and two specs never share
+one. Metrics are last-epoch values (top1/top5/ece in percent, nll in nats).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from bench.io import atomic_write_json
+
+REQUIRED_KEYS = ("run_id", "grid", "stage", "method", "arch", "dataset", "scale", "seed",
+                 "n_teachers", "status", "top1", "top5", "nll", "ece", "wall_s")
+STATUSES = ("done", "failed")
+
+
+def run_id(spec: Mapping[str, Any]) -> str:
+    """12 hex digits of the sha256 of the spec's canonical JSON (key order does not matter)."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def _flat(value: Any) -> Any:
+    # Records stay flat and JSON-native: lists of numbers are kept, nested mappings refused.
+    if isinstance(value, Mapping):
+        raise TypeError("records are flat: nested mappings are not allowed")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def make_record(**fields: Any) -> dict[str, Any]:
+    """A record with every required key present (metrics None when the run failed)."""
+    record = {key: None for key in REQUIRED_KEYS}
+    record.update({k: _flat(v) for k, v in fields.items()})
+    missing = [k for k in ("run_id", "status") if record[k] is None]
+    if missing:
+        raise ValueError(f"record lacks {', '.join(missing)}")
+    if record["status"] not in STATUSES:
+        raise ValueError(f"record status {record['status']!r}; valid: {', '.join(STATUSES)}")
+    return record
+
+
+def write_record(records_dir: str | Path, record: Mapping[str, Any]) -> Path:
+    record = make_record(**record)
+    return atomic_write_json(Path(records_dir) / f"{record['run_id']}.json", record)
+
+
+def read_record(path: str | Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(Path(path).read_text())
+        if not isinstance(record, dict) or "run_id" not in record:
+            raise ValueError("not a record object")
+        return record
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        warnings.warn(f"skipping unreadable record {path}: {err}", stacklevel=2)
+        return None
+
+
+def record_files(root: str | Path) -> list[Path]:
+    """Every `records/*.json` below `root` (or in it, when `root` is a records folder)."""
+    root = Path(root)
+    if root.name == "records":
+        return sorted(root.glob("*.json"))
+    return sorted(p for p in root.rglob("*.json") if p.parent.name == "records")
+
+
+def load_records(root: str | Path) -> pd.DataFrame:
+    """One long table, a row per run; unreadable files are skipped with a warning naming them."""
+    rows = [r for r in map(read_record, record_files(root)) if r is not None]
+    table = pd.DataFrame(rows, columns=None if rows else list(REQUIRED_KEYS))
+    for key in REQUIRED_KEYS:
+        if key not in table:
+            table[key] = None
+    return table

@@ -1,0 +1,427 @@
+"""`python -m bench.sweep --grid G`: a grid's jobs, stage by stage, on SLURM or this machine.
+
+    python -m bench.sweep --grid main_table --scale tiny            # submit and return
+    python -m bench.sweep --grid main_table --scale tiny --wait     # ... and follow to the end
+    python -m bench.sweep --grid main_table --status                # done / running / failed / pending
+    python -m bench.sweep --grid main_table --dry-run               # the plan; submits nothing
+
+Finished jobs are found (by run_id) and skipped, so rerunning after any failure does only what
+is missing. On SLURM every stage is one job array, the next stage waiting on it with `afterok`;
+jobs are checkpointable: a preempted or timed-out job requeues and resumes from its last epoch.
+Locally, a driver process keeps at most cores / cpus-per-job jobs running and starts a job
+once the jobs it needs are done. `debug` runs every job inside this process.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+import yaml
+from tqdm import tqdm
+
+from bench.config import Grid, load_grid, read_yaml
+from bench.errors import BenchError, choose, cli
+from bench.io import atomic_write_json
+from bench.models import SCALES
+from bench.paths import project_root
+from bench.stages import STAGES, Job, Roots, run_job
+
+CLUSTERS = ("auto", "slurm", "local", "debug")
+RESOURCE_KEYS = ("partition", "account", "gpus", "cpus", "mem_gb", "timeout_min", "array_parallelism")
+CLUSTER_FILE = project_root() / "sweeps" / "cluster.yaml"
+DONE_STATES = ("done", "failed", "skipped")
+
+
+class JobRunner(submitit.helpers.Checkpointable):
+    """What a SLURM task or local subprocess runs. On USR2 (preemption, time limit) submitit
+    calls `checkpoint`, which resubmits the same call: the training run resumes from its last
+    epoch checkpoint on disk, so only the unfinished epoch is lost."""
+
+    def __call__(self, spec: dict[str, Any], grid: str, roots: Roots, cpus: int | None = None) -> dict[str, Any]:
+        return run_job(spec, grid, roots, cpus)
+
+
+# --- resources ------------------------------------------------------------------------------
+
+def load_resources(path: Path, scale: str, stage: str, flags: dict[str, Any]) -> dict[str, Any]:
+    """sweeps/cluster.yaml: `{scale: {default: {...}, <stage>: {...}}}`, then flags on top."""
+    raw = read_yaml(path) if path.exists() else {}
+    raw = raw or {}
+    choose_in = lambda kind, value, valid, where: value if value in valid else (_ for _ in ()).throw(
+        BenchError(f"{path}: {where}: unknown {kind} {value!r}; valid: {', '.join(valid)}"))
+    for s in raw:
+        choose_in("scale", s, SCALES, "top level")
+        for st, res in (raw[s] or {}).items():
+            choose_in("stage", st, ("default", *STAGES), s)
+            for key in res or {}:
+                choose_in("resource", key, RESOURCE_KEYS, f"{s}.{st}")
+    merged = {"cpus": 1, "mem_gb": 4, "gpus": 0, "timeout_min": 60}
+    merged.update((raw.get(scale) or {}).get("default") or {})
+    merged.update((raw.get(scale) or {}).get(stage) or {})
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    if not merged.get("timeout_min") or merged["timeout_min"] <= 0:
+        raise BenchError(f"{path}: timeout_min must be a positive number of minutes for stage {stage}")
+    return merged
+
+
+def slurm_parameters(res: dict[str, Any], name: str) -> dict[str, Any]:
+    params = {"name": name, "timeout_min": int(res["timeout_min"]), "cpus_per_task": int(res["cpus"]),
+              "mem_gb": res["mem_gb"], "slurm_signal_delay_s": 120}
+    if res.get("gpus"):
+        params["gpus_per_node"] = int(res["gpus"])
+    if res.get("partition"):
+        params["slurm_partition"] = res["partition"]
+    if res.get("account"):
+        params["slurm_account"] = res["account"]
+    if res.get("array_parallelism"):
+        params["slurm_array_parallelism"] = int(res["array_parallelism"])
+    return params
+
+
+# --- the plan and the manifest -----------------------------------------------------------
+
+@dataclass
+class Plan:
+    grid: Grid
+    roots: Roots
+    stages: dict[str, list[Job]]
+    done: set[str]  # run_ids already finished before this sweep
+
+    @property
+    def todo(self) -> dict[str, list[Job]]:
+        return {s: [j for j in jobs if j.run_id not in self.done] for s, jobs in self.stages.items()}
+
+
+def make_plan(grid: Grid, roots: Roots, force: bool = False) -> Plan:
+    stages = {name: stage.plan(grid, roots) for name, stage in STAGES.items()}
+    done = {j.run_id for name, jobs in stages.items() for j in jobs
+            if STAGES[name].done(j, grid, roots) and not (force and name != "teachers")}
+    return Plan(grid, roots, stages, done)
+
+
+def sweep_dir(plan: Plan) -> Path:
+    return plan.roots.results / plan.grid.name
+
+
+def manifest_path(grid: str, roots: Roots) -> Path:
+    return roots.results / grid / "sweep.json"
+
+
+def write_manifest(plan: Plan, cluster: str, states: dict[str, dict[str, Any]], **extra: Any) -> None:
+    atomic_write_json(manifest_path(plan.grid.name, plan.roots), {
+        "grid": plan.grid.name, "grid_file": str(plan.grid.path), "scale": plan.grid.scale, "cluster": cluster,
+        "teachers_root": str(plan.roots.teachers), "results_root": str(plan.roots.results),
+        "updated": dt.datetime.now().isoformat(timespec="seconds"), **extra,
+        "stages": {s: [{"run_id": j.run_id, "label": j.label, **states.get(j.run_id, {})} for j in jobs]
+                   for s, jobs in plan.stages.items()}})
+
+
+def print_plan(plan: Plan, cluster: str, resources: dict[str, dict[str, Any]]) -> None:
+    print(f"grid {plan.grid.name} ({plan.grid.path}), scale {plan.grid.scale}, cluster {cluster}")
+    for stage, jobs in plan.stages.items():
+        todo = len(plan.todo[stage])
+        r = resources[stage]
+        print(f"  {stage:<9} {len(jobs):>4} jobs, {todo:>4} to run, {len(jobs) - todo:>4} done | "
+              f"cpus {r['cpus']} mem {r['mem_gb']} GB gpus {r['gpus']} time {r['timeout_min']} min"
+              + (f" partition {r['partition']}" if r.get("partition") else ""))
+
+
+# --- executors ------------------------------------------------------------------------------
+
+def run_debug(plan: Plan) -> dict[str, dict[str, Any]]:
+    states: dict[str, dict[str, Any]] = {rid: {"state": "done"} for rid in plan.done}
+    jobs = [j for s in plan.todo.values() for j in s]
+    for job in tqdm(jobs, desc=f"{plan.grid.name} (in-process)", unit="job"):
+        if any(states.get(n, {}).get("state") != "done" for n in job.needs):
+            states[job.run_id] = {"state": "skipped", "reason": "a job it needs did not finish"}
+            continue
+        try:
+            run_job(job.spec, plan.grid.name, plan.roots)
+            states[job.run_id] = {"state": "done"}
+        except Exception as err:
+            states[job.run_id] = {"state": "failed", "reason": f"{type(err).__name__}: {err}"}
+            tqdm.write(f"failed: {job.label}: {type(err).__name__}: {err}")
+    write_manifest(plan, "debug", states)
+    return states
+
+
+def local_cap(cpus_per_job: int) -> int:
+    return max(1, len(os.sched_getaffinity(0)) // max(1, cpus_per_job))
+
+
+def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None = None,
+              progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Drive the plan with submitit's local executor, at most `cap` jobs at once."""
+    folder = sweep_dir(plan) / "jobs"
+    states: dict[str, dict[str, Any]] = {rid: {"state": "done"} for rid in plan.done}
+    pending = [j for s in plan.todo.values() for j in s]
+    for j in pending:
+        states[j.run_id] = {"state": "pending"}
+    running: dict[str, tuple[Job, Any]] = {}
+    peak = 0
+    bar = tqdm(total=len(pending), desc=f"{plan.grid.name} (local)", unit="job", disable=not progress)
+    write_manifest(plan, "local", states, driver_pid=os.getpid(), peak_running=0)
+    while pending or running:
+        for rid, (job, handle) in list(running.items()):
+            if handle.done():
+                del running[rid]
+                try:
+                    handle.result()
+                    states[rid] = {"state": "done", "job_id": handle.job_id}
+                except Exception as err:  # the job's own traceback is in its log file
+                    msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+                    states[rid] = {"state": "failed", "job_id": handle.job_id, "reason": msg[:500],
+                                   "log": str(handle.paths.stderr)}
+                    bar.write(f"failed: {job.label}: {msg[:200]}")
+                bar.update(1)
+        for job in list(pending):
+            needs = [states.get(n, {}).get("state") for n in job.needs]
+            if any(s in ("failed", "skipped") for s in needs):
+                pending.remove(job)
+                states[job.run_id] = {"state": "skipped", "reason": "a job it needs failed"}
+                bar.update(1)
+            elif all(s == "done" for s in needs) and len(running) < cap_for(job, resources, cap):
+                pending.remove(job)
+                ex = submitit.LocalExecutor(folder=folder)
+                ex.update_parameters(timeout_min=int(resources[job.stage]["timeout_min"]))
+                handle = ex.submit(JobRunner(), job.spec, plan.grid.name, plan.roots,
+                                   int(resources[job.stage]["cpus"]))
+                running[job.run_id] = (job, handle)
+                states[job.run_id] = {"state": "running", "job_id": handle.job_id}
+        peak = max(peak, len(running))
+        write_manifest(plan, "local", states, driver_pid=os.getpid(), peak_running=peak)
+        time.sleep(0.5)
+    bar.close()
+    write_manifest(plan, "local", states, driver_pid=os.getpid(), peak_running=peak, finished=True)
+    return states
+
+
+def cap_for(job: Job, resources: dict[str, dict[str, Any]], cap: int | None) -> int:
+    return cap if cap is not None else local_cap(int(resources[job.stage]["cpus"]))
+
+
+def submit_slurm(plan: Plan, resources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One array per stage; each stage waits (afterok) on the jobs of earlier stages it needs."""
+    folder = sweep_dir(plan) / "slurm" / "%j"
+    states: dict[str, dict[str, Any]] = {rid: {"state": "done"} for rid in plan.done}
+    job_ids: dict[str, str] = {}
+    for stage, jobs in plan.todo.items():
+        if not jobs:
+            continue
+        deps = sorted({job_ids[n] for j in jobs for n in j.needs if n in job_ids})
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        params = slurm_parameters(resources[stage], f"{plan.grid.name}-{stage}")
+        if deps:
+            params["slurm_additional_parameters"] = {"dependency": "afterok:" + ":".join(deps)}
+        ex.update_parameters(**params)
+        with ex.batch():
+            handles = [ex.submit(JobRunner(), j.spec, plan.grid.name, plan.roots) for j in jobs]
+        for j, h in zip(jobs, handles):
+            job_ids[j.run_id] = h.job_id
+            states[j.run_id] = {"state": "submitted", "job_id": h.job_id}
+        print(f"  {stage}: array {handles[0].job_id.split('_')[0]} with {len(jobs)} tasks"
+              + (f", after {len(deps)} jobs" if deps else ""))
+    write_manifest(plan, "slurm", states)
+    return states
+
+
+# --- status -------------------------------------------------------------------------------
+
+def squeue_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM's view of live jobs (accounting may be off, so sacct is not asked)."""
+    if not job_ids or not shutil.which("squeue"):
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i %T"],
+                         capture_output=True, text=True)
+    return dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
+
+
+def current_states(grid: str, roots: Roots) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """The manifest, and per stage run_id -> done / running / pending / failed / skipped."""
+    path = manifest_path(grid, roots)
+    if not path.exists():
+        raise BenchError(f"no sweep of grid {grid!r} under {roots.results} (expected {path}); submit it first")
+    import json
+
+    manifest = json.loads(path.read_text())
+    live = squeue_states([j["job_id"] for s in manifest["stages"].values() for j in s if j.get("job_id")]) \
+        if manifest["cluster"] == "slurm" else {}
+    driver_alive = manifest["cluster"] != "local" or _alive(manifest.get("driver_pid"))
+    from bench.config import load_grid as _lg
+
+    g = _lg(manifest["grid_file"], manifest["scale"])
+    plan = make_plan(g, roots)
+    out: dict[str, dict[str, str]] = {}
+    for stage, jobs in manifest["stages"].items():
+        out[stage] = {}
+        for j in jobs:
+            if j["run_id"] in plan.done:
+                state = "done"
+            elif manifest["cluster"] == "slurm" and j.get("job_id") in live:
+                state = "running" if live[j["job_id"]] in ("RUNNING", "COMPLETING") else "pending"
+            elif manifest["cluster"] == "slurm":
+                state = "failed" if j.get("job_id") else "pending"
+            else:
+                state = j.get("state", "pending")
+                if state in ("running", "pending") and not driver_alive:
+                    state = "failed" if state == "running" else "pending"
+            out[stage][j["run_id"]] = state
+    return manifest, out
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def print_status(grid: str, roots: Roots) -> None:
+    manifest, states = current_states(grid, roots)
+    print(f"grid {grid}, scale {manifest['scale']}, cluster {manifest['cluster']}, updated {manifest['updated']}")
+    print(f"  {'stage':<9} {'done':>5} {'running':>8} {'pending':>8} {'failed':>7} {'skipped':>8}")
+    for stage in sorted(states, key=lambda st: list(STAGES).index(st) if st in STAGES else 99):
+        s = states[stage]
+        counts = {k: list(s.values()).count(k) for k in ("done", "running", "pending", "failed", "skipped")}
+        print(f"  {stage:<9} {counts['done']:>5} {counts['running']:>8} {counts['pending']:>8} "
+              f"{counts['failed']:>7} {counts['skipped']:>8}")
+    failed = [j for js in manifest["stages"].values() for j in js if states_of(states, j) == "failed"]
+    for j in failed[:20]:
+        print(f"  failed: {j['label']} {j.get('reason', '')} {j.get('log', '')}".rstrip())
+
+
+def states_of(states: dict[str, dict[str, str]], j: dict[str, Any]) -> str | None:
+    return next((s[j["run_id"]] for s in states.values() if j["run_id"] in s), None)
+
+
+def wait_slurm(grid: str, roots: Roots, poll_s: float = 5.0) -> dict[str, dict[str, str]]:
+    manifest, states = current_states(grid, roots)
+    total = sum(len(s) for s in states.values())
+    with tqdm(total=total, desc=f"{grid} (slurm)", unit="job") as bar:
+        while True:
+            manifest, states = current_states(grid, roots)
+            finished = sum(v in ("done", "failed") for s in states.values() for v in s.values())
+            bar.n = finished
+            bar.refresh()
+            if finished == total:
+                return states
+            time.sleep(poll_s)
+
+
+# --- command line ---------------------------------------------------------------------------
+
+class Parser(argparse.ArgumentParser):
+    """Misspelled or unknown options stop with one line that lists the valid ones."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        valid = sorted(o for a in self._actions for o in a.option_strings if o.startswith("--"))
+        raise BenchError(f"{message}; valid options: {' '.join(valid)}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = Parser(prog="python -m bench.sweep", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("--grid", required=True, help="a grid in sweeps/ or the path of a YAML file")
+    p.add_argument("--scale", default="tiny", help=f"one of {', '.join(SCALES)}")
+    p.add_argument("--cluster", default="auto", help=f"one of {', '.join(CLUSTERS)}")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
+    p.add_argument("--wait", action="store_true", help="block until every job has finished")
+    p.add_argument("--status", action="store_true", help="print the sweep's state and exit")
+    p.add_argument("--force", action="store_true",
+                   help="rerun the methods stage even where records exist (finished teachers are kept)")
+    p.add_argument("--results-root")
+    p.add_argument("--teachers-root")
+    p.add_argument("--cluster-config", type=Path, default=CLUSTER_FILE, help="per-stage resources")
+    for key, kind in (("partition", str), ("account", str), ("gpus", int), ("cpus", int),
+                      ("mem-gb", float), ("timeout-min", int)):
+        p.add_argument(f"--{key}", type=kind, help="overrides the cluster file for every stage")
+    p.add_argument("--max-parallel", type=int, help="local executor: jobs at once (default cores / cpus)")
+    p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise BenchError(f"results root {folder} is not writable ({err.strerror})") from None
+
+
+def resolve_cluster(name: str) -> str:
+    choose("cluster", name, CLUSTERS)
+    if name == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    if name == "slurm" and not shutil.which("sbatch"):
+        raise BenchError("--cluster slurm: sbatch not found on this machine (use --cluster local, or start "
+                         "a one-node SLURM with bench/scripts/slurm_local.sh start)")
+    return name
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    roots = Roots.resolve(a.teachers_root, a.results_root)
+    if a.status:
+        from bench.config import grid_path
+
+        print_status(grid_path(a.grid).stem, roots)
+        return
+    grid = load_grid(a.grid, a.scale)
+    cluster = resolve_cluster(a.cluster)
+    flags = {"partition": a.partition, "account": a.account, "gpus": a.gpus, "cpus": a.cpus,
+             "mem_gb": a.mem_gb, "timeout_min": a.timeout_min}
+    resources = {s: load_resources(a.cluster_config, grid.scale, s, flags) for s in STAGES}
+    plan = make_plan(grid, roots, force=a.force)
+    print_plan(plan, cluster, resources)
+    if a.dry_run:
+        return
+    check_writable(roots.results / grid.name)
+    if not any(plan.todo.values()):
+        print("nothing to run: every job is done")
+        write_manifest(plan, cluster, {rid: {"state": "done"} for rid in plan.done})
+        return
+    if cluster == "debug":
+        states = run_debug(plan)
+    elif cluster == "local" and a.wait:
+        states = run_local(plan, resources, a.max_parallel, progress=not a.quiet)
+    elif cluster == "local":
+        log = roots.results / grid.name / "sweep.log"
+        cmd = [sys.executable, "-m", "bench.sweep", "--grid", str(grid.path), "--scale", grid.scale,
+               "--cluster", "local", "--wait", "--quiet", "--teachers-root", str(roots.teachers),
+               "--results-root", str(roots.results), "--cluster-config", str(a.cluster_config)]
+        cmd += ["--max-parallel", str(a.max_parallel)] if a.max_parallel else []
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)  # outlives this shell
+        print(f"local driver started (pid {proc.pid}); log {log}\n"
+              f"follow with: python -m bench.sweep --grid {a.grid} --status")
+        return
+    else:
+        submit_slurm(plan, resources)
+        if not a.wait:
+            print(f"submitted; follow with: python -m bench.sweep --grid {a.grid} --status")
+            return
+        states = {rid: {"state": v} for s in wait_slurm(grid.name, roots).values() for rid, v in s.items()}
+    failed = [rid for rid, s in states.items() if s.get("state") in ("failed", "skipped")]
+    print_status(grid.name, roots)
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

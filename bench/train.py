@@ -1,0 +1,304 @@
+"""One training run: `python -m bench.train --arch vgg11 --dataset digits --scale tiny --seed 0 --out DIR`.
+
+The run folder holds `config.json` (the resolved, flattened config), `log.jsonl` (a line per
+epoch), `checkpoint.*` (model + optimizer after the last finished epoch) and, once finished,
+`model.*` (final weights; its sidecar carries the metrics). Rerunning the same command resumes
+from the checkpoint, or returns at once when `model.*` exists. The seed fixes initialisation,
+data order and augmentation, so on a CPU a rerun -- interrupted or not -- gives the same bits.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from bench.checkpoint import (load_checkpoint, optimizer_from_tensors, optimizer_to_tensors,
+                              paths, read_meta, save_checkpoint)
+from bench.data import DATASETS, dataset_spec
+from bench.data.loaders import make_loader
+from bench.errors import BenchError, choose, cli
+from bench.io import atomic_write_json, atomic_write_lines
+from bench.metrics import classification_metrics
+from bench.models import ARCHS, SCALES, build_model
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle", "step", "constant")
+
+# Defaults per (dataset, scale); a grid or a flag overrides any of them.
+RECIPES: dict[tuple[str, str], dict[str, Any]] = {
+    # Tiny scale: AdamW with a short warm-up and cosine decay fits digits in ~20 epochs.
+    ("digits", "tiny"): dict(epochs=20, batch_size=64, optimizer="adamw", lr=3e-3, weight_decay=5e-4,
+                             schedule="cosine", warmup_epochs=1, label_smoothing=0.0),
+    # The common CIFAR distillation recipe (CRD, Tian et al. 2020; also mdistiller's).
+    ("cifar", "paper"): dict(epochs=240, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=5e-4,
+                             schedule="step", milestones=(150, 180, 210), warmup_epochs=0,
+                             label_smoothing=0.0),
+    # FFCV's ResNet-50 ImageNet recipe (88 epochs, linear ramp to the peak at epoch 2 and down).
+    ("imagenet", "paper"): dict(epochs=88, batch_size=1024, optimizer="sgd", lr=1.7, weight_decay=1e-4,
+                                schedule="onecycle", warmup_epochs=2, label_smoothing=0.1),
+}
+
+
+# Per-architecture changes to the recipe above: the tiny ViT, with no convolutional prior, needs
+# more epochs than the tiny convnets to fit digits.
+ARCH_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
+    ("vit_b32", "tiny"): dict(epochs=30, lr=2e-3),
+}
+
+
+def recipe_for(dataset: str, scale: str, arch: str | None = None) -> dict[str, Any]:
+    family = "cifar" if dataset.startswith("cifar") else dataset
+    base = RECIPES.get((family, scale)) or RECIPES[("digits", "tiny") if scale == "tiny" else ("cifar", "paper")]
+    return {**base, **ARCH_RECIPES.get((arch, scale), {})}
+
+
+@dataclass
+class TrainConfig:
+    arch: str
+    dataset: str
+    scale: str = "tiny"
+    seed: int = 0
+    init_seed: int | None = None  # seed of the initial weights when it differs from `seed`
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    schedule: str | None = None
+    warmup_epochs: float | None = None
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    label_smoothing: float | None = None
+    image_size: int | None = None
+    data_root: str | None = None
+    beton_train: str | None = None
+    beton_test: str | None = None
+    device: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings (KD's T, ...)
+
+    def resolved(self) -> "TrainConfig":
+        """Validate names and fill every unset field from the (dataset, scale) recipe."""
+        choose("arch", self.arch, ARCHS)
+        choose("dataset", self.dataset, DATASETS)
+        choose("scale", self.scale, SCALES)
+        filled = {k: v for k, v in recipe_for(self.dataset, self.scale, self.arch).items()
+                  if getattr(self, k) in (None, ())}
+        cfg = dataclasses.replace(self, **filled)
+        cfg.image_size = cfg.image_size or dataset_spec(cfg.dataset).image_size
+        cfg.milestones = tuple(cfg.milestones)
+        choose("optimizer", cfg.optimizer, OPTIMIZERS)
+        choose("schedule", cfg.schedule, SCHEDULES)
+        if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+            raise BenchError(f"epochs, batch_size and lr must be positive (got {cfg.epochs}, "
+                             f"{cfg.batch_size}, {cfg.lr})")
+        return cfg
+
+    def to_json(self) -> dict[str, Any]:
+        return json_ready(dataclasses.asdict(self))
+
+
+def json_ready(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(step: int, total: int, warmup: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "onecycle":  # linear up over the warm-up, then linearly down to zero
+        return 1 - t
+    if cfg.schedule == "step":
+        return cfg.gamma ** sum(step >= m * steps_per_epoch for m in cfg.milestones)
+    return 1.0
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, normalisation parameters, position embeddings and tokens."""
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities (float32, CPU) and labels over a whole evaluation loader."""
+    model.eval()
+    probs, labels = [], []
+    for x, y in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x.to(device, non_blocking=True))
+        probs.append(logits.float().softmax(1).cpu())
+        labels.append(y.cpu())
+    return torch.cat(probs), torch.cat(labels)
+
+
+def model_meta(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
+    return {"arch": cfg.arch, "dataset": cfg.dataset, "scale": cfg.scale, "seed": cfg.seed,
+            "num_classes": num_classes, "image_size": cfg.image_size, "in_chans": 3}
+
+
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = None,
+          progress: bool | None = None) -> dict[str, Any]:
+    """Train (or resume, or find finished) the run in `out`; return the final sidecar.
+
+    `criterion(logits, images, labels) -> loss` replaces cross-entropy (distillation methods
+    pass their own); it must be a pure function of its inputs for resumes to stay exact.
+    """
+    cfg = cfg.resolved()
+    out = Path(out)
+    final, ckpt = out / "model", out / "checkpoint"
+    config = cfg.to_json()
+    if paths(final)[1].exists():
+        meta = read_meta(final)
+        if meta.get("config") != config:
+            raise BenchError(f"{out} holds a finished run with another config; choose another --out")
+        return meta
+    device = pick_device(cfg.device)
+    spec = dataset_spec(cfg.dataset)
+    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, root=cfg.data_root,
+                  image_size=cfg.image_size, device=device)
+    train_loader = make_loader(cfg.dataset, "train", train=True, beton=cfg.beton_train, **common)
+    test_loader = make_loader(cfg.dataset, "test", train=False, beton=cfg.beton_test, **common)
+
+    # The seed fixes the initial weights unless a shared initialisation is asked for.
+    torch.manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed)
+    model = build_model(cfg.arch, spec.num_classes, cfg.image_size, cfg.scale).to(device)
+    if device.type == "cuda" and not cfg.arch.startswith("vit"):
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, cfg)
+    steps_per_epoch = len(train_loader)
+    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    criterion = criterion or (lambda logits, x, y: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing))
+
+    start_epoch, history, train_s = 0, [], 0.0
+    if paths(ckpt)[1].exists():
+        tensors, meta = load_checkpoint(ckpt, expect={"arch": cfg.arch})
+        if meta.get("config") != config:
+            raise BenchError(f"{out} holds a checkpoint of another config; choose another --out")
+        model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+        optimizer_from_tensors(opt, tensors, meta["optimizer"])
+        start_epoch, history, train_s = meta["epoch"], meta["history"], meta["train_s"]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", config)
+
+    bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs,
+               desc=f"{cfg.arch}/{cfg.dataset} seed {cfg.seed}", unit="epoch",
+               disable=not progress if progress is not None else None)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        train_loader.set_epoch(epoch) if hasattr(train_loader, "set_epoch") else None
+        loss_sum = torch.zeros((), device=device)
+        for i, (x, y) in enumerate(train_loader):
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(epoch * steps_per_epoch + i, total, warmup, cfg, steps_per_epoch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = criterion(model(x), x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach()
+        train_s += time.perf_counter() - t0
+        metrics = classification_metrics(*predict(model, test_loader, device))
+        row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / steps_per_epoch, "train_s": train_s, **metrics}
+        history.append(row)
+        tensors, opt_meta = optimizer_to_tensors(opt)
+        tensors.update({f"model/{k}": v for k, v in model.state_dict().items()})
+        save_checkpoint(ckpt, tensors, {**model_meta(cfg, spec.num_classes), "config": config,
+                                        "epoch": epoch + 1, "history": history, "train_s": train_s,
+                                        "optimizer": opt_meta})
+        atomic_write_lines(out / "log.jsonl", history)  # rewritten whole: always matches the checkpoint
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", top1=f"{metrics['top1']:.1f}")
+        if bar.disable:
+            print(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} top1 {metrics['top1']:.2f}", flush=True)
+
+    final_meta = {**model_meta(cfg, spec.num_classes), "config": config, "epochs": cfg.epochs,
+                  "metrics": {k: v for k, v in history[-1].items() if k != "epoch"}, "train_s": train_s}
+    save_checkpoint(final, model.state_dict(), final_meta)
+    for p in paths(ckpt):
+        p.unlink(missing_ok=True)  # the final weights supersede the resume point
+    return read_meta(final)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", **expect: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from its checkpoint (hash and architecture verified)."""
+    tensors, meta = load_checkpoint(path, expect=expect or None, map_location=device)
+    model = build_model(meta["arch"], meta["num_classes"], meta["image_size"], meta["scale"], meta["in_chans"])
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), meta
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:
+    p = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", required=True, help=f"one of {', '.join(ARCHS)}")
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--scale", default="tiny", help=f"one of {', '.join(SCALES)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-seed", type=int, help="seed of the initial weights (default: --seed)")
+    p.add_argument("--out", required=True, type=Path, help="run folder (resumed if it exists)")
+    p.add_argument("--data-root", help="folder holding the data set (or BENCH_DATA)")
+    p.add_argument("--beton-train", help="FFCV .beton of the training split")
+    p.add_argument("--beton-test", help="FFCV .beton of the test split")
+    for name, kind in [("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
+                       ("warmup-epochs", float), ("label-smoothing", float), ("image-size", int)]:
+        p.add_argument(f"--{name}", type=kind)
+    p.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZERS)}")
+    p.add_argument("--schedule", help=f"one of {', '.join(SCHEDULES)}")
+    p.add_argument("--milestones", type=lambda s: tuple(int(v) for v in s.split(",")), default=(),
+                   help="epochs of the step schedule's decays, e.g. 150,180,210")
+    p.add_argument("--device", default="auto")
+    a = vars(p.parse_args(argv))
+    out = a.pop("out")
+    from bench.paths import data_root
+
+    a["data_root"] = str(data_root(a["data_root"])) if data_root(a["data_root"]) else None
+    return TrainConfig(**a), out
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    cfg, out = parse_args(argv)
+    meta = train(cfg, out)
+    m = meta["metrics"]
+    print(f"{meta['arch']} on {meta['dataset']} ({meta['scale']}, seed {meta['seed']}): top1 {m['top1']:.2f} "
+          f"top5 {m['top5']:.2f} nll {m['nll']:.4f} ece {m['ece']:.2f}  [{m['train_s']:.1f} s] -> {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+import torch
+
+from bench.checkpoint import (CheckpointError, load_checkpoint, optimizer_from_tensors,
+                              optimizer_to_tensors, paths, save_checkpoint)
+
+
+def tensors():
+    g = torch.Generator().manual_seed(0)
+    return {"w": torch.randn(4, 3, generator=g), "n": torch.tensor(7), "b": torch.arange(5).float()}
+
+
+def test_round_trip_and_sidecar(tmp_path):
+    save_checkpoint(tmp_path / "m", tensors(), {"arch": "vgg11", "seed": 1})
+    loaded, meta = load_checkpoint(tmp_path / "m.safetensors", expect={"arch": "vgg11"})
+    assert all(torch.equal(loaded[k], v) for k, v in tensors().items())
+    assert meta["seed"] == 1 and len(meta["sha256"]) == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]  # no temp files
+
+
+def test_tampered_weights_are_refused_naming_the_file(tmp_path):
+    weights = save_checkpoint(tmp_path / "m", tensors(), {"arch": "vgg11"})
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the last tensor
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="m.safetensors.*sha256"):
+        load_checkpoint(tmp_path / "m")
+
+
+def test_truncated_file_and_missing_sidecar(tmp_path):
+    weights = save_checkpoint(tmp_path / "m", tensors(), {"arch": "vgg11"})
+    weights.write_bytes(weights.read_bytes()[:20])
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(weights)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "other")
+
+
+def test_edited_sidecar_hash_cannot_smuggle_garbage(tmp_path):
+    weights, sidecar = paths(tmp_path / "m")
+    save_checkpoint(tmp_path / "m", tensors(), {"arch": "vgg11"})
+    weights.write_bytes(b"\x80\x04not a safetensors file")  # a pickle header, say
+    import hashlib
+    meta = json.loads(sidecar.read_text())
+    meta["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(weights)
+
+
+def test_architecture_mismatch_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "m", tensors(), {"arch": "vgg11"})
+    with pytest.raises(CheckpointError, match="arch is 'vgg11', expected 'resnet50'"):
+        load_checkpoint(tmp_path / "m", expect={"arch": "resnet50"})
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+    lambda ps: torch.optim.AdamW(ps, lr=0.01),
+])
+def test_optimizer_state_round_trip(tmp_path, make):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = make(model.parameters())
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(4, 3)).square().sum().backward()
+        opt.step()
+    t, meta = optimizer_to_tensors(opt)
+    save_checkpoint(tmp_path / "o", t, {"optimizer": meta})
+    t2, meta2 = load_checkpoint(tmp_path / "o")
+    opt2 = make(model.parameters())
+    optimizer_from_tensors(opt2, t2, meta2["optimizer"])
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for pid in a["state"]:
+        for key, value in a["state"][pid].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["state"][pid][key]))

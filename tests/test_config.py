@@ -1,0 +1,70 @@
+import pytest
+
+from bench.config import grid_names, load_grid
+from bench.errors import BenchError
+
+POOL = """
+n_teachers: 2
+seeds: 1
+pools:
+  - arch: vgg11
+    dataset: {paper: cifar10, tiny: digits}
+    members: 4
+    held_out: 1
+    recipe: {tiny: {epochs: 1}, paper: {epochs: 240, milestones: [150, 180, 210]}}
+methods: [single, ensemble]
+"""
+
+
+def write(tmp_path, text, name="g.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("scale", ["tiny", "paper"])
+def test_every_shipped_grid_loads_at_both_scales(scale):
+    assert "smoke" in grid_names()
+    for name in grid_names():
+        grid = load_grid(name, scale)
+        assert grid.pools and grid.methods and grid.scale == scale
+
+
+def test_per_scale_values_are_picked(tmp_path):
+    tiny, paper = load_grid(write(tmp_path, POOL), "tiny"), load_grid(write(tmp_path, POOL), "paper")
+    assert tiny.pools[0].dataset == "digits" and tiny.pools[0].recipe == {"epochs": 1}
+    assert paper.pools[0].dataset == "cifar10" and paper.pools[0].recipe["milestones"] == [150, 180, 210]
+    assert tiny.pools[0].meta_train_members == (0, 1, 2) and tiny.pools[0].held_out_members == (3,)
+    assert tiny.pools[0].name == "vgg11-digits-tiny-scratch"
+
+
+@pytest.mark.parametrize("text, words", [
+    (POOL.replace("members: 4", "memebers: 4"), ["g.yaml", "pools[0]", "'memebers'", "members, held_out"]),
+    (POOL.replace("arch: vgg11", "arch: vgg19"), ["pools[0].arch", "'vgg19'", "resnet50, vgg11, vit_b32"]),
+    (POOL.replace("[single, ensemble]", "[single, ensembel]"), ["methods", "'ensembel'", "ensemble, single"]),
+    (POOL.replace("n_teachers: 2", "n_teachers: 4"), ["N = 4", "meta-train part (3 of 4 members)"]),
+    (POOL.replace("held_out: 1", "held_out: 4"), ["held_out", "no meta-train members"]),
+    (POOL.replace("{epochs: 1}", "{epoch: 1}"), ["recipe", "'epoch'", "epochs"]),
+    (POOL.replace("{paper: cifar10, tiny: digits}", "{paper: cifar10}"), ["no value for scale 'tiny'"]),
+    (POOL.replace("seeds: 1", "seeds: 0"), ["seeds", ">= 1"]),
+    (POOL + "extra: 1\n", ["top level", "'extra'", "description"]),
+])
+def test_bad_grids_name_file_key_and_valid_values(tmp_path, text, words):
+    with pytest.raises(BenchError) as err:
+        load_grid(write(tmp_path, text), "tiny")
+    message = str(err.value)
+    assert all(w in message for w in words), message
+    assert "\n" not in message
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, POOL.replace("members: 4", "members: [4"))
+    with pytest.raises(BenchError, match=r"g.yaml: malformed YAML at line \d+"):
+        load_grid(path)
+
+
+def test_unknown_grid_lists_the_shipped_ones(tmp_path):
+    with pytest.raises(BenchError, match="unknown grid 'mian_table'; valid: .*smoke"):
+        load_grid("mian_table")
+    with pytest.raises(BenchError, match="not found"):
+        load_grid(str(tmp_path / "mine.yaml"))

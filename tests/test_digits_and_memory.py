@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from bench.data import load_dataset
+from bench.data.memory import DeviceLoader, channel_stats, random_crop, random_flip
+from bench.errors import BenchError
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint():
+    train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
+    assert len(train) + len(test) == 1797 and len(test) == 450
+    assert train.images.shape[1:] == (1, 16, 16) and train.images.dtype == torch.uint8
+    share = test.labels.bincount(minlength=10).float() / train.labels.bincount(minlength=10).float()
+    assert torch.allclose(share, torch.full((10,), 1 / 3), atol=0.03)  # 25 % / 75 % in every class
+    flat = lambda s: {bytes(x.flatten().numpy()) for x in s.images}
+    assert len(flat(train) & flat(test)) < 5  # a handful of digits are pixel-identical twins
+    again = load_dataset("digits", split="test")
+    assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
+
+
+def test_digits_sizes_and_channels():
+    d = load_dataset("digits", split="test", image_size=32, channels=3)
+    assert d.images.shape[1:] == (3, 32, 32) and torch.equal(d.images[:, 0], d.images[:, 2])
+    with pytest.raises(BenchError, match="channels"):
+        load_dataset("digits", split="test", channels=2)
+
+
+def test_unknown_dataset_and_split_are_refused():
+    with pytest.raises(BenchError, match="unknown dataset 'mnist'; valid: cifar10, cifar100, digits"):
+        load_dataset("mnist")
+    with pytest.raises(BenchError, match="unknown split 'val'"):
+        load_dataset("digits", split="val")
+    with pytest.raises(BenchError, match="needs a data root"):
+        load_dataset("cifar10")
+
+
+def test_random_crop_cuts_the_window_at_its_offsets():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.uint8).view(2, 1, 4, 4)
+    out = random_crop(x, 2, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    dy, dx = torch.randint(0, 5, (2,), generator=g), torch.randint(0, 5, (2,), generator=g)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        assert torch.equal(out[i], padded[i, :, dy[i]:dy[i] + 4, dx[i]:dx[i] + 4])
+
+
+def test_random_flip_flips_about_half():
+    x = torch.rand(1000, 1, 2, 3)
+    out = random_flip(x, torch.Generator().manual_seed(0))
+    flipped = (out == x.flip(3)).flatten(1).all(1)
+    assert ((out == x).flatten(1).all(1) | flipped).all() and 400 < flipped.sum() < 600
+
+
+def make_loader(train, **kw):
+    d = load_dataset("digits", split="test")
+    mean, std = channel_stats(d.images)
+    return DeviceLoader(d, batch_size=64, train=train, mean=mean, std=std, channels=3, **kw), d
+
+
+def test_eval_loader_yields_every_image_in_order_normalised():
+    loader, d = make_loader(False)
+    xs, ys = zip(*loader)
+    x, y = torch.cat(xs), torch.cat(ys)
+    assert len(loader) == 8 and x.shape == (450, 3, 16, 16) and torch.equal(y, d.labels)
+    assert abs(x.mean().item()) < 0.1 and abs(x.std().item() - 1) < 0.1
+
+
+def test_train_order_is_a_function_of_seed_and_epoch():
+    a, _ = make_loader(True, seed=0, augment="translate2")
+    b, _ = make_loader(True, seed=0, augment="translate2")
+    c, _ = make_loader(True, seed=1, augment="translate2")
+    first = lambda ld, e: (ld.set_epoch(e), next(iter(ld)))[1]
+    assert torch.equal(first(a, 3)[0], first(b, 3)[0])
+    assert not torch.equal(first(a, 3)[0], first(a, 4)[0])
+    assert not torch.equal(first(a, 0)[1], first(c, 0)[1])
+    assert len(a) == 450 // 64  # the ragged last training batch is dropped

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from bench.errors import BenchError
+from bench.models import ARCHS, build_model, count_parameters
+from bench.models.vgg import VGG11
+
+
+def cifar_vgg_parameters(cfg, num_classes, in_chans=3):
+    """Count by hand: 3x3 conv with bias + BN (scale, shift) per entry, then one linear layer."""
+    total, c = 0, in_chans
+    for v in cfg:
+        if v != "M":
+            total += 9 * c * v + v + 2 * v
+            c = v
+    return total + c * num_classes + num_classes
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("size", [16, 32])
+def test_tiny_models_classify_small_images(arch, size):
+    torch.manual_seed(0)
+    model = build_model(arch, 10, size, "tiny").eval()
+    assert model(torch.randn(3, 3, size, size)).shape == (3, 10)
+    assert 50_000 < count_parameters(model) < 500_000  # small enough to train in seconds
+
+
+def test_paper_parameter_counts_match_reference_models():
+    assert count_parameters(build_model("resnet50", 1000, 224, "paper")) == 25_557_032  # 25.6 M
+    assert count_parameters(build_model("vit_b32", 1000, 224, "paper")) == 88_224_232   # 88.2 M
+    assert count_parameters(build_model("vgg11", 10, 32, "paper")) == cifar_vgg_parameters(VGG11, 10)
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "resnet50"])
+def test_paper_convnets_on_cifar_sized_inputs(arch):
+    model = build_model(arch, 100, 32, "paper").eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+    if arch == "resnet50":  # the small stem keeps full resolution: 3x3 stride 1, no max pool
+        assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+        assert isinstance(model.maxpool, torch.nn.Identity)
+
+
+def test_vit_b32_uses_32px_patches_at_imagenet_size():
+    model = build_model("vit_b32", 1000, 224, "paper")
+    assert model.patch_embed.patch_size == (32, 32)
+    assert model.pos_embed.shape[1] == 1 + (224 // 32) ** 2
+
+
+def test_same_seed_same_initial_weights():
+    torch.manual_seed(3)
+    a = build_model("resnet50", 10, 16, "tiny").state_dict()
+    torch.manual_seed(3)
+    b = build_model("resnet50", 10, 16, "tiny").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(arch="vgg12", num_classes=10, image_size=32), ["vgg12", "resnet50", "vgg11", "vit_b32"]),
+    (dict(arch="vgg11", num_classes=10, image_size=32, scale="huge"), ["huge", "paper", "tiny"]),
+    (dict(arch="vgg11", num_classes=1, image_size=32), ["num_classes"]),
+])
+def test_bad_model_requests_name_the_value_and_the_valid_ones(kwargs, words):
+    with pytest.raises(BenchError) as err:
+        build_model(**kwargs)
+    assert all(w in str(err.value) for w in words) and "\n" not in str(err.value)

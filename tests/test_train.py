@@ -1,0 +1,125 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bench.checkpoint import load_checkpoint
+from bench.train import TrainConfig, load_model, lr_factor, predict, train
+from bench.data.loaders import make_loader
+from bench.metrics import classification_metrics
+
+FAST = dict(dataset="digits", scale="tiny", epochs=3)
+
+
+def weights(run_dir):
+    return (run_dir / "model.safetensors").read_bytes()
+
+
+def test_same_seed_gives_bit_identical_weights(tmp_path):
+    train(TrainConfig(arch="vgg11", seed=5, **FAST), tmp_path / "a", progress=False)
+    train(TrainConfig(arch="vgg11", seed=5, **FAST), tmp_path / "b", progress=False)
+    train(TrainConfig(arch="vgg11", seed=6, **FAST), tmp_path / "c", progress=False)
+    assert weights(tmp_path / "a") == weights(tmp_path / "b")
+    assert weights(tmp_path / "a") != weights(tmp_path / "c")
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert not (tmp_path / "a" / "checkpoint.safetensors").exists()  # superseded by model.*
+
+
+def test_killed_run_resumes_to_the_same_bits(tmp_path):
+    """SIGKILL a training process after its first epoch checkpoint, rerun, compare."""
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    cmd = [sys.executable, "-m", "bench.train", "--arch", "resnet50", "--dataset", "digits",
+           "--scale", "tiny", "--seed", "2", "--epochs", "4", "--out", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sidecar, deadline = killed / "checkpoint.json", time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(sidecar.read_text())["epoch"] >= 1:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    epoch_at_kill = json.loads(sidecar.read_text())["epoch"]
+    assert 1 <= epoch_at_kill < 4, "the run must be killed midway for this test to mean anything"
+    resumed = train(TrainConfig(arch="resnet50", seed=2, dataset="digits", scale="tiny", epochs=4),
+                    killed, progress=False)
+    train(TrainConfig(arch="resnet50", seed=2, dataset="digits", scale="tiny", epochs=4), clean, progress=False)
+    assert weights(killed) == weights(clean)
+    assert len((killed / "log.jsonl").read_text().splitlines()) == 4
+    assert resumed["metrics"] == json.loads((clean / "model.json").read_text())["metrics"] | {
+        "train_s": resumed["metrics"]["train_s"]}
+
+
+def test_finished_run_is_found_not_redone(tmp_path):
+    meta = train(TrainConfig(arch="vgg11", seed=0, **FAST), tmp_path, progress=False)
+    mtime = (tmp_path / "model.safetensors").stat().st_mtime_ns
+    assert train(TrainConfig(arch="vgg11", seed=0, **FAST), tmp_path, progress=False) == meta
+    assert (tmp_path / "model.safetensors").stat().st_mtime_ns == mtime
+    with pytest.raises(Exception, match="another config"):
+        train(TrainConfig(arch="vgg11", seed=1, **FAST), tmp_path, progress=False)
+
+
+# Stated accuracies on the 450 held-out digits with each architecture's default tiny recipe.
+@pytest.mark.parametrize("arch, at_least", [("vgg11", 97.0), ("resnet50", 96.0), ("vit_b32", 88.0)])
+def test_tiny_models_learn_digits(tmp_path, arch, at_least):
+    meta = train(TrainConfig(arch=arch, dataset="digits", scale="tiny", seed=0), tmp_path, progress=False)
+    assert meta["metrics"]["top1"] >= at_least
+    # The saved model, reloaded, reproduces the recorded accuracy.
+    model, _ = load_model(tmp_path / "model", arch=arch)
+    loader = make_loader("digits", "test", batch_size=256, train=False, image_size=16)
+    assert classification_metrics(*predict(model, loader, torch.device("cpu")))["top1"] == meta["metrics"]["top1"]
+
+
+def test_learning_rate_schedules():
+    cfg = TrainConfig(arch="vgg11", dataset="digits", schedule="cosine").resolved()
+    f = [lr_factor(s, 100, 10, cfg, 10) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[10] == 1.0 and f[99] < 0.001
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    step = TrainConfig(arch="vgg11", dataset="digits", schedule="step", milestones=(3, 6), warmup_epochs=0).resolved()
+    assert [lr_factor(e * 10, 100, 0, step, 10) for e in (0, 2, 3, 5, 6, 9)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+    one = TrainConfig(arch="vgg11", dataset="digits", schedule="onecycle").resolved()
+    assert lr_factor(55, 100, 10, one, 10) == pytest.approx(0.5)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "bench.train", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--arch", "vgg13", "--dataset", "digits"], ["unknown arch 'vgg13'", "vgg11"]),
+    (["--arch", "vgg11", "--dataset", "svhn"], ["unknown dataset 'svhn'", "cifar10"]),
+    (["--arch", "vgg11", "--dataset", "digits", "--scale", "huge"], ["unknown scale 'huge'", "tiny"]),
+    (["--arch", "vgg11", "--dataset", "digits", "--optimizer", "lion"], ["unknown optimizer 'lion'", "adamw"]),
+    (["--arch", "vgg11", "--dataset", "cifar10", "--scale", "tiny"], ["needs a data root"]),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, words):
+    out = tmp_path / "run"
+    r = run_cli(*args, "--out", str(out))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert all(w in r.stderr for w in words)
+    assert not out.exists()  # nothing left behind
+
+
+def test_missing_data_root_names_the_path(tmp_path):
+    r = run_cli("--arch", "vgg11", "--dataset", "cifar10", "--data-root", str(tmp_path / "nowhere"),
+                "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "nowhere" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_tampered_checkpoint_stops_the_resume(tmp_path):
+    cfg = TrainConfig(arch="vgg11", seed=0, **FAST)
+    train(cfg, tmp_path / "r", progress=False)
+    w = tmp_path / "r" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(Exception, match="model.safetensors.*sha256"):
+        load_checkpoint(w)
