@@ -237,12 +237,17 @@ def submit_slurm(plan: Plan, resources: dict[str, dict[str, Any]]) -> dict[str, 
 
 # --- status -------------------------------------------------------------------------------
 
+SLURM_RUNNING = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SUSPENDED")
+SLURM_PENDING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING")
+
+
 def squeue_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM's view of live jobs (accounting may be off, so sacct is not asked)."""
+    """SLURM's view of the jobs, finished ones included (`-t all`, kept for MinJobAge): the
+    cluster may have no accounting, so sacct is not asked."""
     if not job_ids or not shutil.which("squeue"):
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i %T"],
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i %T"],
                          capture_output=True, text=True)
     return dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
 
@@ -268,9 +273,12 @@ def current_states(grid: str, roots: Roots) -> tuple[dict[str, Any], dict[str, d
         for j in jobs:
             if j["run_id"] in plan.done:
                 state = "done"
-            elif manifest["cluster"] == "slurm" and j.get("job_id") in live:
-                state = "running" if live[j["job_id"]] in ("RUNNING", "COMPLETING") else "pending"
+            elif manifest["cluster"] == "slurm" and live.get(j.get("job_id")) in SLURM_RUNNING:
+                state = "running"
+            elif manifest["cluster"] == "slurm" and live.get(j.get("job_id")) in SLURM_PENDING:
+                state = "pending"
             elif manifest["cluster"] == "slurm":
+                # Finished without its output (failed, cancelled, timed out), or never submitted.
                 state = "failed" if j.get("job_id") else "pending"
             else:
                 state = j.get("state", "pending")

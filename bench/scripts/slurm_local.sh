@@ -15,9 +15,13 @@
 #
 # The cluster: node $(hostname -s) at 127.0.0.1, CPUs=$(nproc), RealMemory=min(16000 MB, 90% of
 # RAM), one partition `debug` (default, MaxTime=INFINITE). There is no accounting database, so
-# `sacct` fails: submitit then warns "Bypassing sacct error" and reports state UNKNOWN until the
-# job's result pickle appears. Finished jobs stay visible to `squeue -t all` / `scontrol show job`
-# for MinJobAge seconds.
+# `sacct` fails: submitit then warns "Bypassing sacct error", job.state stays UNKNOWN, and
+# job.done()/result() rely on the result pickle alone (a job cancelled or killed outside Python
+# never writes one, so result() would wait forever). `start` therefore also writes
+# $BENCH_SLURM_DIR/bin/sacct, a stand-in that answers submitit's sacct call from squeue:
+#   PATH="/var/lib/bench-slurm/bin:$PATH" python ...   # job.state/done() then see real states
+# Finished jobs stay visible to `squeue -t all` / `scontrol show job` for MinJobAge (1 h).
+# A requeued job may start again cred_expire (10 s) after the requeue.
 #
 # Environment: BENCH_SLURM_DIR (default /var/lib/bench-slurm), BENCH_SLURM_PARTITION (debug),
 # BENCH_SLURM_WAIT_S (60: how long `start` waits for the node to be idle).
@@ -133,6 +137,8 @@ JobCompType=jobcomp/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024
+# Reject at submission a job that asks for more than the node has (instead of PENDING forever).
+EnforcePartLimits=ALL
 ReturnToService=2
 JobRequeue=1
 # Finished jobs stay in slurmctld (squeue -t all, scontrol show job) this long: with no

@@ -1,0 +1,84 @@
+"""`python -m bench.report --grid G`: the main table of a grid from its run records.
+
+Rows are methods, columns the grid's (architecture, data set) settings; a cell is the mean
++- sample std over seeds of a last-epoch metric, with n. Written to
+`results/<grid>/report/main_table.{md,csv}` and printed. Missing cells show as missing;
+failed runs are listed with their reasons.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from bench.config import grid_path
+from bench.errors import BenchError, cli
+from bench.io import atomic_write_bytes
+from bench.paths import results_root
+from bench.store import load_records
+
+METHOD_ORDER = ("single", "ensemble", "kd", "self_distill", "soup", "aligned_soup", "weightformer",
+                "weightformer_ft")
+METRICS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "nll": "NLL (nats)", "ece": "ECE (%)"}
+
+
+def cell_stats(runs: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
+    """mean, std (n-1) and n per (method, setting) over the finished method runs."""
+    done = runs[(runs.stage == "methods") & (runs.status == "done")].copy()
+    done["setting"] = done.arch + " / " + done.dataset
+    g = done.groupby(["method", "setting"])[metric]
+    return g.agg(mean="mean", std="std", n="count").reset_index()
+
+
+def main_table(runs: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
+    stats = cell_stats(runs, metric)
+    if stats.empty:
+        return pd.DataFrame()
+    digits = 4 if metric == "nll" else 2
+    # With one seed there is no spread to report: the cell says so instead of "± 0".
+    stats["cell"] = [f"{m:.{digits}f} ± {s:.{digits}f} (n={n})" if n > 1 else f"{m:.{digits}f} (n=1)"
+                     for m, s, n in zip(stats["mean"], stats["std"], stats["n"])]
+    table = stats.pivot(index="method", columns="setting", values="cell")
+    order = [m for m in METHOD_ORDER if m in table.index] + sorted(set(table.index) - set(METHOD_ORDER))
+    return table.loc[order].fillna("missing")
+
+
+def report(grid: str, root: Path, out: Path | None = None) -> str:
+    runs = load_records(root / grid)
+    if runs.empty:
+        raise BenchError(f"no records for grid {grid!r} under {root / grid / 'records'}; run the sweep first")
+    out = out or root / grid / "report"
+    parts = [f"# {grid}: last-epoch metrics, mean ± std over seeds (n runs)\n"]
+    for metric, title in METRICS.items():
+        table = main_table(runs, metric)
+        if table.empty:
+            continue
+        parts.append(f"## {title}\n\n{table.to_markdown()}\n")
+        if metric == "top1":
+            atomic_write_bytes(out / "main_table.csv", cell_stats(runs, metric).to_csv(index=False).encode())
+    failed = runs[runs.status == "failed"]
+    if len(failed):
+        parts.append("## Failed runs\n\n" + "\n".join(
+            f"- {r['run_id']} {r['method']} {r['arch']}/{r['dataset']} seed {r['seed']}: {r.get('reason', '')}"
+            for _, r in failed.iterrows()) + "\n")
+    text = "\n".join(parts)
+    atomic_write_bytes(out / "main_table.md", text.encode())
+    return text
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--grid", action="append", help="grid name or file (repeatable; default main_table)")
+    p.add_argument("--results-root")
+    p.add_argument("--out", type=Path, help="folder for the report (default results/<grid>/report)")
+    a = p.parse_args(argv)
+    root = results_root(a.results_root)
+    for grid in a.grid or ["main_table"]:
+        name = grid_path(grid).stem
+        print(report(name, root, a.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.config import load_grid
+from bench.stages import Roots, run_methods, teacher_spec
+from bench.store import load_records, run_id
+from bench.sweep import local_cap, make_plan, run_local, load_resources, CLUSTER_FILE
+
+MINI = """
+n_teachers: 2
+seeds: 2
+pools:
+  - arch: vgg11
+    dataset: digits
+    members: 3
+    held_out: 0
+    recipe: {epochs: 1}
+methods: [single, ensemble]
+"""
+
+
+@pytest.fixture
+def mini(tmp_path):
+    path = tmp_path / "mini.yaml"
+    path.write_text(MINI)
+    return path
+
+
+def roots(tmp_path):
+    return Roots.resolve(str(tmp_path / "teachers"), str(tmp_path / "results"))
+
+
+def sweep(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "bench.sweep", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def test_plan_expansion_wiring_and_stable_run_ids(mini, tmp_path):
+    grid = load_grid(mini, "tiny")
+    plan = make_plan(grid, roots(tmp_path))
+    teachers, methods = plan.stages["teachers"], plan.stages["methods"]
+    assert len(teachers) == 3 and len(methods) == 2 * 2  # members; methods x seeds
+    teacher_ids = {t.spec["member"]: t.run_id for t in teachers}
+    for job in methods:
+        assert len(job.spec["members"]) == 2
+        assert job.needs == [teacher_ids[k] for k in job.spec["members"]]
+    again = make_plan(load_grid(mini, "tiny"), roots(tmp_path))
+    assert [j.run_id for s in again.stages.values() for j in s] == [j.run_id for s in plan.stages.values() for j in s]
+    assert len({j.run_id for s in plan.stages.values() for j in s}) == 7  # no two specs share an id
+    mini.write_text(MINI.replace("epochs: 1", "epochs: 2"))
+    changed = make_plan(load_grid(mini, "tiny"), roots(tmp_path))
+    assert changed.stages["teachers"][0].run_id != teachers[0].run_id  # the recipe is in the spec
+
+
+def test_debug_sweep_runs_records_and_skips_what_is_done(mini, tmp_path):
+    args = ["--grid", str(mini), "--cluster", "debug", "--teachers-root", str(tmp_path / "teachers"),
+            "--results-root", str(tmp_path / "results")]
+    first = sweep(*args)
+    assert first.returncode == 0, first.stderr
+    table = load_records(tmp_path / "results" / "mini")
+    assert len(table) == 3 + 4 and set(table.status) == {"done"}
+    members = table[table.stage == "teachers"].set_index("member")
+    for _, row in table[(table.method == "single") & (table.stage == "methods")].iterrows():
+        # "single" re-evaluates the same saved teachers: its mean is their recorded mean.
+        expected = members.loc[row.teacher_members, "top1"].mean()
+        assert row.top1 == pytest.approx(expected) and row.infer_forwards == 1
+    assert set(table[table.method == "ensemble"].infer_forwards) == {2}
+    second = sweep(*args)
+    assert second.returncode == 0 and "nothing to run" in second.stdout
+    status = sweep("--grid", str(mini), "--status", "--teachers-root", str(tmp_path / "teachers"),
+                   "--results-root", str(tmp_path / "results"))
+    assert "teachers      3" in status.stdout and "methods       4" in status.stdout
+
+
+def test_local_executor_respects_its_parallelism_cap(mini, tmp_path):
+    mini.write_text(MINI.replace("seeds: 2", "seeds: 1").replace("[single, ensemble]", "[ensemble]"))
+    grid = load_grid(mini, "tiny")
+    r = roots(tmp_path)
+    resources = {s: load_resources(CLUSTER_FILE, "tiny", s, {}) for s in ("teachers", "methods")}
+    states = run_local(make_plan(grid, r), resources, cap=1, progress=False)
+    assert all(s["state"] == "done" for s in states.values())
+    manifest = json.loads((r.results / "mini" / "sweep.json").read_text())
+    assert manifest["peak_running"] == 1 and manifest["finished"]
+    assert local_cap(1) == len(os.sched_getaffinity(0)) and local_cap(10 ** 6) == 1
+
+
+def test_generated_sbatch_holds_the_array_and_the_dependency(mini, tmp_path):
+    """A stand-in `sbatch` records what it is given: the text submitit generates."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/sh\nn=$(cat \"$0.count\" 2>/dev/null || echo 100); n=$((n+1)); echo $n > \"$0.count\"\n"
+        "cp \"$1\" \"$0.$n.sh\"\necho \"Submitted batch job $n\"\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    r = sweep("--grid", str(mini), "--cluster", "slurm", "--partition", "debug", "--timeout-min", "7",
+              "--teachers-root", str(tmp_path / "teachers"), "--results-root", str(tmp_path / "results"),
+              env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stderr
+    teachers, methods = (bin_dir / "sbatch.101.sh").read_text(), (bin_dir / "sbatch.102.sh").read_text()
+    assert "#SBATCH --array=0-2" in teachers and "dependency" not in teachers
+    assert "#SBATCH --array=0-3" in methods and "#SBATCH --dependency=afterok:101" in methods
+    assert "#SBATCH --time=7" in teachers and "#SBATCH --partition=debug" in teachers
+    manifest = json.loads((tmp_path / "results" / "mini" / "sweep.json").read_text())
+    assert [j["job_id"] for j in manifest["stages"]["teachers"]] == ["101_0", "101_1", "101_2"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--grid", "smoke", "--gird", "x"], ["unrecognized arguments: --gird", "--grid", "--scale", "--cluster"]),
+    (["--grid", "smoke", "--cluster", "slurmm"], ["unknown cluster 'slurmm'", "auto, debug, local, slurm"]),
+    (["--grid", "smoke", "--scale", "huge"], ["unknown scale 'huge'"]),
+    (["--grid", "smokey"], ["unknown grid 'smokey'", "main_table", "smoke"]),
+])
+def test_bad_input_stops_with_one_line(args, words, tmp_path):
+    r = sweep(*args, "--results-root", str(tmp_path / "results"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_slurm_without_sbatch_and_unwritable_root_stop_before_submitting(mini, tmp_path):
+    no_sbatch = sweep("--grid", str(mini), "--cluster", "slurm", env={"PATH": str(Path(sys.executable).parent)})
+    assert no_sbatch.returncode == 2 and "sbatch not found" in no_sbatch.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = sweep("--grid", str(mini), "--cluster", "debug", "--results-root", str(blocker / "results"),
+              "--teachers-root", str(tmp_path / "teachers"))
+    assert r.returncode == 2 and "not writable" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "teachers").exists()
+
+
+def test_a_missing_teacher_gives_a_failed_record_with_the_reason(mini, tmp_path):
+    pool = load_grid(mini, "tiny").pools[0]
+    spec = {"stage": "methods", "method": "ensemble", "options": {}, "seed": 0, "n_teachers": 2,
+            "members": [0, 1], "teachers": [teacher_spec(pool, 0), teacher_spec(pool, 1)]}
+    with pytest.raises(Exception, match="teacher 0 .* not found"):
+        run_methods(spec, "mini", roots(tmp_path))
+    record = json.loads((tmp_path / "results" / "mini" / "records" / f"{run_id(spec)}.json").read_text())
+    assert record["status"] == "failed" and "teacher 0" in record["reason"] and record["top1"] is None
