@@ -1,8 +1,7 @@
 # The two commands of the README. Both install what they need first (idempotent, fast once done).
 PYTHON ?= python
-DEMO_MEMBERS ?= 4
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test
 
 install: .make/installed
 
@@ -12,9 +11,11 @@ install: .make/installed
 	-PYTHON=$(PYTHON) bash bench/scripts/install_ffcv.sh
 	@mkdir -p .make && touch $@
 
-# The main job on the embedded default: tiny teacher pools of every architecture on digits.
+# The main job on the embedded default: the main table's grid at tiny scale (digits), run by
+# the local executor, then its table.
 demo: install
-	$(PYTHON) -m bench.pool --arch all --dataset digits --scale tiny --members $(DEMO_MEMBERS) --grid demo
+	$(PYTHON) -m bench.sweep --grid main_table --scale tiny --cluster local --wait
+	$(PYTHON) -m bench.report --grid main_table
 
 test: install
 	$(PYTHON) -m pytest

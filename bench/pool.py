@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from bench.data import DATASETS
+from bench.data.loaders import world
 from bench.errors import BenchError, choose, cli
 from bench.models import ARCHS, SCALES
 from bench.paths import data_root, results_root, teachers_root
@@ -70,7 +71,8 @@ def train_member(pool: Pool, k: int, *, teachers: str | Path | None = None,
               **{m: meta["metrics"][m] for m in ("top1", "top5", "nll", "ece")},
               "train_s": meta["train_s"], "wall_s": time.perf_counter() - t0,
               "epochs": meta["epochs"], "weights": str(pool.member_dir(k, teachers) / "model.safetensors")}
-    write_record(results_root(results) / grid / "records", record)
+    if world()[0] == 0:  # in a data-parallel job every rank trains; one writes the record
+        write_record(results_root(results) / grid / "records", record)
     return record
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.config import grid_path
+from bench.config import grid_path, load_grid
 from bench.errors import BenchError, cli
 from bench.io import atomic_write_bytes
 from bench.paths import results_root
@@ -31,7 +31,8 @@ def cell_stats(runs: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
     return g.agg(mean="mean", std="std", n="count").reset_index()
 
 
-def main_table(runs: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
+def main_table(runs: pd.DataFrame, metric: str = "top1", settings: list[str] | None = None) -> pd.DataFrame:
+    """Methods x settings; `settings` fixes the column order (the grid's pool order)."""
     stats = cell_stats(runs, metric)
     if stats.empty:
         return pd.DataFrame()
@@ -41,7 +42,18 @@ def main_table(runs: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
                      for m, s, n in zip(stats["mean"], stats["std"], stats["n"])]
     table = stats.pivot(index="method", columns="setting", values="cell")
     order = [m for m in METHOD_ORDER if m in table.index] + sorted(set(table.index) - set(METHOD_ORDER))
-    return table.loc[order].fillna("missing")
+    columns = [c for c in settings or [] if c in table.columns] + \
+        sorted(set(table.columns) - set(settings or []))
+    return table.loc[order, columns].fillna("missing")
+
+
+def grid_settings(grid: str) -> list[str]:
+    """'arch / dataset' of the grid's pools, in the grid file's order, when the file is known."""
+    try:
+        return [f"{p.arch} / {p.dataset}" for p in load_grid(grid, "tiny").pools] + \
+            [f"{p.arch} / {p.dataset}" for p in load_grid(grid, "paper").pools]
+    except BenchError:
+        return []
 
 
 def report(grid: str, root: Path, out: Path | None = None) -> str:
@@ -51,7 +63,7 @@ def report(grid: str, root: Path, out: Path | None = None) -> str:
     out = out or root / grid / "report"
     parts = [f"# {grid}: last-epoch metrics, mean ± std over seeds (n runs)\n"]
     for metric, title in METRICS.items():
-        table = main_table(runs, metric)
+        table = main_table(runs, metric, grid_settings(grid))
         if table.empty:
             continue
         parts.append(f"## {title}\n\n{table.to_markdown()}\n")

@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from bench.config import Grid, PoolSpec
+from bench.data.loaders import world
 from bench.paths import results_root, teachers_root
 from bench.pool import Pool, train_member
 from bench.store import read_record, run_id, write_record
@@ -130,16 +131,18 @@ def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]
                     teachers=[member_dir(roots, t) / "model.safetensors" for t in spec["teachers"]],
                     members=spec["members"], options=spec["options"],
                     data_root=teacher["recipe"].get("data_root"))
-    records = roots.results / grid / "records"
+    # In a data-parallel job every rank runs the method; rank 0 alone writes the record.
+    records = roots.results / grid / "records" if world()[0] == 0 else None
+    write = (lambda rec: write_record(records, rec)) if records else (lambda rec: None)
     try:
         fields = METHODS[spec["method"]].run(job)
     except Exception as err:  # a failed record says why instead of a number, then the job fails
         reason = " ".join(str(err).split()) or type(err).__name__
-        write_record(records, {**base, "status": "failed", "reason": f"{type(err).__name__}: {reason}",
-                               "traceback": traceback.format_exc(limit=5), "wall_s": time.perf_counter() - t0})
+        write({**base, "status": "failed", "reason": f"{type(err).__name__}: {reason}",
+               "traceback": traceback.format_exc(limit=5), "wall_s": time.perf_counter() - t0})
         raise
     record = {**base, "status": "done", **fields, "wall_s": time.perf_counter() - t0}
-    write_record(records, record)
+    write(record)
     return record
 
 
@@ -151,8 +154,36 @@ def run_job(spec: dict[str, Any], grid: str, roots: Roots, cpus: int | None = No
     """Entry point of every job. Interrupted training resumes from its own epoch checkpoint.
 
     Threads follow the CPUs the job was given (`cpus`, else SLURM's allocation, else the
-    affinity mask), so jobs sharing a node do not oversubscribe it."""
+    affinity mask), so jobs sharing a node do not oversubscribe it.
+
+    A job of several tasks (SLURM_NTASKS > 1: submitit runs this once per task) trains data-
+    parallel: each task joins a torch.distributed group (nccl on GPUs, else gloo) whose
+    rendezvous submitit's job environment exports (MASTER_ADDR = the job's first node,
+    MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK), runs the job, and leaves the group at the end.
+    Outside a submitit job (the debug executor, tests) or with one task nothing changes."""
+    import submitit
+    import torch.distributed as dist
+
     from bench.data.ffcv import job_cpus
 
     torch.set_num_threads(max(1, cpus or job_cpus()))
-    return RUNNERS[spec["stage"]](spec, grid, roots)
+    try:
+        tasks = submitit.JobEnvironment().num_tasks
+    except RuntimeError:  # not inside a submitit job: a single process
+        tasks = 1
+    if tasks <= 1:
+        return RUNNERS[spec["stage"]](spec, grid, roots)
+    # overwrite: the values derived from SLURM's own variables win over any inherited ones (a
+    # MASTER_PORT already set is kept: submitit reads it). CUDA_VISIBLE_DEVICES is left alone:
+    # bench.train picks cuda:LOCAL_RANK among the GPUs the task sees, which works both when
+    # each task sees all of the node's GPUs and when SLURM binds one per task.
+    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                                overwrite=True)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size)
+    try:
+        return RUNNERS[spec["stage"]](spec, grid, roots)
+    finally:
+        dist.destroy_process_group()

@@ -55,16 +55,18 @@ class JobRunner(submitit.helpers.Checkpointable):
 
 def load_resources(path: Path, scale: str, stage: str, flags: dict[str, Any]) -> dict[str, Any]:
     """sweeps/cluster.yaml: `{scale: {default: {...}, <stage>: {...}}}`, then flags on top."""
-    raw = read_yaml(path) if path.exists() else {}
-    raw = raw or {}
-    choose_in = lambda kind, value, valid, where: value if value in valid else (_ for _ in ()).throw(
-        BenchError(f"{path}: {where}: unknown {kind} {value!r}; valid: {', '.join(valid)}"))
+    raw = (read_yaml(path) if path.exists() else None) or {}
+
+    def check(kind: str, value: str, valid, where: str) -> None:
+        if value not in valid:
+            raise BenchError(f"{path}: {where}: unknown {kind} {value!r}; valid: {', '.join(valid)}")
+
     for s in raw:
-        choose_in("scale", s, SCALES, "top level")
+        check("scale", s, SCALES, "top level")
         for st, res in (raw[s] or {}).items():
-            choose_in("stage", st, ("default", *STAGES), s)
+            check("stage", st, ("default", *STAGES), s)
             for key in res or {}:
-                choose_in("resource", key, RESOURCE_KEYS, f"{s}.{st}")
+                check("resource", key, RESOURCE_KEYS, f"{s}.{st}")
     merged = {"cpus": 1, "mem_gb": 4, "gpus": 0, "timeout_min": 60}
     merged.update((raw.get(scale) or {}).get("default") or {})
     merged.update((raw.get(scale) or {}).get(stage) or {})
@@ -79,6 +81,8 @@ def slurm_parameters(res: dict[str, Any], name: str) -> dict[str, Any]:
               "mem_gb": res["mem_gb"], "slurm_signal_delay_s": 120}
     if res.get("gpus"):
         params["gpus_per_node"] = int(res["gpus"])
+        # One task per GPU: a job of several tasks trains data-parallel (bench.stages.run_job).
+        params["tasks_per_node"] = int(res["gpus"])
     if res.get("partition"):
         params["slurm_partition"] = res["partition"]
     if res.get("account"):
@@ -175,13 +179,14 @@ def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None 
         for rid, (job, handle) in list(running.items()):
             if handle.done():
                 del running[rid]
+                times = {"started": states[rid].get("started"), "ended": time.time()}
                 try:
                     handle.result()
-                    states[rid] = {"state": "done", "job_id": handle.job_id}
+                    states[rid] = {"state": "done", "job_id": handle.job_id, **times}
                 except Exception as err:  # the job's own traceback is in its log file
                     msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
                     states[rid] = {"state": "failed", "job_id": handle.job_id, "reason": msg[:500],
-                                   "log": str(handle.paths.stderr)}
+                                   "log": str(handle.paths.stderr), **times}
                     bar.write(f"failed: {job.label}: {msg[:200]}")
                 bar.update(1)
         for job in list(pending):
@@ -197,7 +202,7 @@ def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None 
                 handle = ex.submit(JobRunner(), job.spec, plan.grid.name, plan.roots,
                                    int(resources[job.stage]["cpus"]))
                 running[job.run_id] = (job, handle)
-                states[job.run_id] = {"state": "running", "job_id": handle.job_id}
+                states[job.run_id] = {"state": "running", "job_id": handle.job_id, "started": time.time()}
         peak = max(peak, len(running))
         write_manifest(plan, "local", states, driver_pid=os.getpid(), peak_running=peak)
         time.sleep(0.5)
@@ -307,6 +312,11 @@ def print_status(grid: str, roots: Roots) -> None:
         counts = {k: list(s.values()).count(k) for k in ("done", "running", "pending", "failed", "skipped")}
         print(f"  {stage:<9} {counts['done']:>5} {counts['running']:>8} {counts['pending']:>8} "
               f"{counts['failed']:>7} {counts['skipped']:>8}")
+    for stage, jobs in manifest["stages"].items():
+        spans = [(j["started"], j["ended"]) for j in jobs if j.get("started") and j.get("ended")]
+        if spans:
+            wall = max(e for _, e in spans) - min(s for s, _ in spans)
+            print(f"  {stage}: {len(spans)} jobs ran in {wall:.0f} s wall ({sum(e - s for s, e in spans):.0f} job-seconds)")
     failed = [j for js in manifest["stages"].values() for j in js if states_of(states, j) == "failed"]
     for j in failed[:20]:
         print(f"  failed: {j['label']} {j.get('reason', '')} {j.get('log', '')}".rstrip())

@@ -5,26 +5,37 @@ epoch), `checkpoint.*` (model + optimizer after the last finished epoch) and, on
 `model.*` (final weights; its sidecar carries the metrics). Rerunning the same command resumes
 from the checkpoint, or returns at once when `model.*` exists. The seed fixes initialisation,
 data order and augmentation, so on a CPU a rerun -- interrupted or not -- gives the same bits.
+
+Data-parallel: when torch.distributed is initialised with more than one rank (`bench.stages.run_job`
+does it for a job of several SLURM tasks), every rank trains a DistributedDataParallel copy on its
+own shard of each global batch (`batch_size` stays the global batch size), rank 0 alone evaluates
+and writes the run folder, and the files are those of a single-process run (same keys, same layout).
+BatchNorm stays per rank (DDP's default): each rank normalises with its own shard's statistics and
+rank 0's running statistics are the ones saved (SyncBatchNorm would make it exactly the
+single-process computation, on GPUs only).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from bench.checkpoint import (load_checkpoint, optimizer_from_tensors, optimizer_to_tensors,
                               paths, read_meta, save_checkpoint)
 from bench.data import DATASETS, dataset_spec
-from bench.data.loaders import make_loader
+from bench.data.loaders import make_loader, world
 from bench.errors import BenchError, choose, cli
 from bench.io import atomic_write_json, atomic_write_lines
 from bench.metrics import classification_metrics
@@ -121,6 +132,26 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def rank_device(name: str, world_size: int) -> torch.device:
+    """The device of this process: `pick_device(name)`, except that with several ranks on GPUs
+    rank LOCAL_RANK takes cuda:LOCAL_RANK (modulo the GPUs it sees: one each when SLURM binds
+    a GPU per task, all of the node's otherwise)."""
+    device = pick_device(name)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    if world_size > 1 and dist.get_backend() == "nccl" and device.type != "cuda":
+        raise BenchError(f"device {name!r} is not a GPU but torch.distributed uses nccl (GPUs only); "
+                         f"use --device auto or cuda, or the gloo backend")
+    return device
+
+
+def barrier(device: torch.device) -> None:
+    """Wait for every rank (nothing to do in a single process)."""
+    if world()[1] > 1:
+        dist.barrier(device_ids=[device.index]) if dist.get_backend() == "nccl" else dist.barrier()
+
+
 def lr_factor(step: int, total: int, warmup: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""
     if step < warmup:
@@ -178,22 +209,33 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
 
     `criterion(logits, images, labels) -> loss` replaces cross-entropy (distillation methods
     pass their own); it must be a pure function of its inputs for resumes to stay exact.
+
+    With torch.distributed initialised (world size > 1) every rank calls this with the same
+    arguments; `cfg.batch_size` is the global batch size and must divide by the world size.
     """
     cfg = cfg.resolved()
     out = Path(out)
     final, ckpt = out / "model", out / "checkpoint"
     config = cfg.to_json()
+    rank, world_size = world()
     if paths(final)[1].exists():
         meta = read_meta(final)
         if meta.get("config") != config:
             raise BenchError(f"{out} holds a finished run with another config; choose another --out")
         return meta
-    device = pick_device(cfg.device)
+    if cfg.batch_size % world_size:
+        raise BenchError(f"global batch size {cfg.batch_size} is not divisible by the world size "
+                         f"{world_size}; pick a multiple of {world_size}")
+    device = rank_device(cfg.device, world_size)
     spec = dataset_spec(cfg.dataset)
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, root=cfg.data_root,
                   image_size=cfg.image_size, device=device)
-    train_loader = make_loader(cfg.dataset, "train", train=True, beton=cfg.beton_train, **common)
-    test_loader = make_loader(cfg.dataset, "test", train=False, beton=cfg.beton_test, **common)
+    # Each rank gets its share of every global batch (the same draws as a single process).
+    train_loader = make_loader(cfg.dataset, "train", train=True, beton=cfg.beton_train,
+                               distributed=world_size > 1, **common)
+    # Only rank 0 evaluates (see the epoch loop), on the whole test set, unsharded.
+    test_loader = make_loader(cfg.dataset, "test", train=False, beton=cfg.beton_test, **common) \
+        if rank == 0 else None
 
     # The seed fixes the initial weights unless a shared initialisation is asked for.
     torch.manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed)
@@ -206,53 +248,81 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
     criterion = criterion or (lambda logits, x, y: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing))
 
     start_epoch, history, train_s = 0, [], 0.0
-    if paths(ckpt)[1].exists():
+    if paths(ckpt)[1].exists():  # every rank resumes from the same file, into the bare model
         tensors, meta = load_checkpoint(ckpt, expect={"arch": cfg.arch})
         if meta.get("config") != config:
             raise BenchError(f"{out} holds a checkpoint of another config; choose another --out")
         model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
         optimizer_from_tensors(opt, tensors, meta["optimizer"])
         start_epoch, history, train_s = meta["epoch"], meta["history"], meta["train_s"]
-    else:
+    elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", config)
+    # No rank may replace the checkpoint (rank 0, after its next epoch) before all have read it.
+    barrier(device)
+    # DDP averages the gradients over the ranks; `model` stays the bare module, whose
+    # state_dict (keys without "module.") is what every file holds. The optimizer holds the
+    # same parameter objects.
+    net = model if world_size == 1 else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    extra_meta = {"world_size": world_size} if world_size > 1 else {}
 
     bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs,
                desc=f"{cfg.arch}/{cfg.dataset} seed {cfg.seed}", unit="epoch",
-               disable=not progress if progress is not None else None)
+               disable=True if rank else (not progress if progress is not None else None))
     for epoch in bar:
         t0 = time.perf_counter()
-        model.train()
+        net.train()
         train_loader.set_epoch(epoch) if hasattr(train_loader, "set_epoch") else None
         loss_sum = torch.zeros((), device=device)
         for i, (x, y) in enumerate(train_loader):
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(epoch * steps_per_epoch + i, total, warmup, cfg, steps_per_epoch)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = criterion(model(x), x, y)
+                loss = criterion(net(x), x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.detach()
         train_s += time.perf_counter() - t0
-        metrics = classification_metrics(*predict(model, test_loader, device))
-        row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / steps_per_epoch, "train_s": train_s, **metrics}
+        if world_size > 1:  # the mean over ranks of their shards' mean losses: the global batch's
+            dist.all_reduce(loss_sum)
+            loss_sum /= world_size
+        row = None
+        if rank == 0:
+            # Rank 0 alone evaluates, with the bare model, on the whole test set; the other ranks
+            # take its row. Evaluating on every rank would not agree: each rank's BatchNorm
+            # running statistics come from its own shards (DDP re-broadcasts rank 0's only at
+            # the next forward), and rank 0's are the ones saved, so its numbers describe the
+            # files. The test sets are small, so the others' wait is short.
+            metrics = classification_metrics(*predict(model, test_loader, device))
+            row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / steps_per_epoch, "train_s": train_s,
+                   **metrics}
+        if world_size > 1:
+            box = [row]
+            dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
+            row = box[0]
+            train_s = row["train_s"]  # rank 0's clock, as in its files
         history.append(row)
-        tensors, opt_meta = optimizer_to_tensors(opt)
-        tensors.update({f"model/{k}": v for k, v in model.state_dict().items()})
-        save_checkpoint(ckpt, tensors, {**model_meta(cfg, spec.num_classes), "config": config,
-                                        "epoch": epoch + 1, "history": history, "train_s": train_s,
-                                        "optimizer": opt_meta})
-        atomic_write_lines(out / "log.jsonl", history)  # rewritten whole: always matches the checkpoint
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", top1=f"{metrics['top1']:.1f}")
-        if bar.disable:
-            print(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} top1 {metrics['top1']:.2f}", flush=True)
+        if rank == 0:
+            tensors, opt_meta = optimizer_to_tensors(opt)
+            tensors.update({f"model/{k}": v for k, v in model.state_dict().items()})
+            save_checkpoint(ckpt, tensors, {**model_meta(cfg, spec.num_classes), "config": config,
+                                            "epoch": epoch + 1, "history": history, "train_s": train_s,
+                                            "optimizer": opt_meta, **extra_meta})
+            atomic_write_lines(out / "log.jsonl", history)  # rewritten whole: always matches the checkpoint
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", top1=f"{row['top1']:.1f}")
+        if bar.disable and rank == 0:
+            print(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} top1 {row['top1']:.2f}", flush=True)
 
-    final_meta = {**model_meta(cfg, spec.num_classes), "config": config, "epochs": cfg.epochs,
-                  "metrics": {k: v for k, v in history[-1].items() if k != "epoch"}, "train_s": train_s}
-    save_checkpoint(final, model.state_dict(), final_meta)
-    for p in paths(ckpt):
-        p.unlink(missing_ok=True)  # the final weights supersede the resume point
+    if rank == 0:
+        final_meta = {**model_meta(cfg, spec.num_classes), "config": config, "epochs": cfg.epochs,
+                      "metrics": {k: v for k, v in history[-1].items() if k != "epoch"}, "train_s": train_s,
+                      **extra_meta}
+        save_checkpoint(final, model.state_dict(), final_meta)
+        for p in paths(ckpt):
+            p.unlink(missing_ok=True)  # the final weights supersede the resume point
+    barrier(device)  # the others read what rank 0 has just written
     return read_meta(final)
 
 

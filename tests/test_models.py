@@ -29,6 +29,7 @@ def test_paper_parameter_counts_match_reference_models():
     assert count_parameters(build_model("resnet50", 1000, 224, "paper")) == 25_557_032  # 25.6 M
     assert count_parameters(build_model("vit_b32", 1000, 224, "paper")) == 88_224_232   # 88.2 M
     assert count_parameters(build_model("vgg11", 10, 32, "paper")) == cifar_vgg_parameters(VGG11, 10)
+    assert round(count_parameters(build_model("wrn28_10", 10, 32, "paper")) / 1e6, 1) == 36.5  # WRN-28-10
 
 
 @pytest.mark.parametrize("arch", ["vgg11", "resnet50"])
@@ -56,7 +57,7 @@ def test_same_seed_same_initial_weights():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(arch="vgg12", num_classes=10, image_size=32), ["vgg12", "resnet50", "vgg11", "vit_b32"]),
+    (dict(arch="vgg12", num_classes=10, image_size=32), ["vgg12", "resnet50", "vgg11", "vit_b32", "wrn28_10"]),
     (dict(arch="vgg11", num_classes=10, image_size=32, scale="huge"), ["huge", "paper", "tiny"]),
     (dict(arch="vgg11", num_classes=1, image_size=32), ["num_classes"]),
 ])

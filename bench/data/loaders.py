@@ -1,5 +1,11 @@
 """One entry point for batches: `make_loader` picks the device-resident loader for small sets,
-FFCV for a `.beton`, and a torchvision DataLoader otherwise."""
+FFCV for a `.beton`, and a torchvision DataLoader otherwise.
+
+`batch_size` is always the global batch size. With `distributed=True` (torch.distributed
+initialised) the loader yields this rank's share of it, `batch_size // world_size` images:
+the device-resident loader slices every global batch (same order and augmentation on every
+rank), FFCV shards its order as DistributedSampler does, and the torchvision DataLoader uses
+a DistributedSampler."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -7,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from bench.data import dataset_spec, load_dataset
+from bench.data import ImageSet, dataset_spec, load_dataset
 from bench.data.memory import DeviceLoader, channel_stats
+from bench.errors import BenchError
 
 
 def _options(name: str, image_size: int | None) -> dict:
@@ -30,28 +37,84 @@ def normalisation(name: str, root: str | Path | None = None, image_size: int | N
     return channel_stats(_cached(name, None if root is None else str(root), "train", image_size).images)
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, (0, 1) when it is not initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def make_loader(name: str, split: str, *, batch_size: int, train: bool, seed: int = 0,
                 root: str | Path | None = None, image_size: int | None = None,
                 device: str | torch.device = "cpu", channels: int = 3,
                 beton: str | Path | None = None, distributed: bool = False):
-    """Batches of (normalised float NCHW images on `device`, int64 labels)."""
+    """Batches of (normalised float NCHW images on `device`, int64 labels).
+
+    `batch_size` is the global batch size; `distributed=True` gives this rank's share of every
+    global batch (see the module doc; the world size must divide `batch_size`)."""
     spec = dataset_spec(name)
+    rank, world_size = world() if distributed else (0, 1)
+    if batch_size % world_size:
+        raise BenchError(f"global batch size {batch_size} is not divisible by the world size "
+                         f"{world_size}; pick a multiple of {world_size}")
     mean, std = normalisation(name, root, image_size)
     augment = spec.augment if train else "none"
+    shard = dict(rank=rank, world_size=world_size)
     if spec.in_memory and beton is None:
         data = _cached(name, None if root is None else str(root), split, image_size)
         return DeviceLoader(data, batch_size=batch_size, train=train, seed=seed, device=device,
-                            mean=mean, std=std, augment=augment, channels=channels)
+                            mean=mean, std=std, augment=augment, channels=channels, **shard)
     from bench.data import ffcv as ffcv_data
 
     size = image_size or spec.image_size
     if beton is not None and ffcv_data.ffcv_available():
-        return ffcv_data.make_ffcv_loader(beton, train=train, batch_size=batch_size, seed=seed,
-                                          image_size=size, mean=mean, std=std, device=device,
-                                          distributed=distributed, augment=spec.augment)
+        # FFCV's batch size is per rank; its `distributed` order is DistributedSampler's
+        # (rank and world size read from torch.distributed).
+        return ffcv_data.make_ffcv_loader(beton, train=train, batch_size=batch_size // world_size,
+                                          seed=seed, image_size=size, mean=mean, std=std, device=device,
+                                          distributed=world_size > 1, augment=spec.augment)
     if beton is not None:
         ffcv_data.warn_no_ffcv_once()
     dataset = load_dataset(name, root, split)
-    return ffcv_data.make_file_loader(dataset, train=train, batch_size=batch_size, seed=seed,
-                                      image_size=size, mean=mean, std=std, device=device,
-                                      augment=spec.augment)
+    if isinstance(dataset, ImageSet):  # what make_file_loader does with one, plus the sharding
+        return DeviceLoader(dataset, batch_size=batch_size, train=train, seed=seed, device=device,
+                            mean=mean, std=std, augment=augment, channels=channels, **shard)
+    loader = ffcv_data.make_file_loader(dataset, train=train, batch_size=batch_size // world_size,
+                                        seed=seed, image_size=size, mean=mean, std=std, device=device,
+                                        augment=spec.augment)
+    return _shard_file_loader(loader, rank, world_size) if world_size > 1 else loader
+
+
+def _shard_file_loader(loader, rank: int, world_size: int) -> "ShardedFileLoader":
+    """Give a FileLoader a DistributedSampler: each rank reads its own 1/world_size of the order
+    (drawn from (seed, epoch); training drops the tail that does not divide evenly)."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    old = loader.loader
+    sampler = DistributedSampler(old.dataset, num_replicas=world_size, rank=rank,
+                                 shuffle=loader.train, seed=loader.seed * 1_000_003 % (1 << 62),
+                                 drop_last=loader.train)
+    loader.loader = DataLoader(old.dataset, batch_size=old.batch_size, sampler=sampler,
+                               drop_last=loader.train, num_workers=old.num_workers,
+                               generator=loader.generator, pin_memory=old.pin_memory)
+    return ShardedFileLoader(loader, sampler)
+
+
+class ShardedFileLoader:
+    """A FileLoader reading through a DistributedSampler that follows the loader's epoch."""
+
+    def __init__(self, loader, sampler) -> None:
+        self.loader, self.sampler = loader, sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.sampler.set_epoch(self.loader.epoch)  # FileLoader runs epoch `loader.epoch` next
+        yield from self.loader
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)

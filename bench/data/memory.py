@@ -2,6 +2,10 @@
 
 The order and the augmentation of every epoch come from a generator seeded by (seed, epoch)
 alone, so a run resumed at epoch k sees exactly the batches an uninterrupted run saw.
+
+Data-parallel training (`rank`, `world_size`): every rank draws the same permutation and the
+same augmentation of each whole global batch and keeps its own contiguous slice of it, so the
+ranks' slices together are exactly the batches a single process would see.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data import ImageSet
-from bench.errors import choose
+from bench.errors import BenchError, choose
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -50,12 +54,26 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 
 class DeviceLoader:
-    """Batches of (normalised float images, int64 labels) from an ImageSet held on `device`."""
+    """Batches of (normalised float images, int64 labels) from an ImageSet held on `device`.
+
+    `batch_size` is the global batch size. With `world_size` > 1 this loader yields rank
+    `rank`'s share of every global batch: the global batch is drawn and augmented exactly as
+    with one process (same (seed, epoch) generator, same draws), then split into `world_size`
+    contiguous slices (`batch_size // world_size` images each; a ragged last evaluation batch
+    is split as evenly as `tensor_split` does). `len()` is the number of global batches,
+    the same on every rank.
+    """
 
     def __init__(self, data: ImageSet, *, batch_size: int, train: bool, seed: int = 0,
                  device: str | torch.device = "cpu", mean: Sequence[float], std: Sequence[float],
                  augment: str = "none", channels: int | None = None,
-                 drop_last: bool | None = None) -> None:
+                 drop_last: bool | None = None, rank: int = 0, world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise BenchError(f"rank {rank} is not one of the {world_size} ranks")
+        if batch_size % world_size:
+            raise BenchError(f"global batch size {batch_size} is not divisible by the world size "
+                             f"{world_size}; pick a multiple of {world_size}")
+        self.rank, self.world_size = rank, world_size
         self.augment = AUGMENTATIONS[choose("augmentation", augment, AUGMENTATIONS)]
         images = data.images
         if channels is not None and images.shape[1] != channels:
@@ -87,5 +105,8 @@ class DeviceLoader:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.images[idx].float()
             if self.train:
-                x = self.augment(x, gen)
-            yield (x - self.mean) / self.std, self.labels[idx]
+                x = self.augment(x, gen)  # the whole global batch: every rank draws the same
+            y = self.labels[idx]
+            if self.world_size > 1:
+                x, y = x.tensor_split(self.world_size)[self.rank], y.tensor_split(self.world_size)[self.rank]
+            yield (x - self.mean) / self.std, y

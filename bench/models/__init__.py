@@ -1,6 +1,6 @@
 """Models by name: `build_model(arch, num_classes, image_size, scale)`.
 
-Every architecture comes from timm. `scale="paper"` is the paper's network (with a 32 px stem
+Every architecture but the CIFAR Wide ResNet comes from timm. `scale="paper"` is the paper's network (with a 32 px stem
 when the input is CIFAR-sized); `scale="tiny"` is the same family, narrow and shallow, that
 trains on digits in seconds on a CPU.
 """
@@ -11,7 +11,7 @@ from typing import Callable
 import torch.nn as nn
 
 from bench.errors import BenchError, choose
-from bench.models import resnet, vgg, vit
+from bench.models import resnet, vgg, vit, wrn
 
 SCALES = ("paper", "tiny")
 SMALL_INPUT = 64  # at or below this many pixels an input is CIFAR-sized: use the small stems
@@ -20,6 +20,7 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     "vgg11": vgg.build,
     "resnet50": resnet.build,
     "vit_b32": vit.build,
+    "wrn28_10": wrn.build,  # Allen-Zhu & Li's network (CIFAR); not in timm
 }
 
 

@@ -1,0 +1,232 @@
+"""Knowledge distillation: the loss, the batched teachers, the soft-label cache, kd and self_distill runs."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+
+from bench.data.loaders import make_loader
+from bench.methods import MethodJob, kd, self_distill
+from bench.methods.teachers import BatchedTeachers, SoftLabelCache, _keys
+from bench.models import build_model
+from bench.train import TrainConfig, train
+
+# MethodJob gains workdir / scale / recipe; until it has them, a stand-in with the same names.
+if {"workdir", "scale", "recipe"} <= {f.name for f in fields(MethodJob)}:
+    Job = MethodJob
+else:
+    @dataclass
+    class Job(MethodJob):  # type: ignore[no-redef]
+        workdir: Path | None = None
+        scale: str = "tiny"
+        recipe: dict[str, Any] = field(default_factory=dict)
+
+
+def _randomise_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
+    """Non-trivial running statistics, so stacking buffers is really exercised."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return model.eval()
+
+
+def _teachers(arch: str, n: int, mode: str = "vmap") -> BatchedTeachers:
+    gen = torch.Generator().manual_seed(0)
+    models = []
+    for k in range(n):
+        torch.manual_seed(k)
+        models.append(_randomise_bn(build_model(arch, 10, 16, "tiny"), gen))
+    return BatchedTeachers(models, mode=mode)
+
+
+# --- the loss ------------------------------------------------------------------------------
+
+def test_loss_is_zero_when_the_student_matches_the_teachers_and_positive_otherwise():
+    torch.manual_seed(0)
+    z, y = torch.randn(16, 10) * 3, torch.randint(0, 10, (16,))
+    for t in (1.0, 4.0, 10.0):
+        p = (z / t).softmax(1)
+        assert abs(kd.kd_loss(z, p, y, t, alpha=1.0).item()) < 1e-7
+        assert kd.kd_loss(z + torch.randn(16, 10), p, y, t, alpha=1.0).item() > 1e-4
+
+
+def test_gradient_pushes_the_student_towards_the_teachers_class():
+    teacher = torch.tensor([[0.0, 5.0, 0.0, 0.0]])  # the teachers prefer class 1
+    for alpha, label in [(1.0, 0), (0.9, 1), (0.5, 1)]:
+        s = torch.zeros(1, 4, requires_grad=True)
+        loss = kd.kd_loss(s, (teacher / 4).softmax(1), torch.tensor([label]), 4.0, alpha)
+        loss.backward()
+        assert s.grad[0, 1] < 0 and (s.grad[0, [0, 2, 3]] > 0).all()  # descent raises logit 1 only
+        stepped = (s - 0.5 * s.grad).softmax(1)[0, 1]
+        assert stepped > s.softmax(1)[0, 1]
+
+
+def test_temperature_squared_scaling_matches_a_hand_computation():
+    torch.manual_seed(1)
+    s, z, y = torch.randn(5, 7) * 2, torch.randn(5, 7) * 2, torch.randint(0, 7, (5,))
+    t, alpha = 3.0, 0.7
+    p = (z / t).softmax(1)
+    sd, pd = s.double().tolist(), p.double().tolist()
+    kl = ce = 0.0
+    for row_s, row_p, label in zip(sd, pd, y.tolist()):
+        log_z_t = math.log(sum(math.exp(v / t) for v in row_s))
+        kl += sum(pi * (math.log(pi) - (v / t - log_z_t)) for pi, v in zip(row_p, row_s))
+        ce += math.log(sum(math.exp(v) for v in row_s)) - row_s[label]
+    hand = alpha * t * t * kl / 5 + (1 - alpha) * ce / 5
+    s.requires_grad_(True)
+    loss = kd.kd_loss(s, p, y, t, alpha)
+    assert loss.item() == pytest.approx(hand, rel=1e-5)
+    # With T^2, the soft term's gradient w.r.t. the logits is T * (q_T - p_T) / B: O(T), not O(1/T).
+    loss.backward()
+    q = (s.detach() / t).softmax(1)
+    onehot = torch.nn.functional.one_hot(y, 7).float()
+    want = alpha * t * (q - p) / 5 + (1 - alpha) * (s.detach().softmax(1) - onehot) / 5
+    torch.testing.assert_close(s.grad, want, atol=1e-6, rtol=1e-5)
+
+
+# --- the teachers --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["vgg11", "resnet50", "vit_b32"])
+def test_batched_teachers_equal_the_loop(arch):
+    batched, loop = _teachers(arch, 2, "vmap"), _teachers(arch, 2, "loop")
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    for t in (1.0, 4.0):
+        got = batched.mean_soft_labels(x, t)
+        assert batched.mode == "vmap", batched.fallback_reason  # no silent fallback for the suite's archs
+        want = loop.mean_soft_labels(x, t)
+        assert got.shape == (8, 10)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.sum(1), torch.ones(8))
+    torch.testing.assert_close(batched.logits(x), torch.stack([m(x) for m in loop.models]), atol=1e-5, rtol=0)
+    assert not any(p.requires_grad for p in batched.params.values())
+
+
+class _DataDependent(nn.Module):
+    """A forward vmap cannot batch (a Python branch on a tensor's value)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x) if self.fc.weight.sum().item() > -1e9 else -self.fc(x)
+
+
+def test_batched_teachers_fall_back_to_the_loop_when_vmap_fails():
+    torch.manual_seed(0)
+    models = [_DataDependent().eval() for _ in range(2)]
+    teachers = BatchedTeachers(models)
+    x = torch.randn(5, 4)
+    with pytest.warns(UserWarning, match="vmap failed"):
+        got = teachers.mean_soft_labels(x, 2.0)
+    assert teachers.mode == "loop" and teachers.fallback_reason
+    want = torch.stack([(m(x) / 2).softmax(1) for m in models]).mean(0)
+    torch.testing.assert_close(got, want)
+
+
+def test_cache_returns_the_teachers_output_for_training_images_and_falls_back_on_a_miss():
+    teachers = _teachers("vgg11", 2)
+    cache = SoftLabelCache(teachers, make_loader("multiview", "train", batch_size=512, train=False,
+                                                 image_size=16), temperature=4.0)
+    assert len(cache) == 2000
+    # The batches training sees: shuffled, not augmented (multiview's augment is "none").
+    train_loader = make_loader("multiview", "train", batch_size=64, train=True, seed=7, image_size=16)
+    train_loader.set_epoch(1)
+    for i, (x, _) in enumerate(train_loader):
+        got = cache.lookup(x)
+        torch.testing.assert_close(got, teachers.mean_soft_labels(x, 4.0), atol=1e-6, rtol=0)
+        rows = torch.tensor([cache.index[k] for k in _keys(x)])
+        assert torch.equal(got, cache.soft[rows]) and torch.equal(x, cache.images[rows])
+        if i == 3:
+            break
+    assert (cache.hits, cache.misses) == (4 * 64, 0)
+    # Misses: a changed image is not looked up by a stale hash (nor by a near match).
+    y = x.clone()
+    y[::2, 0, 0, 0] += 1e-3  # half the batch changes by one pixel
+    got = cache.lookup(y)
+    assert (cache.hits, cache.misses) == (4 * 64 + 32, 32)
+    torch.testing.assert_close(got[::2], teachers.mean_soft_labels(y[::2], 4.0), atol=1e-6, rtol=0)
+    assert torch.equal(got[1::2], cache.lookup(x[1::2]))
+    # A hash hit whose image differs (a collision) is a miss, not a wrong soft label.
+    key = next(iter(cache.index))
+    fake = cache.images[cache.index[key]].clone()
+    cache.images[cache.index[key]] += 1.0
+    before = cache.misses
+    torch.testing.assert_close(cache.lookup(fake[None]), teachers.mean_soft_labels(fake[None], 4.0))
+    assert cache.misses == before + 1
+
+
+# --- kd and self_distill end to end ----------------------------------------------------------
+
+RECIPE = {"epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def digit_teachers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pool")
+    paths = []
+    for k in range(2):
+        train(TrainConfig(arch="vgg11", dataset="digits", scale="tiny", seed=k, **RECIPE), root / f"member-{k}",
+              progress=False)
+        paths.append(root / f"member-{k}" / "model.safetensors")
+    return paths
+
+
+def _job(method: str, teachers: list[Path], workdir: Path, **options) -> Job:
+    return Job(method=method, dataset="digits", arch="vgg11", seed=0, teachers=teachers, members=[0, 1],
+               options=options, workdir=workdir, scale="tiny", recipe=dict(RECIPE))
+
+
+def test_kd_trains_a_student_from_the_ensemble(digit_teachers, tmp_path):
+    job = _job("kd", digit_teachers, tmp_path / "kd")
+    rec = kd.run(job)
+    assert all(math.isfinite(rec[m]) for m in ("top1", "top5", "nll", "ece", "train_s"))
+    assert rec["top1"] > 50
+    assert rec["student_seed"] == 10_000 and rec["infer_forwards"] == 1 and rec["epochs"] == 2
+    assert (rec["temperature"], rec["alpha"], rec["soft_label_cache"]) == (4.0, 0.9, False)  # digits augment
+    meta = json.loads((tmp_path / "kd" / "model.json").read_text())
+    assert meta["seed"] == 10_000 and meta["config"]["extra"]["teacher_members"] == [0, 1]
+    # A finished student is found, not retrained: the same record.
+    assert kd.run(job) == rec
+    # The folder of another distillation (here another T) is refused, not resumed.
+    with pytest.raises(Exception, match="another config"):
+        kd.run(_job("kd", digit_teachers, tmp_path / "kd", temperature=2.0))
+
+
+def test_self_distill_trains_a_student_from_one_teacher(digit_teachers, tmp_path):
+    rec = self_distill.run(_job("self_distill", digit_teachers, tmp_path / "sd", alpha=0.5))
+    assert all(math.isfinite(rec[m]) for m in ("top1", "top5", "nll", "ece", "train_s"))
+    assert rec["top1"] > 50
+    assert rec["student_seed"] == 20_000 and rec["teacher_member"] == 0 and rec["alpha"] == 0.5
+    assert rec["teacher_forward"] == "loop"  # one teacher: nothing to batch
+    meta = json.loads((tmp_path / "sd" / "model.json").read_text())
+    assert meta["config"]["extra"]["teacher_members"] == [0]
+
+
+def test_bad_options_are_refused(tmp_path):
+    for options in ({"alpha": 1.5}, {"temperature": 0}, {"epochs": 0}):
+        with pytest.raises(Exception, match="alpha|temperature|epochs"):
+            kd.settings(_job("kd", [], tmp_path, **options))
+
+
+def test_distilling_without_augmentation_looks_every_batch_up_in_the_cache(tmp_path, monkeypatch):
+    # multiview trains without augmentation: the teacher runs once over the training split.
+    # (self_distill, so one teacher to train; kd shares the code path.)
+    train(TrainConfig(arch="vgg11", dataset="multiview", seed=0, epochs=1), tmp_path / "t0", progress=False)
+    made = []
+    monkeypatch.setattr(kd, "SoftLabelCache", lambda *a, **kw: made.append(SoftLabelCache(*a, **kw)) or made[-1])
+    job = Job(method="self_distill", dataset="multiview", arch="vgg11", seed=1,
+              teachers=[tmp_path / "t0" / "model.safetensors"], members=[0], workdir=tmp_path / "sd",
+              scale="tiny", recipe={"epochs": 1})
+    rec = self_distill.run(job)
+    assert rec["soft_label_cache"] and rec["soft_label_s"] > 0 and math.isfinite(rec["top1"])
+    (cache,) = made
+    assert len(cache) == 2000 and cache.misses == 0 and cache.hits == (2000 // 64) * 64
+    assert self_distill.run(job) == rec and len(made) == 1  # found finished: no rebuild, same cost

@@ -1,0 +1,163 @@
+"""The SLURM path on a real one-node cluster (bench/scripts/slurm_local.sh start).
+
+These tests need a running SLURM: CI starts one and sets BENCH_REQUIRE_SLURM=1, so there they
+fail instead of skipping. Elsewhere they skip, saying why.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+import torch
+
+from bench.config import load_grid
+from bench.stages import Roots, member_dir, teacher_spec
+from bench.store import load_records
+from bench.sweep import JobRunner
+from bench.train import TrainConfig, train
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "scripts" / "slurm_local.sh"
+SACCT_STANDIN = "/var/lib/bench-slurm/bin"  # answers submitit's state queries from squeue
+
+
+def slurm_up() -> str | None:
+    if not SCRIPT.exists():
+        return f"{SCRIPT} missing"
+    r = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, text=True)
+    return None if r.returncode == 0 else (r.stdout + r.stderr).strip()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm():
+    reason = slurm_up()
+    if reason:
+        if os.environ.get("BENCH_REQUIRE_SLURM"):
+            pytest.fail(f"BENCH_REQUIRE_SLURM is set but SLURM is not usable: {reason}")
+        pytest.skip(f"no SLURM here ({reason}); start one with: bash {SCRIPT} start")
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _sacct_standin(monkeypatch):
+    monkeypatch.setenv("PATH", f"{SACCT_STANDIN}:{os.environ['PATH']}")
+
+
+GRID = """
+n_teachers: 2
+seeds: 1
+pools:
+  - arch: vgg11
+    dataset: digits
+    members: 2
+    held_out: 0
+    recipe: {epochs: 1}
+methods: [single, ensemble]
+"""
+
+
+def test_smoke_grid_through_real_sbatch_arrays_with_dependencies(tmp_path):
+    grid = tmp_path / "slurmsmoke.yaml"
+    grid.write_text(GRID)
+    r = subprocess.run([sys.executable, "-m", "bench.sweep", "--grid", str(grid), "--cluster", "slurm",
+                        "--wait", "--partition", "debug", "--timeout-min", "20", "--mem-gb", "2",
+                        "--teachers-root", str(tmp_path / "t"), "--results-root", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert r.returncode == 0, r.stdout + r.stderr
+    table = load_records(tmp_path / "r" / "slurmsmoke")
+    assert len(table) == 2 + 2 and set(table.status) == {"done"}
+    manifest = json.loads((tmp_path / "r" / "slurmsmoke" / "sweep.json").read_text())
+    teacher_array = manifest["stages"]["teachers"][0]["job_id"].split("_")[0]
+    methods_array = manifest["stages"]["methods"][0]["job_id"].split("_")[0]
+    script = next((tmp_path / "r" / "slurmsmoke" / "slurm").glob(f"{methods_array}/*_submission.sh")).read_text()
+    assert f"#SBATCH --dependency=afterok:{teacher_array}" in script and "#SBATCH --array=0-1" in script
+
+
+def reference_weights(tmp_path, spec) -> bytes:
+    """The same member trained uninterrupted, in this process, on one thread like the job."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path / "reference"
+        train(TrainConfig(arch=spec["arch"], dataset=spec["dataset"], scale=spec["scale"], seed=spec["member"],
+                          **spec["recipe"]), out, progress=False)
+        return (out / "model.safetensors").read_bytes()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def wait_for(predicate, seconds: float, what: str):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+def epoch_on_disk(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "checkpoint.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.parametrize("interrupt", ["usr2", "requeue"])
+def test_preempted_training_job_resumes_to_the_same_weights(tmp_path, interrupt):
+    """USR2 is what SLURM sends before preemption or the time limit (submitit checkpoints and
+    requeues); `scontrol requeue` is a hard requeue (the job restarts from its submission).
+    Either way the job must resume from its own epoch checkpoint and end bit-identical."""
+    pool = load_grid_from_text(tmp_path, GRID.replace("{epochs: 1}", "{epochs: 8}")).pools[0]
+    spec = teacher_spec(pool, 1)
+    roots = Roots.resolve(str(tmp_path / "t"), str(tmp_path / "r"))
+    ex = submitit.AutoExecutor(folder=tmp_path / "slurm" / "%j", cluster="slurm")
+    ex.update_parameters(timeout_min=20, slurm_partition="debug", cpus_per_task=1, mem_gb=2)
+    job = ex.submit(JobRunner(), spec, "preempt", roots, 1)
+    run_dir = member_dir(roots, spec)
+    try:
+        wait_for(lambda: epoch_on_disk(run_dir) >= 2, 300, "the job's second epoch checkpoint")
+        if interrupt == "usr2":
+            subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
+        else:
+            subprocess.run(["scontrol", "requeue", job.job_id], check=True)
+        wait_for(job.done, 300, "the requeued job to finish")
+    finally:
+        if not job.done():
+            subprocess.run(["scancel", job.job_id])
+    record = job.result()
+    assert record["status"] == "done"
+    shown = subprocess.run(["scontrol", "show", "job", job.job_id], capture_output=True, text=True).stdout
+    assert "Restarts=1" in shown, shown  # SLURM did requeue and restart it once
+    logs = "".join(p.read_text() for p in (tmp_path / "slurm").rglob("*_log.out"))
+    # The job ran twice, and the second run started after the checkpointed epochs, not at 1.
+    assert logs.count("epoch 1/8 ") == 1 and logs.count("epoch 8/8 ") == 1, logs[-2000:]
+    if interrupt == "usr2":
+        assert "preempted" in "".join(p.read_text() for p in (tmp_path / "slurm").rglob("*_log.err"))
+    assert (run_dir / "model.safetensors").read_bytes() == reference_weights(tmp_path, spec)
+
+
+def load_grid_from_text(tmp_path, text):
+    path = tmp_path / "g.yaml"
+    path.write_text(text)
+    return load_grid(path, "tiny")
+
+
+def test_the_sbatch_driver_script_runs_a_grid_and_its_report(tmp_path):
+    grid = tmp_path / "driven.yaml"
+    grid.write_text(GRID.replace("members: 2", "members: 2\n    name: driven"))
+    env = {**os.environ, "GRID": str(grid), "SCALE": "tiny", "SWEEP_ARGS": "--partition debug --timeout-min 20",
+           "PYTHON": sys.executable, "BENCH_RESULTS": str(tmp_path / "r"), "BENCH_TEACHERS": str(tmp_path / "t")}
+    script = Path(__file__).resolve().parents[1] / "sweeps" / "slurm" / "sweep.sbatch"
+    out = subprocess.run(["sbatch", "--parsable", "--chdir", str(tmp_path), str(script)],
+                         capture_output=True, text=True, env=env, check=True)
+    driver = out.stdout.strip().split(";")[0]
+    state = lambda: subprocess.run(["squeue", "-h", "-t", "all", "-j", driver, "-o", "%T"],
+                                   capture_output=True, text=True).stdout.strip()
+    wait_for(lambda: state() in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 600, "the driver job")
+    log = (tmp_path / f"bench-sweep-{driver}.log").read_text()
+    assert state() == "COMPLETED", log[-3000:]
+    assert (tmp_path / "r" / "driven" / "report" / "main_table.md").exists()
+    assert set(load_records(tmp_path / "r" / "driven").status) == {"done"}
