@@ -189,7 +189,10 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
     methods = []
     for name, options in raw_methods.items():
         r.choice(name, "methods", METHODS)
-        opts = r.mapping(options or {}, f"methods.{name}", METHODS[name].OPTIONS)
+        # `archs` (any method): run it only on pools of these architectures.
+        opts = r.mapping(options or {}, f"methods.{name}", (*METHODS[name].OPTIONS, "archs"))
+        for arch in opts.get("archs", []):
+            r.choice(arch, f"methods.{name}.archs", ARCHS)
         methods.append(MethodSpec(name, opts))
     return Grid(path.stem, path, scale, str(top.get("description", "")), n_teachers, seeds,
                 tuple(pools), tuple(methods))

@@ -92,6 +92,8 @@ class MethodsStage:
         jobs = []
         for p in grid.pools:
             for m in grid.methods:
+                if "archs" in m.options and p.arch not in m.options["archs"]:
+                    continue
                 for seed in range(grid.seeds):
                     members = teacher_group(p, grid.n_teachers, seed)
                     spec = {"stage": "methods", "method": m.name, "options": dict(sorted(m.options.items())),
@@ -130,7 +132,8 @@ def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]
     job = MethodJob(method=spec["method"], dataset=teacher["dataset"], arch=teacher["arch"], seed=spec["seed"],
                     teachers=[member_dir(roots, t) / "model.safetensors" for t in spec["teachers"]],
                     members=spec["members"], options=spec["options"],
-                    data_root=teacher["recipe"].get("data_root"))
+                    data_root=teacher["recipe"].get("data_root"), scale=teacher["scale"],
+                    recipe=teacher["recipe"], workdir=roots.results / grid / "students" / run_id(spec))
     # In a data-parallel job every rank runs the method; rank 0 alone writes the record.
     records = roots.results / grid / "records" if world()[0] == 0 else None
     write = (lambda rec: write_record(records, rec)) if records else (lambda rec: None)

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -16,17 +14,6 @@ from bench.methods import MethodJob, kd, self_distill
 from bench.methods.teachers import BatchedTeachers, SoftLabelCache, _keys
 from bench.models import build_model
 from bench.train import TrainConfig, train
-
-# MethodJob gains workdir / scale / recipe; until it has them, a stand-in with the same names.
-if {"workdir", "scale", "recipe"} <= {f.name for f in fields(MethodJob)}:
-    Job = MethodJob
-else:
-    @dataclass
-    class Job(MethodJob):  # type: ignore[no-redef]
-        workdir: Path | None = None
-        scale: str = "tiny"
-        recipe: dict[str, Any] = field(default_factory=dict)
-
 
 def _randomise_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
     """Non-trivial running statistics, so stacking buffers is really exercised."""
@@ -179,8 +166,8 @@ def digit_teachers(tmp_path_factory):
     return paths
 
 
-def _job(method: str, teachers: list[Path], workdir: Path, **options) -> Job:
-    return Job(method=method, dataset="digits", arch="vgg11", seed=0, teachers=teachers, members=[0, 1],
+def _job(method: str, teachers: list[Path], workdir: Path, **options) -> MethodJob:
+    return MethodJob(method=method, dataset="digits", arch="vgg11", seed=0, teachers=teachers, members=[0, 1],
                options=options, workdir=workdir, scale="tiny", recipe=dict(RECIPE))
 
 
@@ -214,6 +201,8 @@ def test_bad_options_are_refused(tmp_path):
     for options in ({"alpha": 1.5}, {"temperature": 0}, {"epochs": 0}):
         with pytest.raises(Exception, match="alpha|temperature|epochs"):
             kd.settings(_job("kd", [], tmp_path, **options))
+    with pytest.raises(Exception, match="workdir"):
+        kd.run(_job("kd", [], None))
 
 
 def test_distilling_without_augmentation_looks_every_batch_up_in_the_cache(tmp_path, monkeypatch):
@@ -222,7 +211,7 @@ def test_distilling_without_augmentation_looks_every_batch_up_in_the_cache(tmp_p
     train(TrainConfig(arch="vgg11", dataset="multiview", seed=0, epochs=1), tmp_path / "t0", progress=False)
     made = []
     monkeypatch.setattr(kd, "SoftLabelCache", lambda *a, **kw: made.append(SoftLabelCache(*a, **kw)) or made[-1])
-    job = Job(method="self_distill", dataset="multiview", arch="vgg11", seed=1,
+    job = MethodJob(method="self_distill", dataset="multiview", arch="vgg11", seed=1,
               teachers=[tmp_path / "t0" / "model.safetensors"], members=[0], workdir=tmp_path / "sd",
               scale="tiny", recipe={"epochs": 1})
     rec = self_distill.run(job)

@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 
-from bench.methods import ensemble, single
+from bench.methods import aligned_soup, ensemble, kd, self_distill, single, soup
 
-METHODS: dict[str, ModuleType] = {"single": single, "ensemble": ensemble}
+METHODS: dict[str, ModuleType] = {
+    "single": single, "ensemble": ensemble, "kd": kd, "self_distill": self_distill, "soup": soup,
+    "aligned_soup": aligned_soup}
 
 
 @dataclass
@@ -30,6 +32,9 @@ class MethodJob:
     options: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None
     device: str = "auto"
+    scale: str = "tiny"
+    recipe: dict[str, Any] = field(default_factory=dict)  # the pool's training overrides
+    workdir: Path | None = None  # a resumable folder for a student the method trains
 
     def torch_device(self) -> torch.device:
         from bench.train import pick_device
