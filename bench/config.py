@@ -7,6 +7,7 @@ error names the file, the key and the allowed values, and is raised before any j
     description: what the grid reproduces
     n_teachers: 4            # N, teachers per ensemble
     seeds: 3                 # method runs per (pool, method); seed s uses teacher group s
+    teacher_part: meta_train # where groups are drawn from: meta_train, or held_out (unseen teachers)
     pools:
       - name: vgg                       # optional; default <arch>-<dataset>-<scale>-<init>
         arch: vgg11
@@ -73,6 +74,7 @@ class Grid:
     description: str
     n_teachers: int
     seeds: int
+    teacher_part: str
     pools: tuple[PoolSpec, ...]
     methods: tuple[MethodSpec, ...]
 
@@ -142,7 +144,8 @@ class _Reader:
         return value
 
 
-GRID_KEYS = ("description", "n_teachers", "seeds", "pools", "methods")
+GRID_KEYS = ("description", "n_teachers", "seeds", "teacher_part", "pools", "methods")
+TEACHER_PARTS = ("meta_train", "held_out")
 POOL_KEYS = ("name", "arch", "dataset", "init", "members", "held_out", "recipe")
 
 
@@ -157,6 +160,7 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
     top = r.mapping(raw if raw is not None else {}, "top level", GRID_KEYS, ("pools", "methods"))
     n_teachers = r.count(top.get("n_teachers", 4), "n_teachers", 1)
     seeds = r.count(top.get("seeds", 3), "seeds", 1)
+    part = r.choice(top.get("teacher_part", "meta_train"), "teacher_part", TEACHER_PARTS)
 
     if not isinstance(top["pools"], list) or not top["pools"]:
         raise r.fail("pools", "expected a non-empty list of pools")
@@ -172,9 +176,11 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
         if held_out >= members:
             raise r.fail(f"{where}.held_out", f"{held_out} leaves no meta-train members out of {members}")
         recipe = r.mapping(p.get("recipe") or {}, f"{where}.recipe", RECIPE_KEYS)
-        if n_teachers > members - held_out:
-            raise r.fail("n_teachers", f"N = {n_teachers} is larger than pool {where}'s meta-train part "
-                                       f"({members - held_out} of {members} members)")
+        available = members - held_out if part == "meta_train" else held_out
+        if n_teachers > available:
+            label = "meta-train" if part == "meta_train" else "held-out"
+            raise r.fail("n_teachers", f"N = {n_teachers} is larger than pool {where}'s {label} part "
+                                       f"({available} of {members} members)")
         name = p.get("name") or f"{arch}-{dataset}-{scale}-{init}"
         pools.append(PoolSpec(str(name), arch, dataset, scale, init, members, held_out, recipe))
     names = [p.name for p in pools]
@@ -194,5 +200,5 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
         for arch in opts.get("archs", []):
             r.choice(arch, f"methods.{name}.archs", ARCHS)
         methods.append(MethodSpec(name, opts))
-    return Grid(path.stem, path, scale, str(top.get("description", "")), n_teachers, seeds,
+    return Grid(path.stem, path, scale, str(top.get("description", "")), n_teachers, seeds, part,
                 tuple(pools), tuple(methods))

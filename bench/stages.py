@@ -76,9 +76,10 @@ class TeachersStage:
             (roots.results / grid.name / "records" / f"{job.run_id}.json").exists()
 
 
-def teacher_group(pool: PoolSpec, n: int, seed: int) -> list[int]:
-    """Method seed s uses N members of the meta-train part drawn by a generator seeded by s."""
-    part = pool.meta_train_members
+def teacher_group(pool: PoolSpec, n: int, seed: int, part: str = "meta_train") -> list[int]:
+    """Method seed s uses N members of the pool's meta-train (or held-out) part, drawn by a
+    generator seeded by s."""
+    part = pool.meta_train_members if part == "meta_train" else pool.held_out_members
     order = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(part[i] for i in order[:n])
 
@@ -95,7 +96,7 @@ class MethodsStage:
                 if "archs" in m.options and p.arch not in m.options["archs"]:
                     continue
                 for seed in range(grid.seeds):
-                    members = teacher_group(p, grid.n_teachers, seed)
+                    members = teacher_group(p, grid.n_teachers, seed, grid.teacher_part)
                     spec = {"stage": "methods", "method": m.name, "options": dict(sorted(m.options.items())),
                             "seed": seed, "n_teachers": grid.n_teachers, "members": members,
                             "teachers": [teacher_spec(p, k) for k in members]}

@@ -141,3 +141,13 @@ def test_a_missing_teacher_gives_a_failed_record_with_the_reason(mini, tmp_path)
         run_methods(spec, "mini", roots(tmp_path))
     record = json.loads((tmp_path / "results" / "mini" / "records" / f"{run_id(spec)}.json").read_text())
     assert record["status"] == "failed" and "teacher 0" in record["reason"] and record["top1"] is None
+
+
+def test_unseen_teacher_groups_come_from_the_held_out_part(mini, tmp_path):
+    mini.write_text(MINI.replace("members: 3\n    held_out: 0", "members: 5\n    held_out: 2")
+                    + "teacher_part: held_out\n")
+    plan = make_plan(load_grid(mini, "tiny"), roots(tmp_path))
+    assert {tuple(j.spec["members"]) for j in plan.stages["methods"]} == {(3, 4)}
+    mini.write_text(MINI.replace("members: 3\n    held_out: 0", "members: 5\n    held_out: 2"))
+    plan = make_plan(load_grid(mini, "tiny"), roots(tmp_path))
+    assert all(set(j.spec["members"]) <= {0, 1, 2} for j in plan.stages["methods"])
