@@ -12,7 +12,7 @@ error names the file, the key and the allowed values, and is raised before any j
       - name: vgg                       # optional; default <arch>-<dataset>-<scale>-<init>
         arch: vgg11
         dataset: {paper: cifar10, tiny: digits}
-        init: scratch                   # scratch | shared
+        init: scratch                   # scratch | shared | pretrained
         members: {paper: 20, tiny: 6}   # K
         held_out: {paper: 4, tiny: 2}   # the last members, never used for meta-training
         recipe: {paper: {epochs: 240, ...}, tiny: {}}   # bench.train.TrainConfig fields
@@ -34,10 +34,11 @@ from bench.paths import project_root
 from bench.train import TrainConfig
 
 GRID_DIR = project_root() / "sweeps"
-INITS = ("scratch", "shared")
+INITS = ("scratch", "shared", "pretrained")
 # The training fields a pool's recipe may set (the rest are fixed by the pool and the member).
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig)
-                    if f.name not in ("arch", "dataset", "scale", "seed", "init_seed", "extra", "device"))
+                    if f.name not in ("arch", "dataset", "scale", "seed", "init_seed", "pretrained", "extra",
+                                      "device"))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ built from the run records written to `results/<grid>/records/`.
 
 init: `scratch` -- member k is seed k for initial weights and data order (independent
 networks, as in Allen-Zhu & Li); `shared` -- every member starts from the weights of seed 0 and
-differs only in data order and augmentation.
+differs only in data order and augmentation; `pretrained` -- every member starts from timm's
+pretrained weights (paper scale; a new classifier from seed k) and is fine-tuned with its own
+data order, as the model-soups pool was.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from bench.paths import data_root, results_root, teachers_root
 from bench.store import load_records, run_id, write_record
 from bench.train import TrainConfig, train
 
-INITS = ("scratch", "shared")
+INITS = ("scratch", "shared", "pretrained")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Pool:
     def member_config(self, k: int, **overrides: Any) -> TrainConfig:
         init_seed = 0 if self.init == "shared" else None
         return TrainConfig(arch=self.arch, dataset=self.dataset, scale=self.scale, seed=k,
-                           init_seed=init_seed, **overrides)
+                           init_seed=init_seed, pretrained=self.init == "pretrained", **overrides)
 
     def member_dir(self, k: int, root: str | Path | None = None) -> Path:
         return teachers_root(root) / self.name / f"member-{k}"

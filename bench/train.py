@@ -79,6 +79,7 @@ class TrainConfig:
     scale: str = "tiny"
     seed: int = 0
     init_seed: int | None = None  # seed of the initial weights when it differs from `seed`
+    pretrained: bool = False      # start from timm's pretrained weights (new classifier from the seed)
     epochs: int | None = None
     batch_size: int | None = None
     optimizer: str | None = None
@@ -239,7 +240,7 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
 
     # The seed fixes the initial weights unless a shared initialisation is asked for.
     torch.manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed)
-    model = build_model(cfg.arch, spec.num_classes, cfg.image_size, cfg.scale).to(device)
+    model = build_model(cfg.arch, spec.num_classes, cfg.image_size, cfg.scale, pretrained=cfg.pretrained).to(device)
     if device.type == "cuda" and not cfg.arch.startswith("vit"):
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -65,3 +69,16 @@ def test_bad_model_requests_name_the_value_and_the_valid_ones(kwargs, words):
     with pytest.raises(BenchError) as err:
         build_model(**kwargs)
     assert all(w in str(err.value) for w in words) and "\n" not in str(err.value)
+
+
+def test_pretrained_weights_only_where_timm_has_them_and_a_clear_line_when_unreachable():
+    with pytest.raises(BenchError, match="pretrained weights exist for .* not for vgg11 at scale 'tiny'"):
+        build_model("vgg11", 10, 16, "tiny", pretrained=True)
+    # Offline (as this machine is): one line naming timm's model, not a hub traceback.
+    code = ("from bench.models import build_model\nfrom bench.errors import BenchError\n"
+            "try:\n    build_model('vit_b32', 1000, 224, 'paper', pretrained=True)\n"
+            "except BenchError as e:\n    print(e)\nelse:\n    print('LOADED')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
+    # Where a cache or the hub holds the weights they load; here they must fail with the name.
+    assert out.strip() == "LOADED" or "timm's vit_base_patch32_224 could not be loaded" in out

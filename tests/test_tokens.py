@@ -55,21 +55,22 @@ def _shapes(layers: list[WeightLayer]) -> list[tuple[str, int, int]]:
 def test_every_entry_is_covered_exactly_once(arch, size, scale):
     sd = _model(arch, size, scale).state_dict()
     layers = _layers(arch, size, scale)
-    rows: dict[str, list[tuple[int, int]]] = {}
+    spans: dict[str, list[tuple[int, int, int]]] = {}
     for layer in layers:
         assert layer.keys == tuple(dict.fromkeys(p.key for p in layer.parts))
         assert layer.token_width == sum(p.width for p in layer.parts)
         assert layer.kind_key == f"{layer.kind}:{layer.token_width}"
         for p in layer.parts:
-            rows.setdefault(p.key, []).append((p.start, p.stop))
+            assert p.stop - p.start == layer.n_tokens and p.rows * p.width == sd[p.key].numel()
+            spans.setdefault(p.key, []).append((p.start, p.stop, p.rows))
     pt = passthrough(sd)
-    assert set(rows).isdisjoint(pt) and set(rows) | set(pt) == set(sd)
-    assert pt and all(k.endswith("num_batches_tracked") for k in pt) or arch == "vit_b32" and not pt
-    # Rows tile each entry (the fused qkv in three blocks), and the tokens hold every value once.
-    for key, spans in rows.items():
-        spans.sort()
-        assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
-        assert spans[-1][1] * sd[key].numel() // sd[key].reshape(spans[-1][1], -1).shape[0] == sd[key].numel()
+    assert set(spans).isdisjoint(pt) and set(spans) | set(pt) == set(sd)
+    expected_pt = {k for k in sd if k.endswith("num_batches_tracked")}  # one per BatchNorm; ViT has none
+    assert set(pt) == expected_pt and (arch == "vit_b32") == (not pt)
+    # Row blocks tile each entry (a fused qkv in three), so the tokens hold every value exactly once.
+    for key, s in spans.items():
+        s.sort()
+        assert s[0][0] == 0 and s[-1][1] == s[0][2] and all(a[1] == b[0] for a, b in zip(s, s[1:])), key
     assert sum(l.n_tokens * l.token_width for l in layers) == sum(v.numel() for k, v in sd.items() if k not in pt)
 
 
@@ -119,7 +120,8 @@ def test_tiny_wrn_norms_ride_on_the_layer_before_them():
     assert _shapes([layers["stem"]]) == [("conv", 16, 27 + 4)] and "blocks.0.bn1.weight" in layers["stem"].keys
     assert "blocks.1.bn1.weight" in layers["blocks.0.conv2"].keys
     assert layers["blocks.1.conv2"].keys == ("blocks.1.conv2.weight",)  # its norm rides on the shortcut after it
-    assert "blocks.2.bn1.weight" in layers["blocks.1.shortcut"].keys and layers["blocks.1.shortcut"].token_width == 16 + 4
+    assert "blocks.2.bn1.weight" in layers["blocks.1.shortcut"].keys
+    assert layers["blocks.1.shortcut"].token_width == 16 + 4  # 1x1 kernel over 16 channels + bn1's vectors
     assert "bn.running_var" in layers["blocks.2.shortcut"].keys and _shapes([layers["fc"]]) == [("linear", 10, 65)]
 
 

@@ -343,7 +343,25 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return epoch_generator(seed, epoch)
 
 
-class FFCVLoader:
+class _EpochLoader:
+    """Epoch bookkeeping shared by the FFCV and file loaders: iterating runs epoch `self.epoch`
+    and advances it; `set_epoch(e)` picks the epoch (its order and augmentation) explicitly."""
+
+    epoch: int
+    loader: Any
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _next_epoch(self) -> int:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return epoch
+
+
+class FFCVLoader(_EpochLoader):
     """Batches from a `.beton` as (float normalised NCHW images, int64 labels) on `device`
     (uint8 images when `raw`). Iterating runs epoch `self.epoch` and then advances it;
     `set_epoch(e)` picks the epoch (its order and augmentation) explicitly."""
@@ -357,16 +375,10 @@ class FFCVLoader:
         self.drop_last = loader.drop_last
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from bench.data.memory import AUGMENTATIONS, random_flip
 
-        epoch, self.epoch = self.epoch, self.epoch + 1
+        epoch = self._next_epoch()
         self.loader.next_epoch = epoch  # FFCV's order for this epoch comes from seed + epoch
         gen = _epoch_generator(self.seed, epoch)
         for images, labels in self.loader:
@@ -501,7 +513,7 @@ def file_transform(train: bool, image_size: int):
                       T.PILToTensor()])
 
 
-class FileLoader:
+class FileLoader(_EpochLoader):
     """A torchvision DataLoader over (image, label) items yielding (normalised float NCHW on
     `device`, int64 labels). Order (and, with workers, augmentation) follow (seed, epoch);
     iterating runs epoch `self.epoch` and advances it, `set_epoch(e)` picks it."""
@@ -520,15 +532,9 @@ class FileLoader:
             pin_memory=self.device.type == "cuda", persistent_workers=False)
         self.drop_last = train
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        epoch = self._next_epoch()
+        self.generator.manual_seed(int(_epoch_generator(self.seed, epoch).initial_seed()))
         for images, labels in self.loader:
             x = images.to(self.device, non_blocking=True).float()
             yield (x - self.mean) / self.std, labels.to(self.device, non_blocking=True).long()

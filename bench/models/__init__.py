@@ -24,9 +24,16 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# The stock timm networks whose pretrained weights `pretrained=True` loads (paper scale,
+# ImageNet-sized inputs); timm re-initialises the classifier for another class count.
+PRETRAINED = {"vgg11": "vgg11_bn", "resnet50": "resnet50", "vit_b32": "vit_base_patch32_224"}
+
+
 def build_model(arch: str, num_classes: int, image_size: int, scale: str = "paper",
-                in_chans: int = 3) -> nn.Module:
+                in_chans: int = 3, pretrained: bool = False) -> nn.Module:
     builder = ARCHS[choose("arch", arch, ARCHS)]
+    if pretrained:
+        return load_pretrained(arch, num_classes, image_size, scale, in_chans)
     choose("scale", scale, SCALES)
     if num_classes < 2:
         raise BenchError(f"num_classes must be at least 2, got {num_classes}")
@@ -38,3 +45,20 @@ def build_model(arch: str, num_classes: int, image_size: int, scale: str = "pape
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def load_pretrained(arch: str, num_classes: int, image_size: int, scale: str, in_chans: int) -> nn.Module:
+    """timm's pretrained weights (fetched from the hub by timm, or its cache)."""
+    import timm
+
+    if arch not in PRETRAINED or scale != "paper" or image_size <= SMALL_INPUT:
+        raise BenchError(f"pretrained weights exist for {', '.join(PRETRAINED)} at paper scale on "
+                         f"ImageNet-sized inputs, not for {arch} at scale {scale!r}, {image_size} px")
+    name = PRETRAINED[arch]
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans,
+                                 **({"img_size": image_size} if arch == "vit_b32" else {}))
+    except Exception as err:  # no network, no cache, hub errors: all end the same way
+        msg = " ".join(str(err).split())[:200]
+        raise BenchError(f"pretrained weights for timm's {name} could not be loaded ({type(err).__name__}: "
+                         f"{msg}); this machine needs the Hugging Face hub or timm's cache") from None

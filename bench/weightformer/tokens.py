@@ -27,7 +27,7 @@ Registration order is forward order for every model in `bench.models` (checked b
 with forward hooks) except ViT's root tokens above. Non-float state (BatchNorm's `num_batches_tracked`) is
 not a weight: `passthrough(state_dict)` returns it and `from_tokens` puts it back.
 
-`from_tokens` is built from slicing, `cat` and `reshape` only, so a state dict written from tokens is
+`from_tokens` is built from slicing, `cat`, `reshape` and `contiguous` only, so a state dict written from tokens is
 differentiable: `torch.func.functional_call(model, from_tokens(layers, tokens, pt), x)` backpropagates into
 the tokens' parameter columns. BatchNorm running statistics come out detached (PyTorch's batch-norm kernel
 is not differentiable in them), so their columns get no gradient; see `from_tokens`.
@@ -78,6 +78,8 @@ class Part:
 
 @dataclass(frozen=True)
 class WeightLayer:
+    """One layer's tokens. The three layers split from a fused qkv list the same keys; each covers a third
+    of their rows."""
     name: str  # the module's name; split projections get a suffix ("blocks.0.attn.qkv.q")
     kind: str
     keys: tuple[str, ...]  # the state-dict entries it covers, in column order
@@ -136,15 +138,15 @@ def _channel_layer(name: str, kind: str, own: dict[str, tuple[str, torch.Tensor]
     return draft
 
 
-def _split_qkv(name: str, own: dict[str, tuple[str, torch.Tensor]], n_proj: int) -> list[_Draft]:
+def _split_qkv(name: str, own: dict[str, tuple[str, torch.Tensor]]) -> list[_Draft]:
     """timm's fused qkv: rows [0, d) are q, [d, 2d) k, [2d, 3d) v; each is a layer of its own."""
     entries = [own.pop(a) for a in ("weight", "bias") if a in own]
     rows = entries[0][1].shape[0]
-    if rows % n_proj:
-        raise BenchError(f"tokens: {name} has {rows} rows, not {n_proj} equal projections")
-    d = rows // n_proj
+    if rows % 3:
+        raise BenchError(f"tokens: {name} has {rows} rows, not three equal projections")
+    d = rows // 3
     drafts = []
-    for i, proj in enumerate("qkv"[:n_proj]):
+    for i, proj in enumerate("qkv"):
         draft = _Draft(f"{name}.{proj}", f"attn_{proj}", d)
         for key, value in entries:
             draft.add(key, value, rows, i * d, (i + 1) * d)
@@ -167,10 +169,12 @@ def weight_layers(model: nn.Module, arch: str) -> list[WeightLayer]:
     modules = dict(model.named_modules())
 
     drafts: list[_Draft] = []
-    pending: list[_Draft] = []  # ViT root tokens, emitted once the patch embedding is done
+    pending: list[_Draft] = []  # ViT root tokens, emitted after the patch embedding (all of its subtree)
     embed_prefix: str | None = None
+    in_embed = False
     for name, module in modules.items():
-        if pending and embed_prefix is not None and not (name == embed_prefix or name.startswith(embed_prefix + ".")):
+        was_in_embed, in_embed = in_embed, embed_prefix is not None and (name + ".").startswith(embed_prefix + ".")
+        if pending and was_in_embed and not in_embed:
             drafts += pending
             pending = []
         own = dict(own_by_module.get(name, {}))
@@ -190,7 +194,7 @@ def weight_layers(model: nn.Module, arch: str) -> list[WeightLayer]:
             kind = "embed_patch" if isinstance(parent, PatchEmbed) else "conv"
             drafts.append(_channel_layer(name, kind, own))
         elif isinstance(module, nn.Linear) and isinstance(parent, Attention) and attr == "qkv":
-            drafts += _split_qkv(name, own, 3)
+            drafts += _split_qkv(name, own)
         elif isinstance(module, nn.Linear):
             kind = ("attn_proj" if isinstance(parent, Attention) and attr == "proj" else
                     f"mlp_{attr}" if isinstance(parent, Mlp) and attr in ("fc1", "fc2") else "linear")
@@ -254,11 +258,15 @@ def from_tokens(layers: Sequence[WeightLayer], tokens: Sequence[torch.Tensor],
                 detach_buffers: bool = True) -> StateDict:
     """The inverse of `to_tokens` (bit-exact), plus the `passthrough` entries as given.
 
-    Parameters are slices / reshapes / cats of the tokens (often views), so gradients flow back into the
-    tokens. Running statistics are detached copies by default: PyTorch's batch-norm kernel refuses running
+    Parameters are slices / reshapes / cats of the tokens, made contiguous, so gradients flow back into
+    the tokens. Contiguous because not every PyTorch CPU kernel is right for strided parameters: batch
+    norm's backward returns a wrong input gradient for a strided weight on 1x1 feature maps (torch 2.14;
+    the last stage of the tiny VGG, caught by tests/test_tokens.py comparing with the model's own grads).
+
+    Running statistics are detached copies by default: PyTorch's batch-norm kernel refuses running
     statistics that require grad (in eval mode too), and in training mode it updates them in place, which
     must not write into the tokens; their token columns get no gradient. `detach_buffers=False` keeps them
-    differentiable views, for models whose norms are not nn.BatchNorm.
+    differentiable, for models whose norms are not nn.BatchNorm.
 
     Tokens may carry leading batch dimensions (..., n_tokens, token_width), e.g. `stack_tokens` output:
     every entry then has them too. Keys come in layer order, then the passthrough keys.
@@ -277,7 +285,7 @@ def from_tokens(layers: Sequence[WeightLayer], tokens: Sequence[torch.Tensor],
         ps.sort(key=lambda pt: pt[0].start)
         p, t = ps[0]
         rows = t if len(ps) == 1 else torch.cat([t for _, t in ps], dim=-2)
-        value = rows.reshape(*rows.shape[:-2], *p.shape).to(p.dtype)
+        value = rows.reshape(*rows.shape[:-2], *p.shape).to(p.dtype).contiguous()
         out[key] = value.detach().clone() if p.buffer and detach_buffers else value
     out.update(passthrough or {})
     return out
