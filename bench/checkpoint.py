@@ -32,15 +32,36 @@ def paths(path: str | Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
-def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write weights, then the sidecar: a sidecar exists only for whole weights."""
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], *,
+                    versioned: bool = False) -> Path:
+    """Write weights, then the sidecar: a sidecar exists only for whole weights.
+
+    `versioned`: for a checkpoint that is overwritten (every epoch), the weights go to a new
+    file named by their hash and the sidecar's rename is the single commit point, so a process
+    killed between the two writes leaves the previous pair intact; older weight files are
+    removed after the commit."""
     weights, sidecar = paths(path)
     # Own, contiguous CPU copies: safetensors refuses tensors that share storage.
     data = st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
+    digest = hashlib.sha256(data).hexdigest()
+    if versioned:
+        weights = weights.with_name(f"{sidecar.stem}-{digest[:12]}.safetensors")
     atomic_write_bytes(weights, data)
-    atomic_write_json(sidecar, {**meta, "format": FORMAT, "weights": weights.name,
-                                "sha256": hashlib.sha256(data).hexdigest()})
+    atomic_write_json(sidecar, {**meta, "format": FORMAT, "weights": weights.name, "sha256": digest})
+    if versioned:
+        for old in sidecar.parent.glob(f"{sidecar.stem}-*.safetensors"):
+            if old.name != weights.name:
+                old.unlink(missing_ok=True)
     return weights
+
+
+def remove_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint: sidecar first (the commit point), then every weights file."""
+    weights, sidecar = paths(path)
+    sidecar.unlink(missing_ok=True)
+    weights.unlink(missing_ok=True)
+    for old in sidecar.parent.glob(f"{sidecar.stem}-*.safetensors"):
+        old.unlink(missing_ok=True)
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -59,8 +80,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path, *, expect: dict[str, Any] | None = None,
                     map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Verified tensors and sidecar; `expect` = sidecar fields that must match (e.g. arch)."""
-    weights, _ = paths(path)
+    weights, sidecar = paths(path)
     meta = read_meta(path)
+    if meta.get("weights"):  # the sidecar names its weights file (versioned checkpoints)
+        weights = sidecar.parent / Path(meta["weights"]).name
     for key, value in (expect or {}).items():
         if meta.get(key) != value:
             raise CheckpointError(f"checkpoint {weights}: {key} is {meta.get(key)!r}, expected {value!r}")

@@ -59,20 +59,23 @@ class Pool:
 
 def train_member(pool: Pool, k: int, *, teachers: str | Path | None = None,
                  results: str | Path | None = None, grid: str = "teachers",
-                 progress: bool | None = None, run: str | None = None, **overrides: Any) -> dict[str, Any]:
+                 progress: bool | None = None, run: str | None = None, run_dir: Path | None = None,
+                 pool_name: str | None = None, **overrides: Any) -> dict[str, Any]:
     """Train member k (resuming or finding it), write its run record, return the record.
 
-    `run` is the record's run_id (the sweep passes its job's); by default a hash of the member."""
+    The sweep passes its job's `run` id, its own `run_dir` and the grid's `pool_name`; by
+    default the record's id is a hash of the member and the folder `pool.member_dir(k)`."""
     cfg = pool.member_config(k, **overrides)
     spec = {"stage": "teachers", "pool": pool.name, "member": k, "config": cfg.resolved().to_json()}
     t0 = time.perf_counter()
-    meta = train(cfg, pool.member_dir(k, teachers), progress=progress)
+    run_dir = run_dir or pool.member_dir(k, teachers)
+    meta = train(cfg, run_dir, progress=progress)
     record = {"run_id": run or run_id(spec), "grid": grid, "stage": "teachers", "method": "single",
               "arch": pool.arch, "dataset": pool.dataset, "scale": pool.scale, "init": pool.init,
-              "pool": pool.name, "member": k, "seed": k, "n_teachers": 1, "status": "done",
+              "pool": pool_name or pool.name, "member": k, "seed": k, "n_teachers": 1, "status": "done",
               **{m: meta["metrics"][m] for m in ("top1", "top5", "nll", "ece")},
               "train_s": meta["train_s"], "wall_s": time.perf_counter() - t0,
-              "epochs": meta["epochs"], "weights": str(pool.member_dir(k, teachers) / "model.safetensors")}
+              "epochs": meta["epochs"], "weights": str(run_dir / "model.safetensors")}
     if world()[0] == 0:  # in a data-parallel job every rank trains; one writes the record
         write_record(results_root(results) / grid / "records", record)
     return record

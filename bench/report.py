@@ -26,7 +26,10 @@ METRICS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "nll": "NLL (nats)", "ece":
 def cell_stats(runs: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
     """mean, std (n-1) and n per (method, setting) over the finished method runs."""
     done = runs[(runs.stage == "methods") & (runs.status == "done")].copy()
-    done["setting"] = done.arch + " / " + done.dataset
+    # Pools of one (arch, dataset) but another initialisation are separate columns.
+    init = done["init"] if "init" in done else pd.Series("scratch", index=done.index)
+    done["setting"] = done.arch + " / " + done.dataset + [
+        "" if i in (None, "scratch") or pd.isna(i) else f" [{i}]" for i in init]
     g = done.groupby(["method", "setting"])[metric]
     return g.agg(mean="mean", std="std", n="count").reset_index()
 
@@ -56,12 +59,34 @@ def grid_settings(grid: str) -> list[str]:
         return []
 
 
+def planned_run_ids(grid: str) -> set[str] | None:
+    """run_ids the grid file plans now (both scales); None when the grid file is not known."""
+    from bench.stages import STAGES, Roots
+
+    ids: set[str] = set()
+    try:
+        for scale in ("tiny", "paper"):
+            g = load_grid(grid, scale)
+            for stage in STAGES.values():
+                ids |= {j.run_id for j in stage.plan(g, Roots(Path("."), Path(".")))}
+    except BenchError:
+        return None
+    return ids
+
+
 def report(grid: str, root: Path, out: Path | None = None) -> str:
     runs = load_records(root / grid)
     if runs.empty:
         raise BenchError(f"no records for grid {grid!r} under {root / grid / 'records'}; run the sweep first")
+    planned = planned_run_ids(grid)
+    stale = 0
+    if planned is not None:  # records of an earlier version of the grid are not averaged in
+        keep = runs.run_id.isin(planned)
+        stale, runs = int((~keep).sum()), runs[keep]
     out = out or root / grid / "report"
     parts = [f"# {grid}: last-epoch metrics, mean ± std over seeds (n runs)\n"]
+    if stale:
+        parts.append(f"({stale} records of runs the grid no longer plans were left out.)\n")
     for metric, title in METRICS.items():
         table = main_table(runs, metric, grid_settings(grid))
         if table.empty:

@@ -15,7 +15,7 @@ import torch
 
 from bench.config import Grid, PoolSpec
 from bench.data.loaders import world
-from bench.paths import results_root, teachers_root
+from bench.paths import data_root, results_root, teachers_root
 from bench.pool import Pool, train_member
 from bench.store import read_record, run_id, write_record
 
@@ -59,7 +59,15 @@ def teacher_spec(pool: PoolSpec, k: int) -> dict[str, Any]:
 
 
 def member_dir(roots: Roots, spec: dict[str, Any]) -> Path:
-    return _pool(spec).member_dir(spec["member"], roots.teachers)
+    """teachers/<pool>-<recipe hash>/member-<k>: grids share a member exactly when its pool name
+    and recipe agree (so its training is the same), and never train two recipes into one folder."""
+    return roots.teachers / f"{spec['pool']}-{run_id(spec['recipe'])[:6]}" / f"member-{spec['member']}"
+
+
+def data_root_of(recipe: dict[str, Any]) -> str | None:
+    """The grid's data root, else BENCH_DATA (exported to every job by the executors)."""
+    root = recipe.get("data_root") or data_root()
+    return None if root is None else str(root)
 
 
 class TeachersStage:
@@ -116,8 +124,10 @@ STAGES: dict[str, Stage] = {"teachers": TeachersStage(), "methods": MethodsStage
 
 def run_teachers(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
     pool = _pool(spec)
+    recipe = {**spec["recipe"], "data_root": data_root_of(spec["recipe"])}
     return train_member(pool, spec["member"], teachers=roots.teachers, results=roots.results, grid=grid,
-                        run=run_id(spec), progress=False, **spec["recipe"])
+                        run=run_id(spec), run_dir=member_dir(roots, spec), pool_name=spec["pool"],
+                        progress=False, **recipe)
 
 
 def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
@@ -133,7 +143,7 @@ def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]
     job = MethodJob(method=spec["method"], dataset=teacher["dataset"], arch=teacher["arch"], seed=spec["seed"],
                     teachers=[member_dir(roots, t) / "model.safetensors" for t in spec["teachers"]],
                     members=spec["members"], options=spec["options"],
-                    data_root=teacher["recipe"].get("data_root"), scale=teacher["scale"],
+                    data_root=data_root_of(teacher["recipe"]), scale=teacher["scale"],
                     recipe=teacher["recipe"], workdir=roots.results / grid / "students" / run_id(spec))
     # In a data-parallel job every rank runs the method; rank 0 alone writes the record.
     records = roots.results / grid / "records" if world()[0] == 0 else None

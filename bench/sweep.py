@@ -227,7 +227,10 @@ def submit_slurm(plan: Plan, resources: dict[str, dict[str, Any]]) -> dict[str, 
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
         params = slurm_parameters(resources[stage], f"{plan.grid.name}-{stage}")
         if deps:
-            params["slurm_additional_parameters"] = {"dependency": "afterok:" + ":".join(deps)}
+            # kill-on-invalid-dep: if a needed job fails, SLURM cancels this array instead of
+            # leaving it pending forever (and `--wait` with it).
+            params["slurm_additional_parameters"] = {"dependency": "afterok:" + ":".join(deps),
+                                                     "kill-on-invalid-dep": "yes"}
         ex.update_parameters(**params)
         with ex.batch():
             handles = [ex.submit(JobRunner(), j.spec, plan.grid.name, plan.roots) for j in jobs]
@@ -242,8 +245,8 @@ def submit_slurm(plan: Plan, resources: dict[str, dict[str, Any]]) -> dict[str, 
 
 # --- status -------------------------------------------------------------------------------
 
-SLURM_RUNNING = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SUSPENDED")
-SLURM_PENDING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING")
+SLURM_RUNNING = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SUSPENDED", "SIGNALING", "STOPPED")
+SLURM_PENDING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "PREEMPTED")
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str]:
@@ -252,9 +255,13 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
     if not job_ids or not shutil.which("squeue"):
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i %T"],
-                         capture_output=True, text=True)
-    return dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
+    for attempt in range(3):  # slurmctld can be briefly busy: a failed query is not "all failed"
+        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i %T"],
+                             capture_output=True, text=True)
+        if out.returncode == 0:
+            return dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
+        time.sleep(2 * (attempt + 1))
+    raise BenchError(f"squeue did not answer ({' '.join(out.stderr.split())[:200]}); try --status again later")
 
 
 def current_states(grid: str, roots: Roots) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
@@ -265,6 +272,7 @@ def current_states(grid: str, roots: Roots) -> tuple[dict[str, Any], dict[str, d
     import json
 
     manifest = json.loads(path.read_text())
+    roots = Roots(Path(manifest["teachers_root"]), Path(manifest["results_root"]))  # the sweep's own
     live = squeue_states([j["job_id"] for s in manifest["stages"].values() for j in s if j.get("job_id")]) \
         if manifest["cluster"] == "slurm" else {}
     driver_alive = manifest["cluster"] != "local" or _alive(manifest.get("driver_pid"))
@@ -291,6 +299,20 @@ def current_states(grid: str, roots: Roots) -> tuple[dict[str, Any], dict[str, d
                     state = "failed" if state == "running" else "pending"
             out[stage][j["run_id"]] = state
     return manifest, out
+
+
+def _running_local_driver(grid: str, roots: Roots) -> int | None:
+    import json
+
+    path = manifest_path(grid, roots)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = manifest.get("driver_pid")
+    mine = pid == os.getpid()
+    return pid if manifest.get("cluster") == "local" and not manifest.get("finished") and not mine \
+        and _alive(pid) else None
 
 
 def _alive(pid: int | None) -> bool:
@@ -367,6 +389,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       ("mem-gb", float), ("timeout-min", int)):
         p.add_argument(f"--{key}", type=kind, help="overrides the cluster file for every stage")
     p.add_argument("--max-parallel", type=int, help="local executor: jobs at once (default cores / cpus)")
+    p.add_argument("--data-root", help="folder of the data sets for every job (exported as BENCH_DATA)")
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -401,6 +424,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     grid = load_grid(a.grid, a.scale)
     cluster = resolve_cluster(a.cluster)
+    if a.max_parallel is not None and a.max_parallel < 1:
+        raise BenchError(f"--max-parallel must be at least 1, got {a.max_parallel}")
+    if a.cluster_config != CLUSTER_FILE and not a.cluster_config.is_file():
+        raise BenchError(f"cluster file {a.cluster_config} not found")
+    if a.data_root:
+        os.environ["BENCH_DATA"] = str(Path(a.data_root).resolve())  # inherited by every job
     flags = {"partition": a.partition, "account": a.account, "gpus": a.gpus, "cpus": a.cpus,
              "mem_gb": a.mem_gb, "timeout_min": a.timeout_min}
     resources = {s: load_resources(a.cluster_config, grid.scale, s, flags) for s in STAGES}
@@ -409,6 +438,10 @@ def main(argv: list[str] | None = None) -> None:
     if a.dry_run:
         return
     check_writable(roots.results / grid.name)
+    running_driver = _running_local_driver(grid.name, roots)
+    if running_driver:
+        raise BenchError(f"a local driver of grid {grid.name!r} is still running (pid {running_driver}); "
+                         f"follow it with --status, or stop it before starting another")
     if not any(plan.todo.values()):
         print("nothing to run: every job is done")
         write_manifest(plan, cluster, {rid: {"state": "done"} for rid in plan.done})
@@ -423,6 +456,10 @@ def main(argv: list[str] | None = None) -> None:
                "--cluster", "local", "--wait", "--quiet", "--teachers-root", str(roots.teachers),
                "--results-root", str(roots.results), "--cluster-config", str(a.cluster_config)]
         cmd += ["--max-parallel", str(a.max_parallel)] if a.max_parallel else []
+        cmd += ["--force"] if a.force else []
+        for flag, value in flags.items():  # the driver must plan with the same resources
+            if value is not None:
+                cmd += [f"--{flag.replace('_', '-')}", str(value)]
         with open(log, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)  # outlives this shell

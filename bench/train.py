@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from bench.checkpoint import (load_checkpoint, optimizer_from_tensors, optimizer_to_tensors,
-                              paths, read_meta, save_checkpoint)
+                              paths, read_meta, remove_checkpoint, save_checkpoint)
 from bench.data import DATASETS, dataset_spec
 from bench.data.loaders import make_loader, world
 from bench.errors import BenchError, choose, cli
@@ -117,6 +117,16 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         return json_ready(dataclasses.asdict(self))
+
+
+# Where the data lives and which device runs are not part of a run's identity: moving the data
+# set or resuming on another machine continues the same run.
+LOCATION_KEYS = ("data_root", "beton_train", "beton_test", "device")
+
+
+def same_run(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    strip = lambda c: {k: v for k, v in (c or {}).items() if k not in LOCATION_KEYS}
+    return a is not None and strip(a) == strip(b)
 
 
 def json_ready(obj: Any) -> Any:
@@ -221,7 +231,7 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
     rank, world_size = world()
     if paths(final)[1].exists():
         meta = read_meta(final)
-        if meta.get("config") != config:
+        if not same_run(meta.get("config"), config):
             raise BenchError(f"{out} holds a finished run with another config; choose another --out")
         return meta
     if cfg.batch_size % world_size:
@@ -251,7 +261,7 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
     start_epoch, history, train_s = 0, [], 0.0
     if paths(ckpt)[1].exists():  # every rank resumes from the same file, into the bare model
         tensors, meta = load_checkpoint(ckpt, expect={"arch": cfg.arch})
-        if meta.get("config") != config:
+        if not same_run(meta.get("config"), config):
             raise BenchError(f"{out} holds a checkpoint of another config; choose another --out")
         model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
         optimizer_from_tensors(opt, tensors, meta["optimizer"])
@@ -308,9 +318,9 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
         if rank == 0:
             tensors, opt_meta = optimizer_to_tensors(opt)
             tensors.update({f"model/{k}": v for k, v in model.state_dict().items()})
-            save_checkpoint(ckpt, tensors, {**model_meta(cfg, spec.num_classes), "config": config,
-                                            "epoch": epoch + 1, "history": history, "train_s": train_s,
-                                            "optimizer": opt_meta, **extra_meta})
+            save_checkpoint(ckpt, tensors, versioned=True, meta={
+                **model_meta(cfg, spec.num_classes), "config": config, "epoch": epoch + 1, "history": history,
+                "train_s": train_s, "optimizer": opt_meta, **extra_meta})
             atomic_write_lines(out / "log.jsonl", history)  # rewritten whole: always matches the checkpoint
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", top1=f"{row['top1']:.1f}")
         if bar.disable and rank == 0:
@@ -321,8 +331,7 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
                       "metrics": {k: v for k, v in history[-1].items() if k != "epoch"}, "train_s": train_s,
                       **extra_meta}
         save_checkpoint(final, model.state_dict(), final_meta)
-        for p in paths(ckpt):
-            p.unlink(missing_ok=True)  # the final weights supersede the resume point
+        remove_checkpoint(ckpt)  # the final weights supersede the resume point
     barrier(device)  # the others read what rank 0 has just written
     return read_meta(final)
 

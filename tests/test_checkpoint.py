@@ -78,3 +78,14 @@ def test_optimizer_state_round_trip(tmp_path, make):
     for pid in a["state"]:
         for key, value in a["state"][pid].items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["state"][pid][key]))
+
+
+def test_versioned_checkpoint_survives_a_kill_between_weights_and_sidecar(tmp_path):
+    first = {"w": torch.zeros(3)}
+    save_checkpoint(tmp_path / "checkpoint", first, {"epoch": 1}, versioned=True)
+    save_checkpoint(tmp_path / "checkpoint", {"w": torch.ones(3)}, {"epoch": 2}, versioned=True)
+    assert len(list(tmp_path.glob("checkpoint-*.safetensors"))) == 1  # older weights removed
+    # A process killed after writing epoch 3's weights but before its sidecar: epoch 2 still loads.
+    (tmp_path / "checkpoint-deadbeef0000.safetensors").write_bytes(b"half-written")
+    tensors, meta = load_checkpoint(tmp_path / "checkpoint")
+    assert meta["epoch"] == 2 and torch.equal(tensors["w"], torch.ones(3))

@@ -151,3 +151,16 @@ def test_unseen_teacher_groups_come_from_the_held_out_part(mini, tmp_path):
     mini.write_text(MINI.replace("members: 3\n    held_out: 0", "members: 5\n    held_out: 2"))
     plan = make_plan(load_grid(mini, "tiny"), roots(tmp_path))
     assert all(set(j.spec["members"]) <= {0, 1, 2} for j in plan.stages["methods"])
+
+
+def test_pools_with_other_recipes_never_share_a_teacher_folder(mini, tmp_path):
+    from bench.stages import member_dir
+
+    one = load_grid(mini, "tiny").pools[0]
+    mini.write_text(MINI.replace("epochs: 1", "epochs: 2"))
+    two = load_grid(mini, "tiny").pools[0]
+    r = roots(tmp_path)
+    assert one.name == two.name
+    assert member_dir(r, teacher_spec(one, 0)) != member_dir(r, teacher_spec(two, 0))
+    mini.write_text(MINI)  # the same pool and recipe again: the same folder, shared
+    assert member_dir(r, teacher_spec(load_grid(mini, "tiny").pools[0], 0)) == member_dir(r, teacher_spec(one, 0))
