@@ -50,45 +50,38 @@ def main_table(runs: pd.DataFrame, metric: str = "top1", settings: list[str] | N
     return table.loc[order, columns].fillna("missing")
 
 
-def grid_settings(grid: str) -> list[str]:
-    """'arch / dataset' of the grid's pools, in the grid file's order, when the file is known."""
-    try:
-        return [f"{p.arch} / {p.dataset}" for p in load_grid(grid, "tiny").pools] + \
-            [f"{p.arch} / {p.dataset}" for p in load_grid(grid, "paper").pools]
-    except BenchError:
-        return []
-
-
-def planned_run_ids(grid: str) -> set[str] | None:
-    """run_ids the grid file plans now (both scales); None when the grid file is not known."""
+def grid_plan(grid: str) -> tuple[list[str], set[str]] | None:
+    """The grid file's 'arch / dataset' settings in pool order and the run_ids it plans now,
+    at both scales; None when the grid file is not known."""
     from bench.stages import STAGES, Roots
 
-    ids: set[str] = set()
+    settings, ids = [], set()
     try:
         for scale in ("tiny", "paper"):
             g = load_grid(grid, scale)
+            settings += [f"{p.arch} / {p.dataset}" for p in g.pools]
             for stage in STAGES.values():
                 ids |= {j.run_id for j in stage.plan(g, Roots(Path("."), Path(".")))}
     except BenchError:
         return None
-    return ids
+    return settings, ids
 
 
 def report(grid: str, root: Path, out: Path | None = None) -> str:
     runs = load_records(root / grid)
     if runs.empty:
         raise BenchError(f"no records for grid {grid!r} under {root / grid / 'records'}; run the sweep first")
-    planned = planned_run_ids(grid)
-    stale = 0
-    if planned is not None:  # records of an earlier version of the grid are not averaged in
-        keep = runs.run_id.isin(planned)
+    plan = grid_plan(grid)
+    settings, stale = (plan[0] if plan else []), 0
+    if plan is not None:  # records of an earlier version of the grid are not averaged in
+        keep = runs.run_id.isin(plan[1])
         stale, runs = int((~keep).sum()), runs[keep]
     out = out or root / grid / "report"
     parts = [f"# {grid}: last-epoch metrics, mean ± std over seeds (n runs)\n"]
     if stale:
         parts.append(f"({stale} records of runs the grid no longer plans were left out.)\n")
     for metric, title in METRICS.items():
-        table = main_table(runs, metric, grid_settings(grid))
+        table = main_table(runs, metric, settings)
         if table.empty:
             continue
         parts.append(f"## {title}\n\n{table.to_markdown()}\n")

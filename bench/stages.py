@@ -71,7 +71,7 @@ def data_root_of(recipe: dict[str, Any]) -> str | None:
 
 
 class TeachersStage:
-    """One job per pool member: a training run into teachers/<pool>/member-<k>/."""
+    """One job per pool member: a training run into `member_dir` (teachers/<pool>-<hash>/member-<k>)."""
 
     name = "teachers"
 

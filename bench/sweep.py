@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -29,7 +30,7 @@ import submitit
 import yaml
 from tqdm import tqdm
 
-from bench.config import Grid, load_grid, read_yaml
+from bench.config import Grid, grid_path, load_grid, read_yaml
 from bench.errors import BenchError, choose, cli
 from bench.io import atomic_write_json
 from bench.models import SCALES
@@ -121,6 +122,13 @@ def manifest_path(grid: str, roots: Roots) -> Path:
     return roots.results / grid / "sweep.json"
 
 
+def read_manifest(grid: str, roots: Roots) -> dict[str, Any] | None:
+    try:
+        return json.loads(manifest_path(grid, roots).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def write_manifest(plan: Plan, cluster: str, states: dict[str, dict[str, Any]], **extra: Any) -> None:
     atomic_write_json(manifest_path(plan.grid.name, plan.roots), {
         "grid": plan.grid.name, "grid_file": str(plan.grid.path), "scale": plan.grid.scale, "cluster": cluster,
@@ -172,13 +180,15 @@ def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None 
     for j in pending:
         states[j.run_id] = {"state": "pending"}
     running: dict[str, tuple[Job, Any]] = {}
-    peak = 0
+    executors: dict[str, submitit.LocalExecutor] = {}
+    peak, changed = 0, False
     bar = tqdm(total=len(pending), desc=f"{plan.grid.name} (local)", unit="job", disable=not progress)
     write_manifest(plan, "local", states, driver_pid=os.getpid(), peak_running=0)
     while pending or running:
         for rid, (job, handle) in list(running.items()):
             if handle.done():
                 del running[rid]
+                changed = True
                 times = {"started": states[rid].get("started"), "ended": time.time()}
                 try:
                     handle.result()
@@ -193,18 +203,23 @@ def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None 
             needs = [states.get(n, {}).get("state") for n in job.needs]
             if any(s in ("failed", "skipped") for s in needs):
                 pending.remove(job)
+                changed = True
                 states[job.run_id] = {"state": "skipped", "reason": "a job it needs failed"}
                 bar.update(1)
             elif all(s == "done" for s in needs) and len(running) < cap_for(job, resources, cap):
                 pending.remove(job)
-                ex = submitit.LocalExecutor(folder=folder)
-                ex.update_parameters(timeout_min=int(resources[job.stage]["timeout_min"]))
-                handle = ex.submit(JobRunner(), job.spec, plan.grid.name, plan.roots,
+                changed = True
+                if job.stage not in executors:
+                    executors[job.stage] = submitit.LocalExecutor(folder=folder)
+                    executors[job.stage].update_parameters(timeout_min=int(resources[job.stage]["timeout_min"]))
+                handle = executors[job.stage].submit(JobRunner(), job.spec, plan.grid.name, plan.roots,
                                    int(resources[job.stage]["cpus"]))
                 running[job.run_id] = (job, handle)
                 states[job.run_id] = {"state": "running", "job_id": handle.job_id, "started": time.time()}
         peak = max(peak, len(running))
-        write_manifest(plan, "local", states, driver_pid=os.getpid(), peak_running=peak)
+        if changed:  # the manifest is rewritten (and fsynced) only when a state moved
+            write_manifest(plan, "local", states, driver_pid=os.getpid(), peak_running=peak)
+            changed = False
         time.sleep(0.5)
     bar.close()
     write_manifest(plan, "local", states, driver_pid=os.getpid(), peak_running=peak, finished=True)
@@ -266,20 +281,15 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
 
 def current_states(grid: str, roots: Roots) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
     """The manifest, and per stage run_id -> done / running / pending / failed / skipped."""
-    path = manifest_path(grid, roots)
-    if not path.exists():
-        raise BenchError(f"no sweep of grid {grid!r} under {roots.results} (expected {path}); submit it first")
-    import json
-
-    manifest = json.loads(path.read_text())
+    manifest = read_manifest(grid, roots)
+    if manifest is None:
+        raise BenchError(f"no sweep of grid {grid!r} under {roots.results} "
+                         f"(expected {manifest_path(grid, roots)}); submit it first")
     roots = Roots(Path(manifest["teachers_root"]), Path(manifest["results_root"]))  # the sweep's own
     live = squeue_states([j["job_id"] for s in manifest["stages"].values() for j in s if j.get("job_id")]) \
         if manifest["cluster"] == "slurm" else {}
     driver_alive = manifest["cluster"] != "local" or _alive(manifest.get("driver_pid"))
-    from bench.config import load_grid as _lg
-
-    g = _lg(manifest["grid_file"], manifest["scale"])
-    plan = make_plan(g, roots)
+    plan = make_plan(load_grid(manifest["grid_file"], manifest["scale"]), roots)
     out: dict[str, dict[str, str]] = {}
     for stage, jobs in manifest["stages"].items():
         out[stage] = {}
@@ -302,13 +312,7 @@ def current_states(grid: str, roots: Roots) -> tuple[dict[str, Any], dict[str, d
 
 
 def _running_local_driver(grid: str, roots: Roots) -> int | None:
-    import json
-
-    path = manifest_path(grid, roots)
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    manifest = read_manifest(grid, roots) or {}
     pid = manifest.get("driver_pid")
     mine = pid == os.getpid()
     return pid if manifest.get("cluster") == "local" and not manifest.get("finished") and not mine \
@@ -418,8 +422,6 @@ def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     roots = Roots.resolve(a.teachers_root, a.results_root)
     if a.status:
-        from bench.config import grid_path
-
         print_status(grid_path(a.grid).stem, roots)
         return
     grid = load_grid(a.grid, a.scale)

@@ -234,14 +234,12 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
         if not same_run(meta.get("config"), config):
             raise BenchError(f"{out} holds a finished run with another config; choose another --out")
         return meta
-    if cfg.batch_size % world_size:
-        raise BenchError(f"global batch size {cfg.batch_size} is not divisible by the world size "
-                         f"{world_size}; pick a multiple of {world_size}")
     device = rank_device(cfg.device, world_size)
     spec = dataset_spec(cfg.dataset)
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, root=cfg.data_root,
                   image_size=cfg.image_size, device=device)
-    # Each rank gets its share of every global batch (the same draws as a single process).
+    # Each rank gets its share of every global batch (the same draws as a single process); the
+    # loader refuses a batch size the world size does not divide, before anything is written.
     train_loader = make_loader(cfg.dataset, "train", train=True, beton=cfg.beton_train,
                                distributed=world_size > 1, **common)
     # Only rank 0 evaluates (see the epoch loop), on the whole test set, unsharded.

@@ -15,9 +15,8 @@ import torch.nn as nn
 
 from bench.data.loaders import make_loader
 from bench.methods.alignment import average_state_dicts
-from bench.methods.common import load_teachers
+from bench.methods.common import load_teachers, test_predictions
 from bench.metrics import classification_metrics
-from bench.train import predict
 
 OPTIONS: tuple[str, ...] = ("bn_batches",)
 BN_BATCHES = 50  # training batches (no augmentation) used to re-estimate BatchNorm statistics
@@ -54,9 +53,8 @@ def evaluate_averaged(job, model: nn.Module, meta: dict[str, Any], sds: list[dic
     train_batches = make_loader(job.dataset, "train", batch_size=128, train=False, root=job.data_root,
                                 image_size=meta["image_size"], device=device)
     used = reestimate_norm_stats(model, train_batches, bn_batches)
-    test = make_loader(job.dataset, "test", batch_size=512, train=False, root=job.data_root,
-                       image_size=meta["image_size"], device=device)
-    return {**classification_metrics(*predict(model, test, device)), "infer_forwards": 1,
+    (probs,), labels = test_predictions(job, [(model, meta)])
+    return {**classification_metrics(probs, labels), "infer_forwards": 1,
             "train_s": time.perf_counter() - t0, "bn_batches": used}
 
 
