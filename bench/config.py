@@ -17,6 +17,11 @@ error names the file, the key and the allowed values, and is raised before any j
         held_out: {paper: 4, tiny: 2}   # the last members, never used for meta-training
         recipe: {paper: {epochs: 240, ...}, tiny: {}}   # bench.train.TrainConfig fields
     methods: [single, ensemble]         # or {name: {option: value}}
+
+A method may appear several times as variants `name/label` (one table row each), e.g.
+`weightformer/unseen: {teacher_part: held_out}`. Besides its own options any method takes
+`archs` / `inits` (run only on pools of these architectures / initialisations), `n_teachers` and
+`teacher_part` (override the grid's N and part for that row).
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ INITS = ("scratch", "shared", "pretrained")
 # The training fields a pool's recipe may set (the rest are fixed by the pool and the member).
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig)
                     if f.name not in ("arch", "dataset", "scale", "seed", "init_seed", "pretrained", "extra",
-                                      "device"))
+                                      "device", "init_from", "train_fraction"))
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,11 @@ class PoolSpec:
 class MethodSpec:
     name: str
     options: dict[str, Any] = field(default_factory=dict, hash=False)
+    variant: str = ""  # the row's label: the grid's key, "name" or "name/label"
+
+    def __post_init__(self) -> None:
+        if not self.variant:
+            object.__setattr__(self, "variant", self.name)
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,11 @@ class Grid:
     teacher_part: str
     pools: tuple[PoolSpec, ...]
     methods: tuple[MethodSpec, ...]
+
+
+def method_applies(options: dict[str, Any], pool: PoolSpec) -> bool:
+    """Whether a method's `archs` / `inits` filters let it run on `pool`."""
+    return pool.arch in options.get("archs", [pool.arch]) and pool.init in options.get("inits", [pool.init])
 
 
 def grid_names() -> list[str]:
@@ -147,6 +162,7 @@ class _Reader:
 
 GRID_KEYS = ("description", "n_teachers", "seeds", "teacher_part", "pools", "methods")
 TEACHER_PARTS = ("meta_train", "held_out")
+COMMON_OPTIONS = ("archs", "inits", "n_teachers", "teacher_part")  # options every method takes
 POOL_KEYS = ("name", "arch", "dataset", "init", "members", "held_out", "recipe")
 
 
@@ -194,12 +210,26 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
     if not isinstance(raw_methods, dict) or not raw_methods:
         raise r.fail("methods", "expected a non-empty list of method names or a mapping name -> options")
     methods = []
-    for name, options in raw_methods.items():
+    for variant, options in raw_methods.items():
+        name = str(variant).split("/", 1)[0]
         r.choice(name, "methods", METHODS)
-        # `archs` (any method): run it only on pools of these architectures.
-        opts = r.mapping(options or {}, f"methods.{name}", (*METHODS[name].OPTIONS, "archs"))
+        where = f"methods.{variant}"
+        opts = r.mapping(options or {}, where, (*METHODS[name].OPTIONS, *COMMON_OPTIONS))
         for arch in opts.get("archs", []):
-            r.choice(arch, f"methods.{name}.archs", ARCHS)
-        methods.append(MethodSpec(name, opts))
+            r.choice(arch, f"{where}.archs", ARCHS)
+        for init in opts.get("inits", []):
+            r.choice(init, f"{where}.inits", INITS)
+        m_part = r.choice(opts.get("teacher_part", part), f"{where}.teacher_part", TEACHER_PARTS)
+        m_n = r.count(opts.get("n_teachers", n_teachers), f"{where}.n_teachers", 1)
+        for p in pools:
+            available = len(p.meta_train_members if m_part == "meta_train" else p.held_out_members)
+            if m_n > available and method_applies(opts, p):
+                raise r.fail(where, f"N = {m_n} is larger than pool {p.name}'s {m_part} part ({available} members)")
+        if hasattr(METHODS[name], "meta_train_options"):
+            try:
+                METHODS[name].meta_train_options(opts, scale)
+            except BenchError as err:
+                raise r.fail(where, str(err)) from None
+        methods.append(MethodSpec(name, opts, str(variant)))
     return Grid(path.stem, path, scale, str(top.get("description", "")), n_teachers, seeds, part,
                 tuple(pools), tuple(methods))

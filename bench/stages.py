@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from bench.config import Grid, PoolSpec
+from bench.config import Grid, PoolSpec, method_applies
 from bench.data.loaders import world
 from bench.paths import data_root, results_root, teachers_root
 from bench.pool import Pool, train_member
@@ -92,24 +92,47 @@ def teacher_group(pool: PoolSpec, n: int, seed: int, part: str = "meta_train") -
     return sorted(part[i] for i in order[:n])
 
 
+def meta_train_spec(pool: PoolSpec, n: int, config: dict[str, Any]) -> dict[str, Any]:
+    """A WeightFormer meta-trained on the pool's meta-train part for groups of n, with `config`
+    (the resolved bench.weightformer.config.WFConfig)."""
+    return {"stage": "meta_train", "pool": pool.name, "n_teachers": n, "members": list(pool.meta_train_members),
+            "teachers": [teacher_spec(pool, k) for k in pool.meta_train_members], "wf": config}
+
+
+def weightformer_dir(roots: Roots, spec: dict[str, Any]) -> Path:
+    """teachers/<pool>-<recipe hash>/weightformer-<run id>: beside the members it was meta-trained on."""
+    return member_dir(roots, spec["teachers"][0]).parent / f"weightformer-{run_id(spec)}"
+
+
 class MethodsStage:
-    """One job per (pool, method, seed): a table cell's run on one group of N teachers."""
+    """One job per (pool, method variant, seed): a table cell's run on one group of N teachers.
+    A method with `meta_train_options` (WeightFormer) also names the meta_train job it needs."""
 
     name = "methods"
 
     def plan(self, grid: Grid, roots: Roots) -> list[Job]:
+        from bench.methods import METHODS
+
         jobs = []
         for p in grid.pools:
             for m in grid.methods:
-                if "archs" in m.options and p.arch not in m.options["archs"]:
+                if not method_applies(m.options, p):
                     continue
+                n = m.options.get("n_teachers", grid.n_teachers)
+                part = m.options.get("teacher_part", grid.teacher_part)
+                meta_options = getattr(METHODS[m.name], "meta_train_options", None)
+                meta = meta_train_spec(p, n, meta_options(m.options, p.scale)) if meta_options else None
                 for seed in range(grid.seeds):
-                    members = teacher_group(p, grid.n_teachers, seed, grid.teacher_part)
-                    spec = {"stage": "methods", "method": m.name, "options": dict(sorted(m.options.items())),
-                            "seed": seed, "n_teachers": grid.n_teachers, "members": members,
+                    members = teacher_group(p, n, seed, part)
+                    spec = {"stage": "methods", "method": m.name, "variant": m.variant,
+                            "options": dict(sorted(m.options.items())), "seed": seed, "n_teachers": n,
+                            "teacher_part": part, "members": members,
                             "teachers": [teacher_spec(p, k) for k in members]}
-                    jobs.append(Job(self.name, spec, f"{p.name}/{m.name}/seed-{seed}",
-                                    needs=[run_id(t) for t in spec["teachers"]]))
+                    needs = [run_id(t) for t in spec["teachers"]]
+                    if meta is not None:
+                        spec["meta_train"] = meta
+                        needs.append(run_id(meta))
+                    jobs.append(Job(self.name, spec, f"{p.name}/{m.variant}/seed-{seed}", needs=needs))
         return jobs
 
     def done(self, job: Job, grid: Grid, roots: Roots) -> bool:
@@ -117,7 +140,27 @@ class MethodsStage:
         return rec.exists() and (read_record(rec) or {}).get("status") == "done"
 
 
-STAGES: dict[str, Stage] = {"teachers": TeachersStage(), "methods": MethodsStage()}
+class MetaTrainStage:
+    """One job per WeightFormer the methods stage needs: (pool, N, config), shared by every method
+    variant and seed that uses it. Written to `weightformer_dir`."""
+
+    name = "meta_train"
+
+    def plan(self, grid: Grid, roots: Roots) -> list[Job]:
+        specs = {}
+        for job in MethodsStage().plan(grid, roots):
+            if "meta_train" in job.spec:
+                spec = job.spec["meta_train"]
+                specs.setdefault(run_id(spec), spec)
+        return [Job(self.name, s, f"{s['pool']}/weightformer-N{s['n_teachers']}-{i}",
+                    needs=[run_id(t) for t in s["teachers"]]) for i, (rid, s) in enumerate(specs.items())]
+
+    def done(self, job: Job, grid: Grid, roots: Roots) -> bool:
+        return (weightformer_dir(roots, job.spec) / "model.json").exists() and \
+            (roots.results / grid.name / "records" / f"{job.run_id}.json").exists()
+
+
+STAGES: dict[str, Stage] = {"teachers": TeachersStage(), "meta_train": MetaTrainStage(), "methods": MethodsStage()}
 
 
 # --- running one job (inside a SLURM task, a local subprocess or the sweep process) ----------
@@ -130,30 +173,76 @@ def run_teachers(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any
                         progress=False, **recipe)
 
 
+def _pool_fields(teacher: dict[str, Any]) -> dict[str, Any]:
+    return {"arch": teacher["arch"], "dataset": teacher["dataset"], "scale": teacher["scale"],
+            "init": teacher["init"], "pool": teacher["pool"]}
+
+
+def _write_failed(records: Path | None, base: dict[str, Any], err: Exception, t0: float) -> None:
+    """A failed record says why instead of a number."""
+    if records is not None:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        write_record(records, {**base, "status": "failed", "reason": f"{type(err).__name__}: {reason}",
+                               "traceback": traceback.format_exc(limit=5), "wall_s": time.perf_counter() - t0})
+
+
+def run_meta_train(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from bench.train import pick_device
+    from bench.weightformer.config import WFConfig
+    from bench.weightformer.meta_train import meta_train
+
+    t0 = time.perf_counter()
+    teacher = spec["teachers"][0]
+    cfg = WFConfig(**spec["wf"]).validate()
+    base = {"run_id": run_id(spec), "grid": grid, "stage": "meta_train", "method": "weightformer",
+            **_pool_fields(teacher), "seed": cfg.seed, "n_teachers": spec["n_teachers"],
+            "wf_n_teachers": spec["n_teachers"], **{f"wf_{k}": v for k, v in asdict(cfg).items()}}
+    records = roots.results / grid / "records" if world()[0] == 0 else None
+    try:
+        meta = meta_train(weightformer_dir(roots, spec),
+                          teachers=[member_dir(roots, t) / "model.safetensors" for t in spec["teachers"]],
+                          members=spec["members"], arch=teacher["arch"], dataset=teacher["dataset"],
+                          scale=teacher["scale"], pool=teacher["pool"], n_teachers=spec["n_teachers"], cfg=cfg,
+                          data_root=data_root_of(teacher["recipe"]), device=pick_device("auto"), progress=False)
+    except Exception as err:
+        _write_failed(records, base, err, t0)
+        raise
+    history = meta["history"]
+    record = {**base, "status": "done", "meta_train_s": meta["meta_train_s"], "steps": meta["steps"],
+              "kl_first": history[0]["kl"], "kl_last": history[-1]["kl"], "wf_parameters": meta["parameters"],
+              "soft_label_cache": meta["soft_label_cache"], "wall_s": time.perf_counter() - t0}
+    if records is not None:
+        write_record(records, record)
+    return record
+
+
 def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
     from bench.methods import METHODS, MethodJob
 
     t0 = time.perf_counter()
     teacher = spec["teachers"][0]
     base = {"run_id": run_id(spec), "grid": grid, "stage": "methods", "method": spec["method"],
-            "arch": teacher["arch"], "dataset": teacher["dataset"], "scale": teacher["scale"],
-            "init": teacher["init"], "pool": teacher["pool"], "seed": spec["seed"],
-            "n_teachers": spec["n_teachers"], "teacher_members": spec["members"],
+            "variant": spec.get("variant", spec["method"]), **_pool_fields(teacher), "seed": spec["seed"],
+            "n_teachers": spec["n_teachers"], "teacher_part": spec.get("teacher_part", "meta_train"),
+            "teacher_members": spec["members"],
             **{f"option_{k}": v for k, v in spec["options"].items()}}
     job = MethodJob(method=spec["method"], dataset=teacher["dataset"], arch=teacher["arch"], seed=spec["seed"],
                     teachers=[member_dir(roots, t) / "model.safetensors" for t in spec["teachers"]],
                     members=spec["members"], options=spec["options"],
                     data_root=data_root_of(teacher["recipe"]), scale=teacher["scale"],
-                    recipe=teacher["recipe"], workdir=roots.results / grid / "students" / run_id(spec))
+                    recipe=teacher["recipe"], workdir=roots.results / grid / "students" / run_id(spec),
+                    pool=teacher["pool"],
+                    weightformer=weightformer_dir(roots, spec["meta_train"]) / "model.safetensors"
+                    if "meta_train" in spec else None)
     # In a data-parallel job every rank runs the method; rank 0 alone writes the record.
     records = roots.results / grid / "records" if world()[0] == 0 else None
     write = (lambda rec: write_record(records, rec)) if records else (lambda rec: None)
     try:
         fields = METHODS[spec["method"]].run(job)
     except Exception as err:  # a failed record says why instead of a number, then the job fails
-        reason = " ".join(str(err).split()) or type(err).__name__
-        write({**base, "status": "failed", "reason": f"{type(err).__name__}: {reason}",
-               "traceback": traceback.format_exc(limit=5), "wall_s": time.perf_counter() - t0})
+        _write_failed(records, base, err, t0)
         raise
     record = {**base, "status": "done", **fields, "wall_s": time.perf_counter() - t0}
     write(record)
@@ -161,7 +250,7 @@ def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]
 
 
 RUNNERS: dict[str, Callable[[dict[str, Any], str, Roots], dict[str, Any]]] = {
-    "teachers": run_teachers, "methods": run_methods}
+    "teachers": run_teachers, "meta_train": run_meta_train, "methods": run_methods}
 
 
 def run_job(spec: dict[str, Any], grid: str, roots: Roots, cpus: int | None = None) -> dict[str, Any]:

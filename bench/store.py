@@ -6,9 +6,15 @@ one. Metrics are last-epoch values (top1/top5/ece in percent, nll in nats).
 """
 from __future__ import annotations
 
+import datetime
+import functools
 import hashlib
 import json
 import math
+import os
+import platform
+import socket
+import subprocess
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -49,8 +55,35 @@ def make_record(**fields: Any) -> dict[str, Any]:
     return record
 
 
+@functools.lru_cache(maxsize=1)
+def _machine() -> dict[str, Any]:
+    """Where records are made: the code's commit (`-dirty` with uncommitted changes), the host and
+    its hardware (GPU name, else the CPU model, and the cores the job may use)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    import torch
+
+    if torch.cuda.is_available():
+        hardware = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    else:
+        cpu = platform.processor() or platform.machine()
+        try:
+            cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                       if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        hardware = f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPU cores ({cpu})"
+    return {"commit": commit, "host": socket.gethostname(), "hardware": hardware}
+
+
 def write_record(records_dir: str | Path, record: Mapping[str, Any]) -> Path:
-    record = make_record(**record)
+    """Write a record, stamped with its provenance (commit, host, hardware, finished: UTC time)."""
+    stamp = {**_machine(), "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    record = make_record(**{**stamp, **record})
     return atomic_write_json(Path(records_dir) / f"{record['run_id']}.json", record)
 
 

@@ -110,7 +110,7 @@ class Plan:
 def make_plan(grid: Grid, roots: Roots, force: bool = False) -> Plan:
     stages = {name: stage.plan(grid, roots) for name, stage in STAGES.items()}
     done = {j.run_id for name, jobs in stages.items() for j in jobs
-            if STAGES[name].done(j, grid, roots) and not (force and name != "teachers")}
+            if STAGES[name].done(j, grid, roots) and not (force and name == "methods")}
     return Plan(grid, roots, stages, done)
 
 

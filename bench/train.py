@@ -96,6 +96,8 @@ class TrainConfig:
     beton_train: str | None = None
     beton_test: str | None = None
     device: str = "auto"
+    init_from: str | None = None  # start from these weights (a checkpoint: fine-tuning a predicted student)
+    train_fraction: float = 1.0   # train on this fixed, seeded fraction of the training split
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings (KD's T, ...)
 
     def resolved(self) -> "TrainConfig":
@@ -110,6 +112,8 @@ class TrainConfig:
         cfg.milestones = tuple(cfg.milestones)
         choose("optimizer", cfg.optimizer, OPTIMIZERS)
         choose("schedule", cfg.schedule, SCHEDULES)
+        if not 0 < cfg.train_fraction <= 1:
+            raise BenchError(f"train_fraction must be in (0, 1], got {cfg.train_fraction}")
         if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
             raise BenchError(f"epochs, batch_size and lr must be positive (got {cfg.epochs}, "
                              f"{cfg.batch_size}, {cfg.lr})")
@@ -241,7 +245,7 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
     # Each rank gets its share of every global batch (the same draws as a single process); the
     # loader refuses a batch size the world size does not divide, before anything is written.
     train_loader = make_loader(cfg.dataset, "train", train=True, beton=cfg.beton_train,
-                               distributed=world_size > 1, **common)
+                               distributed=world_size > 1, fraction=cfg.train_fraction, **common)
     # Only rank 0 evaluates (see the epoch loop), on the whole test set, unsharded.
     test_loader = make_loader(cfg.dataset, "test", train=False, beton=cfg.beton_test, **common) \
         if rank == 0 else None
@@ -249,6 +253,8 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
     # The seed fixes the initial weights unless a shared initialisation is asked for.
     torch.manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed)
     model = build_model(cfg.arch, spec.num_classes, cfg.image_size, cfg.scale, pretrained=cfg.pretrained).to(device)
+    if cfg.init_from:
+        model.load_state_dict(load_checkpoint(cfg.init_from, expect={"arch": cfg.arch})[0])
     if device.type == "cuda" and not cfg.arch.startswith("vit"):
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)

@@ -1,10 +1,20 @@
+import math
 import statistics
+import sys
 
+import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
+from bench.config import load_grid
 from bench.errors import BenchError
-from bench.report import cell_stats, main_table, report
+from bench.report import cell_stats, cost_table, main, main_table, report
+from bench.report_claims import MARGIN_PP, claim_table, t_quantile, verdict, welch_ci
+from bench.report_frame import method_runs
+from bench.stages import STAGES, Roots
 from bench.store import load_records, write_record
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def records(tmp_path):
@@ -21,6 +31,35 @@ def records(tmp_path):
     write_record(folder, {"run_id": "bad", "status": "failed", "stage": "methods", "method": "ensemble",
                           "arch": "resnet50", "dataset": "digits", "seed": 0, "reason": "teacher 3 not found"})
     return values
+
+
+def run(folder, method, top1s, variant=None, arch="vgg11", dataset="digits", **fields):
+    """One done record per seed; `fields` values may be lists (per seed)."""
+    for seed, top1 in enumerate(top1s):
+        label = (variant or method).replace("/", "+")
+        rec = {"run_id": f"{label}-{arch}-{dataset}-{fields.get('teacher_part', 'm')}-{seed}",
+               "status": "done", "stage": "methods", "method": method, "arch": arch, "dataset": dataset,
+               "scale": "tiny", "init": "scratch", "seed": seed, "top1": top1, "top5": 100.0, "nll": 0.1,
+               "ece": 1.0, **{k: v[seed] if isinstance(v, list) else v for k, v in fields.items()}}
+        if variant:
+            rec["variant"] = variant
+        write_record(folder, rec)
+
+
+WF = dict(wf_n_teachers=4, wf_cross=True, wf_shift_weight=0.0, wf_depth=2, wf_d_model=64, wf_output="direct",
+          wf_temperature=1.0, wf_align="none", wf_ft_epochs=0, wf_ft_fraction=0.0)
+
+
+def claims_grid(tmp_path):
+    """Constructed cases, one per verdict (see test_claim_verdicts)."""
+    folder = tmp_path / "c" / "records"
+    run(folder, "single", [90.4, 90.5, 90.6])
+    run(folder, "ensemble", [95.4, 95.5, 95.6])  # clearly better than single
+    run(folder, "kd", [95.45, 95.5, 95.55])  # clearly equal to the ensemble
+    run(folder, "self_distill", [90.45, 90.5, 90.55])  # equal to single, so not better
+    run(folder, "weightformer", [97.0], **WF)  # one seed
+    run(folder, "weightformer_ft", [80.0, 81.0, 80.5], **{**WF, "wf_ft_epochs": 2})  # clearly worse
+    return tmp_path / "c"
 
 
 def test_cells_are_mean_std_and_n_over_seeds(tmp_path):
@@ -41,6 +80,200 @@ def test_report_files_and_failed_runs(tmp_path):
     text = report("g", tmp_path)
     assert "teacher 3 not found" in text
     assert (tmp_path / "g" / "report" / "main_table.md").read_text() == text
-    assert (tmp_path / "g" / "report" / "main_table.csv").read_text().startswith("method,setting,mean,std,n")
+    assert (tmp_path / "g" / "report" / "main_table.csv").read_text().startswith(
+        "method,variant,setting,metric,mean,std,n")
+    assert "teacher 3 not found" in (tmp_path / "g" / "report" / "failed.md").read_text()
     with pytest.raises(BenchError, match="no records"):
         report("other", tmp_path)
+
+
+def test_rows_are_variants_in_method_order_and_best_is_bold(tmp_path):
+    folder = tmp_path / "v" / "records"
+    run(folder, "weightformer", [97.0, 98.0], variant="weightformer/unseen", teacher_part="held_out", **WF)
+    run(folder, "weightformer", [96.0, 97.0], variant="weightformer", **WF)
+    run(folder, "kd", [99.0, 99.5])
+    run(folder, "single", [95.0, 96.0])
+    table = main_table(load_records(tmp_path / "v"))
+    assert list(table.index) == ["single", "kd", "weightformer", "weightformer/unseen"]
+    text = report("v", tmp_path)
+    assert "| **99.25 ± 0.35 (n=2)** |" in text and "| 96.50 ± 0.71 (n=2) |" in text
+    assert "**0.1000" not in text  # every NLL ties: nothing is best
+
+
+def test_welch_interval_by_hand(monkeypatch):
+    a, b = pd.Series([95.0, 95.5, 96.5, 97.0]), pd.Series([90.0, 91.0, 93.0])
+    va, vb = a.var() / 4, b.var() / 3
+    df = (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2)
+    half = scipy_stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    diff, lo, hi = welch_ci(a, b)
+    assert diff == pytest.approx(96.0 - 91.333333) and (lo, hi) == pytest.approx((diff - half, diff + half))
+    assert t_quantile(0.975, 3.7) == pytest.approx(scipy_stats.t.ppf(0.975, 3.7))
+    assert welch_ci(pd.Series([1.0, 1.0]), pd.Series([0.0, 0.0])) == (1.0, 1.0, 1.0)  # no spread: exact
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # the fallback without scipy
+    assert t_quantile(0.975, 3.7) == pytest.approx(scipy_stats.t.ppf(0.975, 3.7), abs=1e-4)
+
+
+def test_verdict_rules():
+    assert verdict(">", 0.2, 3.0)[0] == "supported"
+    assert verdict(">", -3.0, -0.1)[0] == "not supported"
+    assert verdict(">", -0.5, 0.5) == ("not supported", f"CI within ±{MARGIN_PP:g} pp: approximately equal")
+    assert verdict(">", -0.5, 2.5)[0] == "inconclusive"
+    assert verdict("≈", -0.9, 0.9)[0] == "supported"
+    assert verdict("≈", 1.2, 3.0)[0] == "not supported" and verdict("≈", -3.0, -1.1)[0] == "not supported"
+    assert verdict("≈", 0.5, 1.5)[0] == "inconclusive"
+
+
+def test_claim_verdicts(tmp_path):
+    root = claims_grid(tmp_path)
+    table = claim_table(method_runs(load_records(root)), ["vgg11 / digits"]).set_index("claim")
+    assert table.loc["ensemble > single", "verdict"] == "supported"
+    assert table.loc["ensemble > single", "diff_pp"] == pytest.approx(5.0)
+    assert table.loc["ensemble > single", ["n_a", "n_b"]].tolist() == [3, 3]
+    assert table.loc["KD ≈ ensemble", "verdict"] == "supported"
+    assert table.loc["self-distillation > single", "verdict"] == "not supported"
+    assert table.loc["WF > single", "verdict"] == "inconclusive"
+    assert table.loc["WF > single", "reason"] == "too few seeds (n=1 vs 3)"
+    assert table.loc["WF+FT > ensemble", "verdict"] == "not supported"
+    assert table.loc["WF+FT > ensemble", "ci_high"] < 0
+    unseen = table.loc["WF works on unseen teachers"]
+    assert (unseen["verdict"], unseen["reason"]) == ("inconclusive", "no unseen-teacher runs")
+    report("c", tmp_path)
+    md = (root / "report" / "claims.md").read_text()
+    assert f"within ±{MARGIN_PP:g} pp" in md
+    assert "| Allen-Zhu & Li | ensemble > single | vgg11 / digits | supported |" in md
+
+
+def test_unseen_teachers_claim(tmp_path):
+    folder = tmp_path / "u" / "records"
+    run(folder, "single", [90.0, 90.5, 91.0], teacher_part="held_out")
+    run(folder, "weightformer", [94.0, 94.5, 95.0], variant="weightformer/unseen", teacher_part="held_out", **WF)
+    table = claim_table(method_runs(load_records(tmp_path / "u")), ["vgg11 / digits"]).set_index("claim")
+    row = table.loc["WF works on unseen teachers"]
+    assert (row["verdict"], row["a"], row["b"]) == ("supported", "weightformer/unseen (unseen)", "single (unseen)")
+
+
+def planned_grid(tmp_path):
+    """A grid file and records for its runs: kd's seed 2 never ran, ensemble's seed 1 failed,
+    plus an unreadable record."""
+    path = tmp_path / "p.yaml"
+    path.write_text("n_teachers: 2\nseeds: 3\npools:\n  - {arch: vgg11, dataset: digits, members: 3}\n"
+                    "methods: [single, ensemble, kd]\n")
+    folder = tmp_path / "p" / "records"
+    for job in STAGES["methods"].plan(load_grid(path, "tiny"), Roots(tmp_path, tmp_path)):
+        m, seed = job.spec["method"], job.spec["seed"]
+        if (m, seed) == ("kd", 2):
+            continue
+        failed = (m, seed) == ("ensemble", 1)
+        write_record(folder, {"run_id": job.run_id, "stage": "methods", "method": m, "arch": "vgg11",
+                              "dataset": "digits", "scale": "tiny", "init": "scratch", "seed": seed,
+                              "status": "failed" if failed else "done", "reason": "out of memory" if failed else None,
+                              "top1": None if failed else 90.0 + seed + 3 * (m != "single"), "top5": 100.0,
+                              "nll": 0.2, "ece": 2.0, "train_s": 50.0 if m == "kd" else None,
+                              "commit": "abc1234", "hardware": "2 x Test GPU", "finished": f"2026-01-0{seed + 1}T10:00:00"})
+    (folder / "zz-corrupt.json").write_text("{not json")
+    return path
+
+
+def test_missing_cells_failed_runs_and_corrupt_records(tmp_path):
+    path = planned_grid(tmp_path)
+    with pytest.warns(UserWarning, match="zz-corrupt.json"):
+        text = report("p", tmp_path, grid_file=path)
+    assert "| kd | 93.50 ± 0.71 (n=2 of 3) |" in text
+    assert "| ensemble | **94.00 ± 1.41 (n=2 of 3)** |" in text
+    failed = (tmp_path / "p" / "report" / "failed.md").read_text()
+    assert "out of memory" in failed and "kd on vgg11 / digits: 2 of 3 runs finished" in failed
+    assert "ensemble on vgg11 / digits: 2 of 3 runs finished, 1 failed" in failed and "zz-corrupt.json" in failed
+    index = (tmp_path / "p" / "report" / "index.md").read_text()
+    assert "commit(s): abc1234" in index and "2026-01-01T10:00:00 to 2026-01-03T10:00:00" in index
+    assert "hardware: 2 x Test GPU" in index and "[claims.md](claims.md)" in index
+    # A grid without any finished run still reports what is missing.
+    for f in (tmp_path / "p" / "records").glob("*.json"):
+        f.unlink()
+    text = report("p", tmp_path, grid_file=path)
+    assert "| single | missing (0 of 3 runs) |\n" in text
+
+
+def wf_ablation_grid(tmp_path):
+    folder = tmp_path / "w" / "records"
+    run(folder, "weightformer", [96.0, 96.5, 97.0], variant="weightformer", **WF)
+    run(folder, "weightformer", [95.0, 95.4], variant="weightformer/depth4", **{**WF, "wf_depth": 4})
+    run(folder, "weightformer", [94.0, 94.2], variant="weightformer/depth6", **{**WF, "wf_depth": 6})
+    run(folder, "weightformer", [93.0, 93.3], variant="weightformer/nocross", **{**WF, "wf_cross": False})
+    # Varies two axes at once: on neither plot.
+    run(folder, "weightformer", [50.0, 50.0], variant="weightformer/odd", **{**WF, "wf_cross": False, "wf_depth": 4})
+    run(folder, "kd", [95.5, 95.9], train_s=100.0)
+    return tmp_path / "w"
+
+
+def test_ablation_plots_and_deterministic_rerun(tmp_path):
+    root = wf_ablation_grid(tmp_path)
+    report("w", tmp_path)
+    out = root / "report"
+    for axis in ("depth", "cross"):
+        assert (out / "plots" / f"{axis}.png").read_bytes().startswith(PNG)
+        assert (out / "plots" / f"{axis}.pdf").read_bytes().startswith(b"%PDF")
+    assert not (out / "plots" / "d_model.png").exists()  # one value only: no plot
+    numbers = pd.read_csv(out / "ablations.csv")
+    depth = numbers[numbers.axis == "depth"]
+    depth = depth.set_index(depth.value.map(float))  # the column holds every axis's values: text
+    assert depth["mean"].to_dict() == pytest.approx({2.0: 96.5, 4.0: 95.2, 6.0: 94.1})
+    assert depth.loc[2.0, "n"] == 3 and depth.loc[4.0, "std"] == pytest.approx(statistics.stdev([95.0, 95.4]))
+    first = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    report("w", tmp_path)
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == first
+
+
+def test_costs_and_repayment(tmp_path):
+    folder = tmp_path / "k" / "records"
+    run(folder, "kd", [95.0, 95.2], train_s=[100.0, 110.0], infer_forwards=1)
+    run(folder, "ensemble", [96.0, 96.2], infer_forwards=4)
+    run(folder, "weightformer", [95.0, 95.0], train_s=0.0, predict_s=5.0, meta_train_s=500.0, infer_forwards=1, **WF)
+    run(folder, "weightformer_ft", [95.0, 95.0], train_s=200.0, predict_s=5.0, meta_train_s=500.0, **WF)
+    costs = cost_table(method_runs(load_records(tmp_path / "k")), []).set_index("variant")
+    assert costs.loc["kd", "time_to_student_s"] == pytest.approx(105.0)
+    assert costs.loc["weightformer", "vs_kd"] == pytest.approx(5 / 105)
+    assert costs.loc["weightformer", "repay_ensembles"] == "5"  # ceil(500 / 100)
+    assert costs.loc["weightformer_ft", "repay_ensembles"] == "never"
+    assert math.isnan(costs.loc["ensemble", "time_to_student_s"])
+    report("k", tmp_path)
+    costs_md = (tmp_path / "k" / "report" / "costs.md").read_text()
+    assert "| ensemble | vgg11 / digits | 2 | — | — | 4 | — | — |" in costs_md
+
+
+def test_latex_and_csv(tmp_path):
+    root = claims_grid(tmp_path)
+    report("c", tmp_path)
+    tex = (root / "report" / "main_table.tex").read_text()
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"self\_distill",
+                 r"weightformer\_ft", r"\textbf{97.00 (n=1)}"):
+        assert rule in tex
+    assert "self_distill" not in tex.replace(r"self\_distill", "")
+    assert r"WF $\approx$ ensemble" in (root / "report" / "claims.tex").read_text()
+    back = pd.read_csv(root / "report" / "main_table.csv")
+    ours = cell_stats(load_records(root), "top1").set_index("variant")["mean"]
+    assert back[back.metric == "top1"].set_index("variant")["mean"].to_dict() == ours.to_dict()
+    claims = pd.read_csv(root / "report" / "claims.csv")
+    assert set(claims.verdict) == {"supported", "not supported", "inconclusive"}
+
+
+def test_anchors_against_published_numbers(tmp_path):
+    folder = tmp_path / "a" / "records"
+    for method, tops in {"single": [97.0, 97.2], "ensemble": [98.0, 98.1], "kd": [97.9, 98.0],
+                         "self_distill": [97.5, 97.7]}.items():
+        run(folder, method, tops, arch="wrn28_10")
+    report("a", tmp_path)
+    text = (tmp_path / "a" / "report" / "anchors.md").read_text()
+    assert "96.70 ± 0.21" in text and "ordering only (scales differ)" in text
+    assert "Ordering here: ensemble > kd > self_distill > single; published: kd > ensemble" in text
+    assert "pairwise orderings agreeing: 5 of 6" in text
+
+
+def test_cli_out_formats_and_top_index(tmp_path, capsys):
+    records(tmp_path)
+    main(["--results-root", str(tmp_path), "--out", str(tmp_path / "out"), "--format", "md,csv"])
+    assert "97.00 ± 0.71 (n=2)" in capsys.readouterr().out
+    assert (tmp_path / "out" / "g" / "main_table.csv").exists() and not (tmp_path / "out" / "g" / "claims.tex").exists()
+    assert "[g](g/index.md)" in (tmp_path / "out" / "index.md").read_text()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--results-root", str(tmp_path), "--format", "html"])
+    assert exit_.value.code == 2

@@ -37,6 +37,20 @@ def normalisation(name: str, root: str | Path | None = None, image_size: int | N
     return channel_stats(_cached(name, None if root is None else str(root), "train", image_size).images)
 
 
+def _subset(data, fraction: float, seed: int):
+    """A fixed random `fraction` of a data set (an ImageSet or any map-style data set)."""
+    if fraction >= 1:
+        return data
+    if not 0 < fraction:
+        raise BenchError(f"data fraction must be in (0, 1], got {fraction}")
+    keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:max(1, round(fraction * len(data)))]
+    keep = keep.sort().values
+    if isinstance(data, ImageSet):
+        return ImageSet(data.name, data.split, data.images[keep], data.labels[keep], data.classes,
+                        {k: v[keep] for k, v in data.extras.items()})
+    return torch.utils.data.Subset(data, keep.tolist())
+
+
 def world() -> tuple[int, int]:
     """(rank, world size) of torch.distributed, (0, 1) when it is not initialised."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -47,8 +61,11 @@ def world() -> tuple[int, int]:
 def make_loader(name: str, split: str, *, batch_size: int, train: bool, seed: int = 0,
                 root: str | Path | None = None, image_size: int | None = None,
                 device: str | torch.device = "cpu", channels: int = 3,
-                beton: str | Path | None = None, distributed: bool = False):
+                beton: str | Path | None = None, distributed: bool = False, fraction: float = 1.0):
     """Batches of (normalised float NCHW images on `device`, int64 labels).
+
+    `fraction` < 1: only that fraction of the split, a fixed subset drawn from `seed` (the same
+    every epoch: fine-tuning on a fraction of the training data).
 
     `batch_size` is the global batch size; `distributed=True` gives this rank's share of every
     global batch (see the module doc; the world size must divide `batch_size`)."""
@@ -60,8 +77,10 @@ def make_loader(name: str, split: str, *, batch_size: int, train: bool, seed: in
     mean, std = normalisation(name, root, image_size)
     augment = spec.augment if train else "none"
     shard = dict(rank=rank, world_size=world_size)
+    if fraction < 1 and beton is not None:
+        raise BenchError(f"a fraction ({fraction}) of a .beton split is not supported; use the on-disk data set")
     if spec.in_memory and beton is None:
-        data = _cached(name, None if root is None else str(root), split, image_size)
+        data = _subset(_cached(name, None if root is None else str(root), split, image_size), fraction, seed)
         return DeviceLoader(data, batch_size=batch_size, train=train, seed=seed, device=device,
                             mean=mean, std=std, augment=augment, channels=channels, **shard)
     from bench.data import ffcv as ffcv_data
@@ -75,7 +94,7 @@ def make_loader(name: str, split: str, *, batch_size: int, train: bool, seed: in
                                           distributed=world_size > 1, augment=spec.augment)
     if beton is not None:
         ffcv_data.warn_no_ffcv_once()
-    dataset = load_dataset(name, root, split)
+    dataset = _subset(load_dataset(name, root, split), fraction, seed)
     if isinstance(dataset, ImageSet):  # what make_file_loader does with one, plus the sharding
         return DeviceLoader(dataset, batch_size=batch_size, train=train, seed=seed, device=device,
                             mean=mean, std=std, augment=augment, channels=channels, **shard)

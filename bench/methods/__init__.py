@@ -1,7 +1,9 @@
 """The rows of the table: one module per method, one signature, a registry by name.
 
 Each method module defines `OPTIONS` (the option names a grid may set) and
-`run(job: MethodJob) -> dict` returning the record fields it measured (metrics, costs).
+`run(job: MethodJob) -> dict` returning the record fields it measured (metrics, costs). A method
+that needs a meta-trained WeightFormer also defines `meta_train_options(options, scale)`: the
+sweep then plans a meta_train job for it (bench.stages).
 """
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ from typing import Any
 
 import torch
 
-from bench.methods import aligned_soup, ensemble, kd, self_distill, single, soup
+from bench.methods import aligned_soup, ensemble, kd, self_distill, single, soup, weightformer, weightformer_ft
 
 METHODS: dict[str, ModuleType] = {
     "single": single, "ensemble": ensemble, "kd": kd, "self_distill": self_distill, "soup": soup,
-    "aligned_soup": aligned_soup}
+    "aligned_soup": aligned_soup, "weightformer": weightformer, "weightformer_ft": weightformer_ft}
 
 
 @dataclass
@@ -35,6 +37,8 @@ class MethodJob:
     scale: str = "tiny"
     recipe: dict[str, Any] = field(default_factory=dict)  # the pool's training overrides
     workdir: Path | None = None  # a resumable folder for a student the method trains
+    pool: str | None = None  # the teachers' pool (a WeightFormer is meta-trained on one)
+    weightformer: Path | None = None  # the meta-trained WeightFormer a weightformer method uses
 
     def torch_device(self) -> torch.device:
         from bench.train import pick_device

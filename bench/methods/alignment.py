@@ -233,12 +233,32 @@ def _rows(tensor: torch.Tensor, axis: int) -> torch.Tensor:
     return tensor.movedim(axis, 0).reshape(tensor.shape[axis], -1)
 
 
+def _canonical_start(spec: PermutationSpec, ref: Mapping[str, torch.Tensor],
+                     other: Mapping[str, torch.Tensor]) -> Perms:
+    """Per group, the channels of both networks ranked by the norm of everything the group
+    permutes (a norm that does not change when any other axis is permuted), paired rank by rank.
+
+    Coordinate descent finds a local optimum that depends on where it starts; starting from the
+    identity would make the result depend on the order of `other`'s units. This start does not:
+    the pairing of ranks is the same for every permuted copy of `other`."""
+    perms: Perms = {}
+    for g, n in spec.sizes.items():
+        rank = lambda sd: torch.stack([_rows(sd[k], a).double().square().sum(1)
+                                       for k, a in spec.groups[g]]).sum(0).argsort(stable=True)
+        start = torch.empty(n, dtype=torch.long)
+        start[rank(ref)] = rank(other)
+        perms[g] = start
+    return perms
+
+
 def weight_matching(spec: PermutationSpec, reference_sd: Mapping[str, torch.Tensor],
                     other_sd: Mapping[str, torch.Tensor], max_iter: int = 100, seed: int = 0) -> Perms:
     """Permutations that make `other_sd` most similar to `reference_sd` (sum of inner products).
 
     Coordinate descent: groups are visited in a random order (seeded, new each sweep); each one is
-    solved exactly as a linear assignment with all other groups held fixed. Stops after a sweep
+    solved exactly as a linear assignment with all other groups held fixed. It starts from
+    `_canonical_start`, so the result does not depend on the order `other_sd`'s units come in:
+    a permuted copy of `other_sd` is aligned to the same weights. Stops after a sweep
     in which no group improved the objective by more than `RTOL` (relative), or after `max_iter`
     sweeps.
     """
@@ -248,7 +268,7 @@ def weight_matching(spec: PermutationSpec, reference_sd: Mapping[str, torch.Tens
     # dominates); the rounding this leaves in the scores is what `RTOL` absorbs.
     ref = {k: reference_sd[k].detach().to("cpu", torch.float32) for k in spec.axes}
     other = {k: other_sd[k].detach().to("cpu", torch.float32) for k in spec.axes}
-    perms: Perms = {g: torch.arange(n) for g, n in spec.sizes.items()}
+    perms = _canonical_start(spec, ref, other)
     rng = random.Random(seed)
     order = sorted(spec.sizes)
     for _ in range(max_iter):

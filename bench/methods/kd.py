@@ -96,18 +96,23 @@ def settings(job) -> tuple[float, float, int | None]:
     return temperature, alpha, None if epochs is None else int(epochs)
 
 
-def student_config(job, seed: int, epochs: int | None, extra: dict[str, Any]) -> TrainConfig:
-    """The pool's recipe for a fresh student of the teachers' architecture with its own seed."""
+def student_config(job, seed: int, epochs: int | None, extra: dict[str, Any], **overrides: Any) -> TrainConfig:
+    """The pool's recipe for a fresh student of the teachers' architecture with its own seed;
+    `overrides`: TrainConfig fields the method sets (a fine-tuning run's start, lr, data fraction)."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     recipe = {k: v for k, v in (job.recipe or {}).items() if k in fields and k not in _OWN_KEYS}
+    recipe.update(overrides)
     return TrainConfig(arch=job.arch, dataset=job.dataset, scale=job.scale, seed=seed,
                        data_root=job.data_root, device=job.device, epochs=epochs, extra=extra, **recipe)
 
 
-def distill(job, *, student_seed: int, teacher_job=None) -> dict[str, Any]:
+def distill(job, *, student_seed: int, teacher_job=None, epochs: int | None = None,
+            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume, or find) the student of `teacher_job`'s teachers (default: `job`'s)
-    in job.workdir; return the record fields shared by kd and self_distill."""
-    temperature, alpha, epochs = settings(job)
+    in job.workdir; return the record fields shared by kd and self_distill. `epochs` and
+    `overrides` (TrainConfig fields) replace the recipe's (weightformer_ft's fine-tuning)."""
+    temperature, alpha, recipe_epochs = settings(job)
+    epochs = recipe_epochs if epochs is None else epochs
     if job.workdir is None:
         raise BenchError(f"{job.method} trains a student: its job needs a workdir (the student's run folder)")
     teacher_job = teacher_job or job
@@ -119,7 +124,7 @@ def distill(job, *, student_seed: int, teacher_job=None) -> dict[str, Any]:
     meta = loaded[0][1]
     cfg = student_config(job, student_seed, epochs, {
         "method": job.method, "temperature": temperature, "alpha": alpha,
-        "teacher_members": list(teacher_job.members)})
+        "teacher_members": list(teacher_job.members)}, **(overrides or {}))
     resolved = cfg.resolved()
     for key, mine in (("dataset", job.dataset), ("scale", job.scale), ("image_size", resolved.image_size)):
         if meta[key] != mine:

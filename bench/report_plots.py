@@ -1,0 +1,143 @@
+"""WeightFormer ablations: top-1 against one setting at a time, the others at the grid's default.
+
+The default of a setting is its value in the runs of the plain variant (`weightformer`, or
+`weightformer_ft` for fine-tuned runs) of the same (arch, dataset), else its most common value.
+"""
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from bench.io import atomic_write_bytes
+from bench.report_frame import WF_METHODS, column
+
+# axis -> (record column, x-axis label with its unit)
+AXES = {
+    "n_teachers": ("wf_n_teachers", "teachers per ensemble, N (networks)"),
+    "cross": ("wf_cross", "cross-layer attention"),
+    "shift_weight": ("wf_shift_weight", "shift-consistency loss weight (0 = off)"),
+    "depth": ("wf_depth", "WeightFormer depth (layers)"),
+    "d_model": ("wf_d_model", "WeightFormer width, d_model (units)"),
+    "output": ("wf_output", "output parameterisation"),
+    "temperature": ("wf_temperature", "softmax temperature (dimensionless)"),
+    "align": ("wf_align", "teacher alignment before tokenising"),
+    "init": ("init", "teacher pool initialisation"),
+    "ft_epochs": ("wf_ft_epochs", "fine-tuning (epochs)"),
+    "ft_fraction": ("wf_ft_fraction", "fine-tuning data (fraction of the training set)"),
+    "teacher_part": ("teacher_part", "teachers (meta_train = seen, held_out = unseen)"),
+}
+# Bytes depend on nothing but the data: no creation dates, no software versions.
+SAVE_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
+
+
+def norm(value):
+    """Comparable, hashable form: None for absent, bool, float for numbers, else str."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
+
+
+def mode(values: list) -> object:
+    counts = Counter(values)
+    return sorted(counts, key=lambda v: (-counts[v], str(v)))[0] if counts else None
+
+
+def wf_axes(runs: pd.DataFrame) -> pd.DataFrame:
+    """WeightFormer runs with one normalised column per axis and `series` = (method, arch / dataset)."""
+    wf = runs[runs.method.isin(WF_METHODS)].copy()
+    for axis, (col, _) in AXES.items():
+        wf[f"axis_{axis}"] = [norm(v) for v in column(wf, col)]
+    wf["series"] = [f"{m}, {a} / {d}" for m, a, d in zip(wf.method, wf.arch, wf.dataset)]
+    return wf
+
+
+def at_defaults(group: pd.DataFrame, method: str, axis: str) -> pd.DataFrame:
+    """The runs of one series whose every axis other than `axis` holds its default."""
+    plain = group[group.variant == method]
+    keep = pd.Series(True, index=group.index)
+    for other in AXES:
+        if other != axis:
+            col = group[f"axis_{other}"]
+            default = mode(list((plain if len(plain) else group)[f"axis_{other}"]))
+            keep &= pd.Series([v == default for v in col], index=group.index)
+    return group[keep]
+
+
+def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """axis, series, value, mean, std (n-1), n of top-1: the numbers behind every plot."""
+    wf, rows = wf_axes(runs), []
+    for axis in AXES:
+        for series, group in wf.groupby("series", sort=True):
+            kept = at_defaults(group, group.method.iloc[0], axis)
+            for _, runs_at in kept.groupby(kept[f"axis_{axis}"].map(repr), sort=True):
+                v = runs_at[f"axis_{axis}"].iloc[0]
+                if v is not None:
+                    top1 = runs_at.top1.dropna()
+                    rows.append({"axis": axis, "series": series, "value": v, "mean": top1.mean(),
+                                 "std": top1.std(), "n": len(top1)})
+    rows.sort(key=lambda r: (list(AXES).index(r["axis"]), r["series"], str(type(r["value"])), r["value"]))
+    table = pd.DataFrame(rows, columns=["axis", "series", "value", "mean", "std", "n"])
+    # Only axes the records vary: two distinct values at least within one series.
+    varied = set(table.groupby(["axis", "series"]).value.agg(lambda v: len(set(map(repr, v)))).loc[lambda n: n >= 2]
+                 .index.get_level_values("axis"))
+    return table[table.axis.isin(varied)].reset_index(drop=True)
+
+
+def plot_axis(table: pd.DataFrame, axis: str, grid: str) -> dict[str, bytes]:
+    """PNG and PDF of one axis: top-1 mean ± std over seeds per series."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = sorted({norm(v) for v in table.value}, key=lambda v: (str(type(v)), v))
+    numeric = all(isinstance(v, float) for v in values)
+    where = (lambda v: v) if numeric else {v: i for i, v in enumerate(values)}.get
+    series = sorted(set(table.series))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, s in enumerate(series):
+        rows = table[table.series == s].copy()
+        rows["x"] = [where(norm(v)) for v in rows.value]
+        rows = rows.sort_values("x")
+        dodge = 0 if numeric else (i - (len(series) - 1) / 2) * 0.06  # keep categorical error bars apart
+        ax.errorbar(rows.x + dodge, rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3,
+                    linestyle="-" if numeric else "none", label=s)
+    if not numeric:
+        ax.set_xticks(range(len(values)), [{True: "on", False: "off"}.get(v, str(v)) for v in values])
+        ax.set_xlim(-0.5, len(values) - 0.5)
+    elif len(values) <= 8:  # ticks at the values tried, whole numbers without ".0"
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+    ax.set_xlabel(AXES[axis][1])
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title(f"{grid}: WeightFormer ablation, {axis}\n(mean ± std over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(title="method, setting", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
+    out = {}
+    for fmt, metadata in SAVE_METADATA.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
+        out[fmt] = buf.getvalue()
+    plt.close(fig)
+    return out
+
+
+def write_ablations(runs: pd.DataFrame, folder: Path, grid: str) -> tuple[pd.DataFrame, list[str]]:
+    """plots/<axis>.{png,pdf} for every varied axis; returns the numbers and the axes drawn."""
+    table = ablation_table(runs)
+    axes = [a for a in AXES if (table.axis == a).any()]
+    written = set()
+    for axis in axes:
+        for fmt, data in plot_axis(table[table.axis == axis], axis, grid).items():
+            written.add(atomic_write_bytes(folder / "plots" / f"{axis}.{fmt}", data))
+    for old in (folder / "plots").glob("*"):  # plots of an axis the records no longer vary
+        if old.suffix[1:] in SAVE_METADATA and old not in written:
+            old.unlink()
+    if (folder / "plots").is_dir() and not any((folder / "plots").iterdir()):
+        (folder / "plots").rmdir()
+    return table, axes
