@@ -143,7 +143,7 @@ def print_plan(plan: Plan, cluster: str, resources: dict[str, dict[str, Any]]) -
     for stage, jobs in plan.stages.items():
         todo = len(plan.todo[stage])
         r = resources[stage]
-        print(f"  {stage:<9} {len(jobs):>4} jobs, {todo:>4} to run, {len(jobs) - todo:>4} done | "
+        print(f"  {stage:<10} {len(jobs):>4} jobs, {todo:>4} to run, {len(jobs) - todo:>4} done | "
               f"cpus {r['cpus']} mem {r['mem_gb']} GB gpus {r['gpus']} time {r['timeout_min']} min"
               + (f" partition {r['partition']}" if r.get("partition") else ""))
 
@@ -332,11 +332,11 @@ def _alive(pid: int | None) -> bool:
 def print_status(grid: str, roots: Roots) -> None:
     manifest, states = current_states(grid, roots)
     print(f"grid {grid}, scale {manifest['scale']}, cluster {manifest['cluster']}, updated {manifest['updated']}")
-    print(f"  {'stage':<9} {'done':>5} {'running':>8} {'pending':>8} {'failed':>7} {'skipped':>8}")
+    print(f"  {'stage':<10} {'done':>5} {'running':>8} {'pending':>8} {'failed':>7} {'skipped':>8}")
     for stage in sorted(states, key=lambda st: list(STAGES).index(st) if st in STAGES else 99):
         s = states[stage]
         counts = {k: list(s.values()).count(k) for k in ("done", "running", "pending", "failed", "skipped")}
-        print(f"  {stage:<9} {counts['done']:>5} {counts['running']:>8} {counts['pending']:>8} "
+        print(f"  {stage:<10} {counts['done']:>5} {counts['running']:>8} {counts['pending']:>8} "
               f"{counts['failed']:>7} {counts['skipped']:>8}")
     for stage, jobs in manifest["stages"].items():
         spans = [(j["started"], j["ended"]) for j in jobs if j.get("started") and j.get("ended")]

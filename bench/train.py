@@ -128,8 +128,18 @@ class TrainConfig:
 LOCATION_KEYS = ("data_root", "beton_train", "beton_test", "device")
 
 
+def _defaults() -> dict[str, Any]:
+    return json_ready({f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                       for f in dataclasses.fields(TrainConfig)
+                       if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING})
+
+
 def same_run(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
-    strip = lambda c: {k: v for k, v in (c or {}).items() if k not in LOCATION_KEYS}
+    """Whether two resolved configs describe the same run. A field one of them lacks counts as its
+    default: a run written before the field existed trained exactly as its default says, so a
+    finished pool stays valid when the suite gains a setting."""
+    defaults = _defaults()
+    strip = lambda c: {k: v for k, v in {**defaults, **(c or {})}.items() if k not in LOCATION_KEYS}
     return a is not None and strip(a) == strip(b)
 
 

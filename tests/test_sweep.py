@@ -74,7 +74,7 @@ def test_debug_sweep_runs_records_and_skips_what_is_done(mini, tmp_path):
     assert second.returncode == 0 and "nothing to run" in second.stdout
     status = sweep("--grid", str(mini), "--status", "--teachers-root", str(tmp_path / "teachers"),
                    "--results-root", str(tmp_path / "results"))
-    assert "teachers      3" in status.stdout and "methods       4" in status.stdout
+    assert "teachers       3" in status.stdout and "methods        4" in status.stdout
 
 
 def test_local_executor_respects_its_parallelism_cap(mini, tmp_path):

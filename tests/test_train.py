@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench.checkpoint import load_checkpoint
+from bench.errors import BenchError
 from bench.train import TrainConfig, load_model, lr_factor, predict, train
 from bench.data.loaders import make_loader
 from bench.metrics import classification_metrics
@@ -123,3 +124,30 @@ def test_tampered_checkpoint_stops_the_resume(tmp_path):
     w.write_bytes(w.read_bytes()[:-1] + b"\x00")
     with pytest.raises(Exception, match="model.safetensors.*sha256"):
         load_checkpoint(w)
+
+
+def test_a_run_finished_before_a_config_field_existed_is_still_found(tmp_path):
+    cfg = TrainConfig(arch="vgg11", dataset="digits", seed=0, epochs=1)
+    train(cfg, tmp_path / "r", progress=False)
+    sidecar = tmp_path / "r" / "model.json"
+    meta = json.loads(sidecar.read_text())
+    for key in ("init_from", "train_fraction"):  # as a sidecar written by an older version
+        del meta["config"][key]
+    sidecar.write_text(json.dumps(meta))
+    weights = (tmp_path / "r" / "model.safetensors").stat().st_mtime_ns
+    assert train(cfg, tmp_path / "r", progress=False)["config"] == meta["config"]
+    assert (tmp_path / "r" / "model.safetensors").stat().st_mtime_ns == weights  # found, not redone
+    with pytest.raises(BenchError, match="finished run with another config"):
+        train(TrainConfig(arch="vgg11", dataset="digits", seed=0, epochs=1, train_fraction=0.5), tmp_path / "r")
+
+
+def test_train_fraction_is_a_fixed_subset(tmp_path):
+    loader = make_loader("digits", "train", batch_size=10, train=True, seed=3, fraction=0.25)
+    full = make_loader("digits", "train", batch_size=10, train=True, seed=3)
+    assert len(loader.labels) == round(0.25 * len(full.labels))
+    rows = lambda ld: {tuple(r.tolist()) for r in ld.images.flatten(1)}
+    assert rows(loader) <= rows(full)
+    again = make_loader("digits", "train", batch_size=10, train=True, seed=3, fraction=0.25)
+    assert torch.equal(again.images, loader.images)
+    with pytest.raises(BenchError, match=r"train_fraction must be in \(0, 1\]"):
+        TrainConfig(arch="vgg11", dataset="digits", train_fraction=0.0).resolved()

@@ -200,15 +200,17 @@ def meta_train(out: str | Path, *, teachers: Sequence[Path], members: Sequence[i
         x, probs = data.batch(step, order)
         tokens = [t.to(device) for t in pool_tokens.group(order)]
         fresh = lambda: {k: v.clone() for k, v in extra.items()}  # BatchNorm counts in place
-        logits = student_logits(student, layers, wf(tokens), fresh(), x)
-        kl = ensemble_kl(logits, probs, cfg.temperature)
-        _finite(kl, step, "KL (eq. 1)")
-        loss, shift = kl, torch.zeros(())
-        if cfg.shift_weight > 0:
-            shift = shift_consistency(lambda g: student_logits(student, layers, wf(g), fresh(), x), tokens, logits,
-                                      cfg.temperature)
-            _finite(shift, step, "shift-consistency")
-            loss = loss + cfg.shift_weight * shift
+        # bf16 autocast on GPUs (the paper-scale models); the losses are computed in float32.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = student_logits(student, layers, wf(tokens), fresh(), x)
+            kl = ensemble_kl(logits, probs, cfg.temperature)
+            _finite(kl, step, "KL (eq. 1)")
+            loss, shift = kl, torch.zeros(())
+            if cfg.shift_weight > 0:
+                shift = shift_consistency(lambda g: student_logits(student, layers, wf(g), fresh(), x), tokens,
+                                          logits, cfg.temperature)
+                _finite(shift, step, "shift-consistency")
+                loss = loss + cfg.shift_weight * shift
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = nn.utils.clip_grad_norm_(wf.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))

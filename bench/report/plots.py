@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.io import atomic_write_bytes
-from bench.report_frame import WF_METHODS, column
+from bench.report.frame import WF_METHODS, column
 
 # axis -> (record column, x-axis label with its unit)
 AXES = {

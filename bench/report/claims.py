@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.report_frame import DASH, fmt, md_table, tex_table
+from bench.report.frame import DASH, fmt, md_table, tex_table
 
 MARGIN_PP = 1.0  # "approximately equal": the CI of the difference lies within ±MARGIN_PP of top-1
 LEVEL = 0.95
@@ -94,14 +94,14 @@ def verdict(relation: str, lo: float, hi: float, margin: float = MARGIN_PP) -> t
 
 
 def side(runs: pd.DataFrame, name: str, part: str) -> tuple[pd.Series, str]:
-    """Top-1 of one claim side on one setting, and its label."""
-    if name == UNSEEN:  # held-out WeightFormer runs: the plain variant if there, else the first one
-        wf = runs[(runs.method == "weightformer") & (runs.teacher_part == "held_out")]
-        variants = sorted(set(wf.variant))
-        pick = "weightformer" if "weightformer" in variants else (variants[0] if variants else "weightformer")
-        return wf[wf.variant == pick].top1.dropna(), f"{pick} (unseen)"
-    rows = runs[(runs.variant == name) & (runs.teacher_part == part)]
-    return rows.top1.dropna(), name + (" (unseen)" if part == "held_out" else "")
+    """Top-1 of one claim side on one setting, and its label: the method's runs on that teacher
+    part, of its plain variant if there (`kd`), else its `/unseen` variant, else the first."""
+    method, part = ("weightformer", "held_out") if name == UNSEEN else (name, part)
+    rows = runs[(runs.method == method) & (runs.teacher_part == part)]
+    variants = sorted(set(rows.variant))
+    pick = next((v for v in (method, f"{method}/unseen") if v in variants), variants[0] if variants else method)
+    label = pick + (" (unseen)" if part == "held_out" and not pick.endswith("unseen") else "")
+    return rows[rows.variant == pick].top1.dropna(), label
 
 
 def judge(claim: Claim, runs: pd.DataFrame) -> dict:
@@ -111,7 +111,7 @@ def judge(claim: Claim, runs: pd.DataFrame) -> dict:
     parts = set(runs.teacher_part)
     part = "meta_train" if "meta_train" in parts or not parts else "held_out"
     a, label_a = side(runs, claim.a, part)
-    b_part = "held_out" if claim.a == UNSEEN and "held_out" in set(runs[runs.variant == claim.b].teacher_part) \
+    b_part = "held_out" if claim.a == UNSEEN and "held_out" in set(runs[runs.method == claim.b].teacher_part) \
         else part
     b, label_b = side(runs, claim.b, b_part)
     row = {"paper": claim.paper, "claim": claim.text, "a": label_a, "relation": claim.relation, "b": label_b,

@@ -9,11 +9,11 @@ Reads a grid's run records (`results/<grid>/records/*.json`) and writes its repo
   bold (csv: long form, `best` column). A cell the grid plans but no run finished shows
   "missing (k of n runs)"; a cell the grid does not plan shows "—".
 - claims.{md,tex,csv}: the WeightFormer and Allen-Zhu & Li claims per setting: supported / not
-  supported / inconclusive from the Welch 95% CI of the top-1 difference (bench.report_claims).
+  supported / inconclusive from the Welch 95% CI of the top-1 difference (bench.report.claims).
 - costs.{md,tex,csv}: time to make each student, forward passes per test image, cost relative to
   KD, and how many ensembles repay WeightFormer's meta-training.
 - plots/<axis>.{png,pdf} and ablations.csv: WeightFormer ablations, one figure per setting the
-  records vary (bench.report_plots).
+  records vary (bench.report.plots).
 - anchors.md (grids with wrn28_10 runs): beside Allen-Zhu & Li's published WRN-28-10 numbers.
 - failed.md: failed runs with reasons, missing cells, unreadable records skipped.
 - index.md: links to all of the above and the provenance of every number (grid, scales,
@@ -37,10 +37,10 @@ from bench.errors import BenchError, cli
 from bench.io import atomic_write_bytes
 from bench.models import SCALES
 from bench.paths import results_root
-from bench.report_claims import anchors, claim_table, claims_render
-from bench.report_frame import (DASH, METHOD_ORDER, WF_METHODS, column, csv_text, fmt, label_runs, md_table,
+from bench.report.claims import anchors, claim_table, claims_render
+from bench.report.frame import (DASH, METHOD_ORDER, WF_METHODS, column, csv_text, fmt, label_runs, md_table,
                                 method_runs, order_columns, order_rows, setting_label, tex_table)
-from bench.report_plots import write_ablations
+from bench.report.plots import write_ablations
 from bench.store import load_records
 
 __all__ = ["METHOD_ORDER", "METRICS", "cell_stats", "main_table", "grid_plan", "report", "main"]
@@ -391,6 +391,3 @@ def main(argv: list[str] | None = None) -> None:
     top = a.out or root
     write_top_index(top, sorted(top.glob("*/index.md") if a.out else top.glob("*/report/index.md")))
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,3 @@
+from bench.report.tables import main
+
+main()
