@@ -15,6 +15,7 @@ import torch
 
 from bench.config import Grid, PoolSpec, method_applies
 from bench.data.loaders import world
+from bench.errors import BenchError
 from bench.paths import data_root, results_root, teachers_root
 from bench.pool import Pool, train_member
 from bench.store import read_record, run_id, write_record
@@ -200,6 +201,9 @@ def run_meta_train(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, A
             **_pool_fields(teacher), "seed": cfg.seed, "n_teachers": spec["n_teachers"],
             "wf_n_teachers": spec["n_teachers"], **{f"wf_{k}": v for k, v in asdict(cfg).items()}}
     records = roots.results / grid / "records" if world()[0] == 0 else None
+    if world()[1] > 1:  # every rank would run the whole meta-training into one folder
+        raise BenchError(f"meta_train runs on one device, not {world()[1]} tasks: give the meta_train stage "
+                         f"gpus: 1 (sweeps/cluster.yaml or --gpus)")
     try:
         meta = meta_train(weightformer_dir(roots, spec),
                           teachers=[member_dir(roots, t) / "model.safetensors" for t in spec["teachers"]],

@@ -125,7 +125,8 @@ class TrainConfig:
 
 # Where the data lives and which device runs are not part of a run's identity: moving the data
 # set or resuming on another machine continues the same run.
-LOCATION_KEYS = ("data_root", "beton_train", "beton_test", "device")
+# `init_from` too: the starting weights' identity is recorded by the caller (e.g. their sha256 in `extra`).
+LOCATION_KEYS = ("data_root", "beton_train", "beton_test", "device", "init_from")
 
 
 def _defaults() -> dict[str, Any]:
@@ -269,6 +270,9 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
     steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise BenchError(f"the training data ({cfg.train_fraction:g} of the {cfg.dataset} split) is smaller than "
+                         f"one batch of {cfg.batch_size}; use a larger fraction or a smaller batch")
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
     criterion = criterion or (lambda logits, x, y: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing))
 

@@ -241,6 +241,21 @@ def test_bad_settings_name_the_valid_values():
         wf_config({"d_model": 30}, "tiny")
     with pytest.raises(BenchError, match="cross must be a bool"):
         wf_config({"cross": "yes"}, "tiny")
+    with pytest.raises(BenchError, match="clip nan must be a finite number"):
+        wf_config({"clip": float("nan")}, "tiny")
+
+
+@pytest.mark.parametrize("option, words", [("ft_epochs: true", "ft_epochs must be a whole number >= 1, got True"),
+                                           ("ft_fraction: 0", r"ft_fraction must be in \(0, 1\], got 0"),
+                                           ("output: skip", "output 'skip' is not one of"),
+                                           ("n_teachers: 9", "N = 9 is larger than pool")])
+def test_bad_weightformer_options_stop_the_grid_before_anything_runs(tmp_path, option, words):
+    from bench.config import load_grid
+
+    path = tmp_path / "g.yaml"
+    path.write_text(GRID.split("methods:")[0] + f"methods:\n  weightformer_ft: {{{option}}}\n")
+    with pytest.raises(BenchError, match=f"methods.weightformer_ft: .*{words}"):
+        load_grid(path, "tiny")
 
 
 GRID = """

@@ -240,7 +240,8 @@ def _canonical_start(spec: PermutationSpec, ref: Mapping[str, torch.Tensor],
 
     Coordinate descent finds a local optimum that depends on where it starts; starting from the
     identity would make the result depend on the order of `other`'s units. This start does not:
-    the pairing of ranks is the same for every permuted copy of `other`."""
+    the pairing of ranks is the same for every permuted copy of `other` (channels of exactly
+    equal norm, e.g. dead ones, are ranked by index: there the order can still matter)."""
     perms: Perms = {}
     for g, n in spec.sizes.items():
         rank = lambda sd: torch.stack([_rows(sd[k], a).double().square().sum(1)
@@ -258,7 +259,7 @@ def weight_matching(spec: PermutationSpec, reference_sd: Mapping[str, torch.Tens
     Coordinate descent: groups are visited in a random order (seeded, new each sweep); each one is
     solved exactly as a linear assignment with all other groups held fixed. It starts from
     `_canonical_start`, so the result does not depend on the order `other_sd`'s units come in:
-    a permuted copy of `other_sd` is aligned to the same weights. Stops after a sweep
+    a permuted copy of `other_sd` is aligned to the same weights (barring channels of equal norm). Stops after a sweep
     in which no group improved the objective by more than `RTOL` (relative), or after `max_iter`
     sweeps.
     """

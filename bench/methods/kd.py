@@ -107,12 +107,16 @@ def student_config(job, seed: int, epochs: int | None, extra: dict[str, Any], **
 
 
 def distill(job, *, student_seed: int, teacher_job=None, epochs: int | None = None,
-            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+            temperature: float | None = None, overrides: dict[str, Any] | None = None,
+            extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume, or find) the student of `teacher_job`'s teachers (default: `job`'s)
-    in job.workdir; return the record fields shared by kd and self_distill. `epochs` and
-    `overrides` (TrainConfig fields) replace the recipe's (weightformer_ft's fine-tuning)."""
-    temperature, alpha, recipe_epochs = settings(job)
+    in job.workdir; return the record fields shared by kd and self_distill. `epochs`,
+    `temperature` and `overrides` (TrainConfig fields) replace the options' and the recipe's
+    (weightformer_ft's fine-tuning, whose `temperature` option is WeightFormer's); `extra` joins
+    the student's identity (the fine-tuning start's sha256)."""
+    option_temperature, alpha, recipe_epochs = settings(job)
     epochs = recipe_epochs if epochs is None else epochs
+    temperature = option_temperature if temperature is None else temperature
     if job.workdir is None:
         raise BenchError(f"{job.method} trains a student: its job needs a workdir (the student's run folder)")
     teacher_job = teacher_job or job
@@ -124,7 +128,7 @@ def distill(job, *, student_seed: int, teacher_job=None, epochs: int | None = No
     meta = loaded[0][1]
     cfg = student_config(job, student_seed, epochs, {
         "method": job.method, "temperature": temperature, "alpha": alpha,
-        "teacher_members": list(teacher_job.members)}, **(overrides or {}))
+        "teacher_members": list(teacher_job.members), **(extra or {})}, **(overrides or {}))
     resolved = cfg.resolved()
     for key, mine in (("dataset", job.dataset), ("scale", job.scale), ("image_size", resolved.image_size)):
         if meta[key] != mine:
@@ -139,8 +143,10 @@ def distill(job, *, student_seed: int, teacher_job=None, epochs: int | None = No
     # teachers' soft labels once. (A finished student needs none: train() just finds it.)
     if use_cache and not paths(workdir / "model")[1].exists():
         t0 = time.perf_counter()
+        # The rows the student trains on (a fine-tuning run may use a fraction of the split).
         loader = make_loader(job.dataset, "train", batch_size=512, train=False, root=job.data_root,
-                             image_size=resolved.image_size, device=job.torch_device())
+                             image_size=resolved.image_size, device=job.torch_device(),
+                             fraction=resolved.train_fraction, seed=resolved.seed)
         cache = SoftLabelCache(teachers, loader, temperature)
         if world()[0] == 0:  # kept so that a finished run found later reports the same cost
             workdir.mkdir(parents=True, exist_ok=True)

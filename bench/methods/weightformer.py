@@ -57,9 +57,15 @@ def predict(job) -> tuple[torch.nn.Module, list, dict[str, Any]]:
                          f"another config than this job's options")
     train_batches = make_loader(job.dataset, "train", batch_size=128, train=False, root=job.data_root,
                                 image_size=meta["image_size"], device=device)
+    bn_batches = job.options.get("bn_batches", BN_BATCHES)
+    if isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 1:
+        raise BenchError(f"{job.method}: bn_batches must be a whole number >= 1, got {bn_batches!r}")
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronize()
     t0 = time.perf_counter()
     student = predict_student(wf, copy.deepcopy(models[0]), job.arch, models)
-    used = reestimate_norm_stats(student, train_batches, int(job.options.get("bn_batches", BN_BATCHES)))
+    used = reestimate_norm_stats(student, train_batches, bn_batches)
+    synchronize()
     predict_s = time.perf_counter() - t0
     fields = {"predict_s": predict_s, "meta_train_s": wf_meta["meta_train_s"], "bn_batches": used,
               "infer_forwards": 1, "wf_n_teachers": len(models),
@@ -68,8 +74,10 @@ def predict(job) -> tuple[torch.nn.Module, list, dict[str, Any]]:
 
 
 def evaluate(job, student, teachers) -> dict[str, Any]:
-    """The student's metrics, plus its anchor teacher's top-1 and its test KL to the ensemble
-    (how far the prediction moved from the copy it started at, and towards what)."""
+    """The student's metrics, plus its anchor teacher's top-1, the ensemble's top-1 and
+    KL(ensemble || student) on the test split at T = 1 (`test_kl_from_ensemble`; meta-training
+    minimises eq. 1 at its own temperature on training images): how far the prediction moved
+    from the copy it started at, and towards what."""
     probs, labels = test_predictions(job, [(student, teachers[0][1])] + teachers)
     student_p, teacher_p = probs[0], probs[1:]
     ensemble = torch.stack(teacher_p).mean(0)
@@ -77,7 +85,7 @@ def evaluate(job, student, teachers) -> dict[str, Any]:
     return {**classification_metrics(student_p, labels),
             "anchor_top1": classification_metrics(teacher_p[0], labels)["top1"],
             "ensemble_top1": classification_metrics(ensemble, labels)["top1"],
-            "test_kl_to_ensemble": float(kl)}
+            "test_kl_from_ensemble": float(kl)}
 
 
 def run(job) -> dict[str, Any]:

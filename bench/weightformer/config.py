@@ -11,6 +11,7 @@ cores in minutes.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,9 @@ class WFConfig:
                 raise bad(key, "must be a whole number >= 1")
         if self.d_model % self.heads:
             raise bad("d_model", f"is not divisible by heads = {self.heads}")
+        for key in ("temperature", "lr", "shift_weight", "weight_decay", "clip", "warmup"):
+            if not math.isfinite(getattr(self, key)):
+                raise bad(key, "must be a finite number")
         for key in ("temperature", "lr"):
             if not getattr(self, key) > 0:
                 raise bad(key, "must be positive")

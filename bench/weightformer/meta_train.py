@@ -58,7 +58,10 @@ def _generator(seed: int, step: int) -> torch.Generator:
 
 
 class TeacherTokens:
-    """The pool's teachers as tokens, optionally aligned onto an anchor (cached per pair)."""
+    """The pool's teachers as tokens, optionally aligned onto an anchor (cached per pair).
+
+    The standardisation statistics are taken over the unaligned tokens: alignment permutes rows
+    (which per-column statistics do not see) and input columns (which they do, slightly)."""
 
     def __init__(self, models: Sequence[nn.Module], arch: str, align: str) -> None:
         self.models, self.arch, self.align = list(models), arch, align
@@ -66,7 +69,9 @@ class TeacherTokens:
             raise BenchError(f"weightformer: align weight_matching supports {', '.join(alignment.SUPPORTED)}, "
                              f"not {arch}")
         self.layers = weight_layers(self.models[0], arch)
-        self.state_dicts = [{k: v.detach() for k, v in m.state_dict().items()} for m in self.models]
+        # Kept on the CPU (weight matching runs there; a step moves its group's tokens to the
+        # device): an aligned copy per (anchor, member) pair would not fit beside a GPU's models.
+        self.state_dicts = [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in self.models]
         self.tokens = [to_tokens(self.layers, sd) for sd in self.state_dicts]
         self.spec = alignment.permutation_spec(self.models[0], arch) if align == "weight_matching" else None
         self._aligned: dict[tuple[int, int], list[torch.Tensor]] = {}
