@@ -55,7 +55,10 @@ pools:
     members: 2
     held_out: 0
     recipe: {epochs: 1}
-methods: [single, ensemble]
+methods:
+  single: {}
+  ensemble: {}
+  weightformer: {steps: 4, d_model: 16, depth: 1, heads: 2, checkpoint_every: 2}
 """
 
 
@@ -68,12 +71,19 @@ def test_smoke_grid_through_real_sbatch_arrays_with_dependencies(tmp_path):
                        capture_output=True, text=True, timeout=600, env=os.environ.copy())
     assert r.returncode == 0, r.stdout + r.stderr
     table = load_records(tmp_path / "r" / "slurmsmoke")
-    assert len(table) == 2 + 2 and set(table.status) == {"done"}
+    assert len(table) == 2 + 1 + 3 and set(table.status) == {"done"}  # teachers, meta_train, methods
     manifest = json.loads((tmp_path / "r" / "slurmsmoke" / "sweep.json").read_text())
-    teacher_array = manifest["stages"]["teachers"][0]["job_id"].split("_")[0]
-    methods_array = manifest["stages"]["methods"][0]["job_id"].split("_")[0]
-    script = next((tmp_path / "r" / "slurmsmoke" / "slurm").glob(f"{methods_array}/*_submission.sh")).read_text()
-    assert f"#SBATCH --dependency=afterok:{teacher_array}" in script and "#SBATCH --array=0-1" in script
+    array = {stage: manifest["stages"][stage][0]["job_id"].split("_")[0] for stage in ("teachers", "meta_train", "methods")}
+    scripts = {stage: next((tmp_path / "r" / "slurmsmoke" / "slurm").glob(f"{job}/*_submission.sh")).read_text()
+               for stage, job in array.items()}
+
+    def arrays_waited_for(script: str) -> set[str]:
+        line = next(line for line in script.splitlines() if line.startswith("#SBATCH --dependency=afterok:"))
+        return {task.split("_")[0] for task in line.split("afterok:", 1)[1].split(":")}
+
+    assert arrays_waited_for(scripts["meta_train"]) == {array["teachers"]}
+    assert arrays_waited_for(scripts["methods"]) == {array["teachers"], array["meta_train"]}
+    assert "#SBATCH --array=0-2" in scripts["methods"]
 
 
 def reference_weights(tmp_path, spec) -> bytes:
