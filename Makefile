@@ -12,10 +12,12 @@ install: .make/installed
 	@mkdir -p .make && touch $@
 
 # The main job on the embedded default: the main table's grid at tiny scale (digits), run by
-# the local executor, then its table.
+# the local executor, then its table. Its records go to results/demo/ so that the committed
+# reference results (results/main_table/) are neither reused nor overwritten.
+DEMO_RESULTS ?= results/demo
 demo: install
-	$(PYTHON) -m bench.sweep --grid main_table --scale tiny --cluster local --wait
-	$(PYTHON) -m bench.report --grid main_table
+	$(PYTHON) -m bench.sweep --grid main_table --scale tiny --cluster local --wait --results-root $(DEMO_RESULTS)
+	$(PYTHON) -m bench.report --grid main_table --results-root $(DEMO_RESULTS)
 
 test: install
 	$(PYTHON) -m pytest

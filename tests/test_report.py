@@ -46,8 +46,9 @@ def run(folder, method, top1s, variant=None, arch="vgg11", dataset="digits", **f
         write_record(folder, rec)
 
 
+# A plain weightformer record has no fine-tuning fields (those axes are missing, not a value).
 WF = dict(wf_n_teachers=4, wf_cross=True, wf_shift_weight=0.0, wf_depth=2, wf_d_model=64, wf_output="direct",
-          wf_temperature=1.0, wf_align="none", wf_ft_epochs=0, wf_ft_fraction=0.0)
+          wf_temperature=1.0, wf_align="none")
 
 
 def claims_grid(tmp_path):
@@ -204,6 +205,9 @@ def wf_ablation_grid(tmp_path):
     run(folder, "weightformer", [93.0, 93.3], variant="weightformer/nocross", **{**WF, "wf_cross": False})
     # Varies two axes at once: on neither plot.
     run(folder, "weightformer", [50.0, 50.0], variant="weightformer/odd", **{**WF, "wf_cross": False, "wf_depth": 4})
+    # Fine-tuned runs carry fine-tuning axes the plain ones lack (missing there, not unequal).
+    run(folder, "weightformer_ft", [97.0, 97.5], variant="weightformer_ft", **{**WF, "wf_ft_epochs": 2})
+    run(folder, "weightformer_ft", [97.5, 98.0], variant="weightformer_ft/ep4", **{**WF, "wf_ft_epochs": 4})
     run(folder, "kd", [95.5, 95.9], train_s=100.0)
     return tmp_path / "w"
 
@@ -212,12 +216,12 @@ def test_ablation_plots_and_deterministic_rerun(tmp_path):
     root = wf_ablation_grid(tmp_path)
     report("w", tmp_path)
     out = root / "report"
-    for axis in ("depth", "cross"):
+    for axis in ("depth", "cross", "ft_epochs"):
         assert (out / "plots" / f"{axis}.png").read_bytes().startswith(PNG)
         assert (out / "plots" / f"{axis}.pdf").read_bytes().startswith(b"%PDF")
     assert not (out / "plots" / "d_model.png").exists()  # one value only: no plot
     numbers = pd.read_csv(out / "ablations.csv")
-    depth = numbers[numbers.axis == "depth"]
+    depth = numbers[(numbers.axis == "depth") & (numbers.series == "weightformer, vgg11 / digits")]
     depth = depth.set_index(depth.value.map(float))  # the column holds every axis's values: text
     assert depth["mean"].to_dict() == pytest.approx({2.0: 96.5, 4.0: 95.2, 6.0: 94.1})
     assert depth.loc[2.0, "n"] == 3 and depth.loc[4.0, "std"] == pytest.approx(statistics.stdev([95.0, 95.4]))

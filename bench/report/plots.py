@@ -12,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 
 from bench.io import atomic_write_bytes
-from bench.report.frame import WF_METHODS, column
+from bench.report.frame import WF_METHODS, column, setting_label
 
 # axis -> (record column, x-axis label with its unit)
 AXES = {
     "n_teachers": ("wf_n_teachers", "teachers per ensemble, N (networks)"),
-    "cross": ("wf_cross", "cross-layer attention"),
+    "cross": ("wf_cross", "[cross] token (cross-layer information flow)"),
     "shift_weight": ("wf_shift_weight", "shift-consistency loss weight (0 = off)"),
     "depth": ("wf_depth", "WeightFormer depth (layers)"),
     "d_model": ("wf_d_model", "WeightFormer width, d_model (units)"),
@@ -50,11 +50,16 @@ def mode(values: list) -> object:
 
 
 def wf_axes(runs: pd.DataFrame) -> pd.DataFrame:
-    """WeightFormer runs with one normalised column per axis and `series` = (method, arch / dataset)."""
+    """WeightFormer runs with one normalised column per axis, `series` = (method, arch / dataset
+    [pool init]) and `series_any_init` (the same without the init: the init axis's series)."""
     wf = runs[runs.method.isin(WF_METHODS)].copy()
     for axis, (col, _) in AXES.items():
-        wf[f"axis_{axis}"] = [norm(v) for v in column(wf, col)]
-    wf["series"] = [f"{m}, {a} / {d}" for m, a, d in zip(wf.method, wf.arch, wf.dataset)]
+        # dtype object keeps None (an axis a method does not have, e.g. fine-tuning epochs of plain
+        # WeightFormer runs) as None: a float column would turn it into NaN, which equals nothing.
+        wf[f"axis_{axis}"] = pd.Series([norm(v) for v in column(wf, col)], index=wf.index, dtype=object)
+    wf["series_any_init"] = [f"{m}, {a} / {d}" for m, a, d in zip(wf.method, wf.arch, wf.dataset)]
+    wf["series"] = [f"{m}, {setting_label(a, d, i)}" for m, a, d, i in
+                    zip(wf.method, wf.arch, wf.dataset, column(wf, "init"))]
     return wf
 
 
@@ -74,7 +79,7 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
     """axis, series, value, mean, std (n-1), n of top-1: the numbers behind every plot."""
     wf, rows = wf_axes(runs), []
     for axis in AXES:
-        for series, group in wf.groupby("series", sort=True):
+        for series, group in wf.groupby("series_any_init" if axis == "init" else "series", sort=True):
             kept = at_defaults(group, group.method.iloc[0], axis)
             for _, runs_at in kept.groupby(kept[f"axis_{axis}"].map(repr), sort=True):
                 v = runs_at[f"axis_{axis}"].iloc[0]
