@@ -55,6 +55,7 @@ class Plan:
     """What the grid file plans, for the scales the records are at."""
     settings: list[str] = field(default_factory=list)  # pool order
     ids: set[str] = field(default_factory=set)  # run_ids of every stage, at every scale
+    ids_at_scales: set[str] = field(default_factory=set)  # the same at the records' scales
     expected: Counter = field(default_factory=Counter)  # (variant, setting) -> planned method runs
     methods: dict[str, str] = field(default_factory=dict)  # variant -> method
     counterpart: dict[tuple[str, str], str] = field(default_factory=dict)  # pool (arch, dataset) -> paper dataset
@@ -74,6 +75,8 @@ def grid_plan(grid: str | Path, scales: set[str] | None = None) -> Plan | None:
         for stage in STAGES.values():
             for job in stage.plan(g, roots):
                 plan.ids.add(job.run_id)
+                if not scales or scale in scales:
+                    plan.ids_at_scales.add(job.run_id)
                 if job.stage != "methods" or (scales and scale not in scales):
                     continue
                 t = job.spec["teachers"][0]
@@ -278,7 +281,7 @@ def provenance(runs: pd.DataFrame, grid: str, plan: Plan | None) -> list[str]:
     dates = f"{finished[0]} to {finished[-1]}" if finished else "unknown"
     done = int((runs.status == "done").sum())
     stages = ", ".join(f"{s} {n}" for s, n in sorted(Counter(map(str, runs.stage)).items()))
-    planned = f" of the {len(plan.ids)} runs the grid plans at both scales" if plan else ""
+    planned = f" of the {len(plan.ids_at_scales)} runs the grid plans at that scale" if plan else ""
     return [f"grid: {grid}", f"scale(s): {values_of(runs, 'scale')}", f"data set(s): {values_of(runs, 'dataset')}",
             f"commit(s): {values_of(runs, 'commit')}", f"finished: {dates}", f"host(s): {values_of(runs, 'host')}",
             f"hardware: {values_of(runs, 'hardware')}",
