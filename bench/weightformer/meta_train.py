@@ -22,6 +22,7 @@ at once naming the step and the term; the last good checkpoint is kept.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -174,7 +175,7 @@ def meta_train(out: str | Path, *, teachers: Sequence[Path], members: Sequence[i
     data = SoftLabels(models, dataset, data_root, tmeta["image_size"], device, cfg.batch_size, cfg.seed,
                       cfg.temperature)
     # The architecture run with the predicted weights; train mode: BatchNorm on batch statistics.
-    student = load_model(teachers[0], device, arch=arch)[0].train()
+    student = copy.deepcopy(models[0]).train()
     extra = passthrough(student.state_dict())
 
     start, history, spent = 0, [], 0.0
