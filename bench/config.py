@@ -36,7 +36,7 @@ from bench.data import DATASETS
 from bench.errors import BenchError
 from bench.models import ARCHS, SCALES
 from bench.paths import project_root
-from bench.train import TrainConfig
+from bench.recipes import TrainConfig
 
 GRID_DIR = project_root() / "sweeps"
 INITS = ("scratch", "shared", "pretrained")

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from bench.data import DATASETS
-from bench.data.loaders import world
+from bench.system import world
 from bench.errors import BenchError, choose, cli
 from bench.models import ARCHS, SCALES
 from bench.paths import data_root, results_root, teachers_root

@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from bench.config import Grid, PoolSpec, method_applies
-from bench.data.loaders import world
+from bench.system import world
 from bench.errors import BenchError
 from bench.paths import data_root, results_root, teachers_root
 from bench.pool import Pool, train_member
@@ -271,7 +271,7 @@ def run_job(spec: dict[str, Any], grid: str, roots: Roots, cpus: int | None = No
     import submitit
     import torch.distributed as dist
 
-    from bench.data.ffcv import job_cpus
+    from bench.system import job_cpus
 
     torch.set_num_threads(max(1, cpus or job_cpus()))
     try:

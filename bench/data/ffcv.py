@@ -43,6 +43,7 @@ import torch
 
 from bench.data import DATASETS, SPLITS, ImageSet, dataset_spec, load_dataset
 from bench.errors import BenchError, choose, cli
+from bench.system import job_cpus
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +56,6 @@ FIXED_SIZE_AUGMENTS = ("none", "translate2", "crop4_flip")
 
 # ---------------------------------------------------------------------------------------------
 # Environment
-
-def job_cpus() -> int:
-    """CPUs this job was given: `SLURM_CPUS_PER_TASK` when set (capped by the affinity mask),
-    else the CPUs this process may run on (not the whole node's count)."""
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        allowed = os.cpu_count() or 1
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
-    if slurm:
-        try:
-            n = int(slurm)
-        except ValueError:
-            n = 0
-        if n > 0:
-            return max(1, min(n, allowed))
-    return max(1, allowed)
-
 
 @lru_cache(maxsize=1)
 def ffcv_available() -> bool:

@@ -16,6 +16,7 @@ import torch
 from bench.data import ImageSet, dataset_spec, load_dataset
 from bench.data.memory import DeviceLoader, channel_stats
 from bench.errors import BenchError
+from bench.system import world
 
 
 def _options(name: str, image_size: int | None) -> dict:
@@ -49,13 +50,6 @@ def _subset(data, fraction: float, seed: int):
         return ImageSet(data.name, data.split, data.images[keep], data.labels[keep], data.classes,
                         {k: v[keep] for k, v in data.extras.items()})
     return torch.utils.data.Subset(data, keep.tolist())
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed, (0, 1) when it is not initialised."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def make_loader(name: str, split: str, *, batch_size: int, train: bool, seed: int = 0,

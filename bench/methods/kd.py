@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from bench.data import dataset_spec
 from bench.checkpoint import paths
-from bench.data.loaders import make_loader, world
+from bench.data.loaders import make_loader
+from bench.system import world
 from bench.errors import BenchError
 from bench.io import atomic_write_json
 from bench.methods.common import load_teachers

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.checkpoint import paths, read_meta, save_checkpoint
-from bench.data.loaders import world
+from bench.system import world
 from bench.errors import BenchError
 from bench.methods import kd, weightformer
 from bench.train import barrier

@@ -1,0 +1,34 @@
+"""Where this process stands in its job: the CPUs it was given and its torch.distributed rank.
+
+A leaf module: data loaders (workers), the engine (threads, ranks) and the sweep's stages read it.
+"""
+from __future__ import annotations
+
+import os
+
+import torch.distributed as dist
+
+
+def job_cpus() -> int:
+    """CPUs this job was given: `SLURM_CPUS_PER_TASK` when set (capped by the affinity mask),
+    else the CPUs this process may run on (not the whole node's count)."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        allowed = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm:
+        try:
+            n = int(slurm)
+        except ValueError:
+            n = 0
+        if n > 0:
+            return max(1, min(n, allowed))
+    return max(1, allowed)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, (0, 1) when it is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
