@@ -26,7 +26,8 @@ from bench.errors import BenchError, choose, cli
 from bench.models import ARCHS, SCALES
 from bench.paths import data_root, results_root, teachers_root
 from bench.store import load_records, run_id, write_record
-from bench.train import TrainConfig, train
+from bench.engine import train
+from bench.recipes import TrainConfig
 
 INITS = ("scratch", "shared", "pretrained")
 

@@ -190,7 +190,7 @@ def _write_failed(records: Path | None, base: dict[str, Any], err: Exception, t0
 def run_meta_train(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from bench.train import pick_device
+    from bench.engine import pick_device
     from bench.weightformer.config import WFConfig
     from bench.weightformer.meta_train import meta_train
 

@@ -59,9 +59,10 @@ def make_loader(train, **kw):
 
 def test_eval_loader_yields_every_image_in_order_normalised():
     loader, d = make_loader(False)
-    xs, ys = zip(*loader)
+    xs, ys, idx = zip(*loader)
     x, y = torch.cat(xs), torch.cat(ys)
     assert len(loader) == 8 and x.shape == (450, 3, 16, 16) and torch.equal(y, d.labels)
+    assert torch.equal(torch.cat(idx), torch.arange(450))
     assert abs(x.mean().item()) < 0.1 and abs(x.std().item() - 1) < 0.1
 
 
@@ -74,3 +75,6 @@ def test_train_order_is_a_function_of_seed_and_epoch():
     assert not torch.equal(first(a, 3)[0], first(a, 4)[0])
     assert not torch.equal(first(a, 0)[1], first(c, 0)[1])
     assert len(a) == 450 // 64  # the ragged last training batch is dropped
+    _, d = make_loader(False)
+    for _, y, i in a:  # shuffled, but each sample index still names the image's row
+        assert torch.equal(d.labels[i], y)

@@ -20,7 +20,10 @@ from bench.data.loaders import make_loader
 from bench.data.memory import DeviceLoader, channel_stats
 from bench.errors import BenchError
 from bench.models import build_model
-from bench.train import TrainConfig, load_model, lr_factor, make_optimizer, predict, train
+from bench.engine import load_model, predict, train
+from bench.engine.optim import make_optimizer
+from bench.engine.schedule import lr_factor
+from bench.recipes import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 VGG = dict(arch="vgg11", dataset="digits", scale="tiny", seed=0, epochs=2)
@@ -32,7 +35,8 @@ TRAIN_WORKER = r"""
 import json, sys
 import torch, torch.distributed as dist, torch.nn.functional as F
 torch.set_num_threads(1)
-from bench.train import TrainConfig, train
+from bench.engine import train
+from bench.recipes import TrainConfig
 
 class Interrupted(Exception):
     pass
@@ -43,7 +47,7 @@ try:
         kw = {}
         if run.get("stop_at_step") is not None:  # dies at that step, as a killed job would
             calls = [0]
-            def criterion(logits, x, y, stop=run["stop_at_step"]):
+            def criterion(logits, x, y, idx, stop=run["stop_at_step"]):
                 if calls[0] == stop:
                     raise Interrupted(f"stopped at step {stop}")
                 calls[0] += 1
@@ -204,7 +208,7 @@ def shard_emulation(cfg: TrainConfig, world: int) -> nn.Module:
     cfg = cfg.resolved()
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, 10, cfg.image_size, cfg.scale)
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     loader = make_loader(cfg.dataset, "train", batch_size=cfg.batch_size, train=True, seed=cfg.seed,
                          image_size=cfg.image_size)
     steps = len(loader)
@@ -213,9 +217,9 @@ def shard_emulation(cfg: TrainConfig, world: int) -> nn.Module:
     for epoch in range(cfg.epochs):
         model.train()
         loader.set_epoch(epoch)
-        for i, (x, y) in enumerate(loader):
+        for i, (x, y, _) in enumerate(loader):
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(epoch * steps + i, total, warmup, cfg, steps)
+                group["lr"] = cfg.lr * lr_factor(epoch * steps + i, total, warmup, cfg.schedule)
             opt.zero_grad(set_to_none=True)
             start = [b.clone() for b in buffers]
             for r in reversed(range(world)):  # rank 0 last: its running statistics stay

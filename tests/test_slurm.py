@@ -18,7 +18,8 @@ from bench.config import load_grid
 from bench.stages import Roots, member_dir, teacher_spec
 from bench.store import load_records
 from bench.sweep import JobRunner
-from bench.train import TrainConfig, train
+from bench.engine import train
+from bench.recipes import TrainConfig
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "scripts" / "slurm_local.sh"
 SACCT_STANDIN = "/var/lib/bench-slurm/bin"  # answers submitit's state queries from squeue

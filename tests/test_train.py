@@ -10,7 +10,9 @@ import torch
 
 from bench.checkpoint import load_checkpoint
 from bench.errors import BenchError
-from bench.train import TrainConfig, load_model, lr_factor, predict, train
+from bench.engine import load_model, predict, train
+from bench.engine.schedule import lr_factor
+from bench.recipes import TrainConfig
 from bench.data.loaders import make_loader
 from bench.metrics import classification_metrics
 
@@ -80,15 +82,13 @@ def test_tiny_models_learn_digits(tmp_path, arch, at_least):
 
 
 def test_learning_rate_schedules():
-    cfg = TrainConfig(arch="vgg11", dataset="digits", schedule="cosine").resolved()
-    f = [lr_factor(s, 100, 10, cfg, 10) for s in range(100)]
+    f = [lr_factor(s, 100, 10, "cosine") for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[10] == 1.0 and f[99] < 0.001
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
-    step = TrainConfig(arch="vgg11", dataset="digits", schedule="step", milestones=(3, 6), warmup_epochs=0).resolved()
-    assert [lr_factor(e * 10, 100, 0, step, 10) for e in (0, 2, 3, 5, 6, 9)] == pytest.approx(
+    assert [lr_factor(s, 100, 0, "step", milestones=(30, 60)) for s in (0, 20, 30, 50, 60, 90)] == pytest.approx(
         [1, 1, 0.1, 0.1, 0.01, 0.01])
-    one = TrainConfig(arch="vgg11", dataset="digits", schedule="onecycle").resolved()
-    assert lr_factor(55, 100, 10, one, 10) == pytest.approx(0.5)
+    assert lr_factor(55, 100, 10, "onecycle") == pytest.approx(0.5)
+    assert lr_factor(70, 100, 0, "constant") == 1.0
 
 
 def run_cli(*args):
@@ -149,5 +149,7 @@ def test_train_fraction_is_a_fixed_subset(tmp_path):
     assert rows(loader) <= rows(full)
     again = make_loader("digits", "train", batch_size=10, train=True, seed=3, fraction=0.25)
     assert torch.equal(again.images, loader.images)
+    # A subset's samples keep their index in the whole split.
+    assert torch.equal(full.images[loader.indices], loader.images) and len(set(loader.indices.tolist())) == len(loader)
     with pytest.raises(BenchError, match=r"train_fraction must be in \(0, 1\]"):
         TrainConfig(arch="vgg11", dataset="digits", train_fraction=0.0).resolved()

@@ -13,7 +13,8 @@ from bench.errors import BenchError
 from bench.methods import alignment
 from bench.models import build_model
 from bench.store import load_records
-from bench.train import TrainConfig, load_model, train
+from bench.engine import load_model, train
+from bench.recipes import TrainConfig
 from bench.weightformer import losses, meta_train as mt
 from bench.weightformer.config import wf_config
 from bench.weightformer.model import WeightFormer, column_stats
@@ -172,6 +173,11 @@ def test_meta_training_lowers_the_kl_on_its_meta_train_groups(pool, tmp_path):
     assert after < 0.9 * before, (before, after)
     assert meta["soft_label_cache"] == (dataset_spec("digits").augment == "none")  # digits: random crops
     assert meta["meta_train_s"] > 0 and len(meta["history"]) == 4
+    # The same run folder as any training run: its config, and its curve one line per log point.
+    assert json.loads((tmp_path / "wf" / "config.json").read_text())["d_model"] == cfg.d_model
+    log = [json.loads(line) for line in (tmp_path / "wf" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [10, 20, 30, 40] and log == meta["history"]
+    assert all(r["lr"] > 0 and r["kl"] > 0 for r in log) and log[-1]["lr"] < log[0]["lr"]  # cosine decay
 
 
 def test_a_meta_training_crash_resumes_to_the_same_weightformer(pool, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ Write:  `python -m bench.data.ffcv --dataset imagenet --root R --out F [--split 
         The file is written under a temporary name and renamed into place: a killed write
         leaves no partial `.beton` behind (at most a hidden `.NAME.PID.tmp`).
 Read:   `make_ffcv_loader(beton, ...)`, or without FFCV `make_file_loader(dataset, ...)`: both
-        yield (normalised float NCHW images on `device`, int64 labels) batches, keep every image
+        yield (normalised float NCHW images on `device`, int64 labels, int64 sample indices) batches, keep every image
         when evaluating (`drop_last=False`) and draw the training order from `seed` and the epoch
         (`set_epoch`, as `bench.data.memory.DeviceLoader`).
 
@@ -345,7 +345,7 @@ class _EpochLoader:
 
 
 class FFCVLoader(_EpochLoader):
-    """Batches from a `.beton` as (float normalised NCHW images, int64 labels) on `device`
+    """Batches from a `.beton` as (float normalised NCHW images, int64 labels, sample indices) on `device`
     (uint8 images when `raw`). Iterating runs epoch `self.epoch` and then advances it;
     `set_epoch(e)` picks the epoch (its order and augmentation) explicitly."""
 
@@ -358,24 +358,28 @@ class FFCVLoader(_EpochLoader):
         self.drop_last = loader.drop_last
         self.epoch = 0
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         from bench.data.memory import AUGMENTATIONS, random_flip
 
         epoch = self._next_epoch()
         self.loader.next_epoch = epoch  # FFCV's order for this epoch comes from seed + epoch
         gen = _epoch_generator(self.seed, epoch)
-        for images, labels in self.loader:
+        # FFCV's batches are consecutive slices of its traversal order for the epoch (seeded, so
+        # asking for it here gives the order the iteration below uses): the sample indices.
+        order = torch.from_numpy(np.asarray(self.loader.next_traversal_order(), dtype=np.int64))
+        for b, (images, labels) in enumerate(self.loader):
             # FFCV reuses its output buffers a few batches later: hand out fresh tensors only.
             labels = labels.to(self.device, non_blocking=True).view(-1).long().clone()
+            idx = order[b * self.batch_size:b * self.batch_size + len(labels)].to(self.device)
             if self.raw:
-                yield images.to(self.device).clone(memory_format=torch.contiguous_format), labels
+                yield images.to(self.device).clone(memory_format=torch.contiguous_format), labels, idx
                 continue
             x = images.to(self.device, non_blocking=True).float()
             if self.train and self.augment == "rrc_flip":
                 x = random_flip(x, gen)
             elif self.train:
                 x = AUGMENTATIONS[self.augment](x, gen)
-            yield (x - self.mean) / self.std, labels
+            yield (x - self.mean) / self.std, labels, idx
 
 
 def _image_sizes(beton: str) -> tuple[np.ndarray, np.ndarray]:
@@ -395,7 +399,7 @@ def make_ffcv_loader(beton: str | Path, *, train: bool, batch_size: int, seed: i
                      device: str | torch.device, distributed: bool = False,
                      num_workers: int | None = None, raw: bool = False,
                      augment: str | None = None, batches_ahead: int = 3) -> FFCVLoader:
-    """An FFCV loader over `beton` yielding (normalised float NCHW on `device`, int64 labels).
+    """An FFCV loader over `beton` yielding (normalised float NCHW on `device`, int64 labels, sample indices).
 
     Training: a random order from (`seed`, epoch), the last ragged batch dropped, and the
     `augment` recipe (see the module doc; None: "crop4_flip" when every stored image is
@@ -481,9 +485,11 @@ class _Transformed(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         image, label = self.dataset[i][:2]
-        return self.transform(_to_pil(image)), int(label)
+        # A subset's items keep their index in the whole split.
+        index = self.dataset.indices[i] if isinstance(self.dataset, torch.utils.data.Subset) else i
+        return self.transform(_to_pil(image)), int(label), int(index)
 
 
 def file_transform(train: bool, image_size: int):
@@ -498,7 +504,7 @@ def file_transform(train: bool, image_size: int):
 
 class FileLoader(_EpochLoader):
     """A torchvision DataLoader over (image, label) items yielding (normalised float NCHW on
-    `device`, int64 labels). Order (and, with workers, augmentation) follow (seed, epoch);
+    `device`, int64 labels, sample indices). Order (and, with workers, augmentation) follow (seed, epoch);
     iterating runs epoch `self.epoch` and advances it, `set_epoch(e)` picks it."""
 
     def __init__(self, dataset: Any, *, train: bool, batch_size: int, seed: int, image_size: int,
@@ -515,12 +521,13 @@ class FileLoader(_EpochLoader):
             pin_memory=self.device.type == "cuda", persistent_workers=False)
         self.drop_last = train
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         epoch = self._next_epoch()
         self.generator.manual_seed(int(_epoch_generator(self.seed, epoch).initial_seed()))
-        for images, labels in self.loader:
+        for images, labels, idx in self.loader:
             x = images.to(self.device, non_blocking=True).float()
-            yield (x - self.mean) / self.std, labels.to(self.device, non_blocking=True).long()
+            yield ((x - self.mean) / self.std, labels.to(self.device, non_blocking=True).long(),
+                   idx.to(self.device, non_blocking=True).long())
 
 
 def make_file_loader(dataset: Any, *, train: bool, batch_size: int, seed: int, image_size: int,

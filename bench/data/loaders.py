@@ -46,9 +46,10 @@ def _subset(data, fraction: float, seed: int):
         raise BenchError(f"data fraction must be in (0, 1], got {fraction}")
     keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:max(1, round(fraction * len(data)))]
     keep = keep.sort().values
-    if isinstance(data, ImageSet):
+    if isinstance(data, ImageSet):  # rows keep their index in the whole split
+        extras = {"index": torch.arange(len(data)), **data.extras}
         return ImageSet(data.name, data.split, data.images[keep], data.labels[keep], data.classes,
-                        {k: v[keep] for k, v in data.extras.items()})
+                        {k: v[keep] for k, v in extras.items()})
     return torch.utils.data.Subset(data, keep.tolist())
 
 
@@ -56,7 +57,8 @@ def make_loader(name: str, split: str, *, batch_size: int, train: bool, seed: in
                 root: str | Path | None = None, image_size: int | None = None,
                 device: str | torch.device = "cpu", channels: int = 3,
                 beton: str | Path | None = None, distributed: bool = False, fraction: float = 1.0):
-    """Batches of (normalised float NCHW images on `device`, int64 labels).
+    """Batches of (normalised float NCHW images on `device`, int64 labels, int64 sample indices:
+    each image's row in the whole split).
 
     `fraction` < 1: only that fraction of the split, a fixed subset drawn from `seed` (the same
     every epoch: fine-tuning on a fraction of the training data).

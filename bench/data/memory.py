@@ -54,7 +54,9 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 
 class DeviceLoader:
-    """Batches of (normalised float images, int64 labels) from an ImageSet held on `device`.
+    """Batches of (normalised float images, int64 labels, int64 sample indices) from an ImageSet
+    held on `device`. A sample's index is its row in the whole split (`extras["index"]` when the
+    set is a subset of it), so caches keyed by it serve every loader of the split.
 
     `batch_size` is the global batch size. With `world_size` > 1 this loader yields rank
     `rank`'s share of every global batch: the global batch is drawn and augmented exactly as
@@ -82,6 +84,7 @@ class DeviceLoader:
             images, mean, std = images.expand(-1, channels, -1, -1), list(mean) * channels, list(std) * channels
         self.images = images.to(device)
         self.labels = data.labels.to(device)
+        self.indices = data.extras.get("index", torch.arange(len(data.labels))).long().to(device)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         # Training drops the ragged last batch (steady BatchNorm statistics); evaluation keeps all.
         self.drop_last = train if drop_last is None else drop_last
@@ -96,7 +99,7 @@ class DeviceLoader:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         gen = epoch_generator(self.seed, self.epoch)
         n = len(self.labels)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
@@ -106,7 +109,7 @@ class DeviceLoader:
             x = self.images[idx].float()
             if self.train:
                 x = self.augment(x, gen)  # the whole global batch: every rank draws the same
-            y = self.labels[idx]
+            y, i = self.labels[idx], self.indices[idx]
             if self.world_size > 1:
-                x, y = x.tensor_split(self.world_size)[self.rank], y.tensor_split(self.world_size)[self.rank]
-            yield (x - self.mean) / self.std, y
+                x, y, i = (t.tensor_split(self.world_size)[self.rank] for t in (x, y, i))
+            yield (x - self.mean) / self.std, y, i

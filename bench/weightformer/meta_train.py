@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,15 +31,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from bench.checkpoint import (load_checkpoint, optimizer_from_tensors, optimizer_to_tensors, paths, read_meta,
-                              remove_checkpoint, save_checkpoint)
+from bench.checkpoint import load_checkpoint, paths, read_meta
 from bench.data import dataset_spec
 from bench.data.loaders import make_loader
 from bench.errors import BenchError
 from bench.methods import alignment
-from bench.train import load_model, param_groups
+from bench.engine import autocast, load_model
+from bench.engine.checkpointer import RunFolder
+from bench.engine.loop import fit
+from bench.engine.optim import make_optimizer
+from bench.engine.schedule import lr_factor
+from bench.engine.soft_labels import BatchedTeachers, SoftLabelCache
 from bench.weightformer.config import WFConfig
 from bench.weightformer.losses import ensemble_kl, shift_consistency, student_logits
 from bench.weightformer.model import WeightFormer, column_stats
@@ -50,8 +51,6 @@ from bench.weightformer.tokens import from_tokens, passthrough, to_tokens, weigh
 KIND = "weightformer"
 
 
-class MetaTrainError(BenchError):
-    pass
 
 
 def _generator(seed: int, step: int) -> torch.Generator:
@@ -93,7 +92,10 @@ class TeacherTokens:
 
 
 class SoftLabels:
-    """Batches of training images with the mean softened outputs of any group of the teachers."""
+    """Batches of training images with the mean softened outputs of any group of the teachers.
+
+    Without augmentation every teacher's outputs on the whole split are computed once
+    (`SoftLabelCache`, by sample index); with it the group's teachers run on each batch."""
 
     def __init__(self, models: Sequence[nn.Module], dataset: str, root: str | None, image_size: int,
                  device: torch.device, batch_size: int, seed: int, temperature: float) -> None:
@@ -103,10 +105,8 @@ class SoftLabels:
         common = dict(root=root, image_size=image_size, device=device)
         if self.cached:
             loader = make_loader(dataset, "train", batch_size=512, train=False, **common)
-            batches = [x for x, _ in loader]
-            self.images = torch.cat(batches)
-            with torch.no_grad():
-                self.probs = torch.stack([torch.cat([self._soft(m, x) for x in batches]) for m in self.models])
+            self.images = torch.cat([x for x, _, _ in loader])
+            self.cache = SoftLabelCache(BatchedTeachers(self.models, mode="loop"), loader, temperature)
         else:
             self.loader = make_loader(dataset, "train", batch_size=batch_size, train=True, seed=seed, **common)
             self._iter, self._at = None, -1
@@ -118,8 +118,7 @@ class SoftLabels:
         if self.cached:
             n = len(self.images)
             idx = torch.randperm(n, generator=_generator(self.seed, step))[:min(self.batch_size, n)]
-            idx = idx.to(self.images.device)
-            return self.images[idx], self.probs[list(group)][:, idx].mean(0)
+            return self.images[idx.to(self.images.device)], self.cache.mean(idx, group).to(self.images.device)
         per_epoch = len(self.loader)
         epoch, i = divmod(step, per_epoch)
         if self._iter is None or self._at != step - 1 or i == 0:
@@ -128,23 +127,45 @@ class SoftLabels:
             for _ in range(i):  # a resumed run continues inside its epoch
                 next(self._iter)
         self._at = step
-        x, _ = next(self._iter)
+        x, _, _ = next(self._iter)
         with torch.no_grad():
             probs = torch.stack([self._soft(self.models[k], x) for k in group]).mean(0)
         return x, probs
 
 
-def lr_at(step: int, cfg: WFConfig) -> float:
-    warmup = round(cfg.warmup * cfg.steps)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, cfg.steps - warmup)))
+class MetaTrainTask:
+    """One step: draw a group (and its order) from the meta-train part, predict its student,
+    eq. 1 (+ shift consistency) on a batch of training images."""
 
+    labels = {"kl": "KL (eq. 1)", "shift": "shift-consistency", "loss": "total"}
 
-def _finite(value: torch.Tensor, step: int, term: str) -> None:
-    if not torch.isfinite(value).all():
-        raise MetaTrainError(f"weightformer: meta-training stopped at step {step}: the {term} loss is "
-                             f"{value.item()} (the last good checkpoint is kept)")
+    def __init__(self, wf: WeightFormer, optimizer, student: nn.Module, layers, pool_tokens: TeacherTokens,
+                 data: SoftLabels, n_part: int, n_teachers: int, cfg: WFConfig, device: torch.device) -> None:
+        self.model, self.optimizer, self.student, self.layers = wf, optimizer, student, layers
+        self.pool_tokens, self.data, self.n_part, self.n_teachers = pool_tokens, data, n_part, n_teachers
+        self.cfg, self.device = cfg, device
+        self.extra = passthrough(student.state_dict())
+
+    def _logits(self, tokens, x):
+        fresh = {k: v.clone() for k, v in self.extra.items()}  # BatchNorm counts in place
+        return student_logits(self.student, self.layers, self.model(tokens), fresh, x)
+
+    def loss(self, step: int) -> dict[str, torch.Tensor]:
+        order = torch.randperm(self.n_part, generator=_generator(self.cfg.seed + 7919, step))[:self.n_teachers].tolist()
+        x, probs = self.data.batch(step, order)
+        tokens = [t.to(self.device) for t in self.pool_tokens.group(order)]
+        # bf16 autocast on GPUs (the paper-scale models); the losses are computed in float32.
+        with autocast(self.device):
+            logits = self._logits(tokens, x)
+            kl = ensemble_kl(logits, probs, self.cfg.temperature)
+            if self.cfg.shift_weight <= 0:
+                return {"kl": kl, "loss": kl}
+            shift = shift_consistency(lambda g: self._logits(g, x), tokens, logits, self.cfg.temperature)
+            return {"kl": kl, "shift": shift, "loss": kl + self.cfg.shift_weight * shift}
+
+    def log_row(self, step: int, means: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]:
+        return {"step": step, "kl": means["kl"].item(), "shift": means["shift"].item() if "shift" in means else 0.0,
+                "meta_train_s": seconds}
 
 
 def meta_train(out: str | Path, *, teachers: Sequence[Path], members: Sequence[int], arch: str, dataset: str,
@@ -153,15 +174,15 @@ def meta_train(out: str | Path, *, teachers: Sequence[Path], members: Sequence[i
     """Meta-train (or resume, or find finished) the WeightFormer in `out`; return its sidecar.
 
     `teachers`: the checkpoints of the pool's meta-train members `members` (same order)."""
-    out, device = Path(out), torch.device(device)
-    final, ckpt = out / "model", out / "checkpoint"
+    device = torch.device(device)
     identity = {"kind": KIND, "arch": arch, "dataset": dataset, "scale": scale, "pool": pool,
                 "n_teachers": n_teachers, "members": list(members), "config": dataclasses.asdict(cfg)}
-    if paths(final)[1].exists():
-        meta = read_meta(final)
-        if {k: meta.get(k) for k in identity} != identity:
-            raise BenchError(f"{out} holds a finished WeightFormer of another pool or config")
-        return meta
+    flat = {**{k: v for k, v in identity.items() if k != "config"}, **identity["config"]}
+    folder = RunFolder(out, flat, what="WeightFormer", expect={"kind": KIND},
+                       matches=lambda meta: {k: meta.get(k) for k in identity} == identity)
+    done = folder.finished()
+    if done is not None:
+        return done
     if n_teachers > len(members):
         raise BenchError(f"weightformer: N = {n_teachers} but the pool {pool} has {len(members)} meta-train members")
     loaded = [load_model(p, device, arch=arch) for p in teachers]
@@ -171,74 +192,24 @@ def meta_train(out: str | Path, *, teachers: Sequence[Path], members: Sequence[i
     layers = pool_tokens.layers
     torch.manual_seed(cfg.seed)
     wf = WeightFormer(layers, cfg, n_teachers, column_stats(pool_tokens.tokens)).to(device)
-    opt = torch.optim.AdamW(param_groups(wf, cfg.weight_decay), lr=cfg.lr)
+    optimizer = make_optimizer(wf, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     data = SoftLabels(models, dataset, data_root, tmeta["image_size"], device, cfg.batch_size, cfg.seed,
                       cfg.temperature)
     # The architecture run with the predicted weights; train mode: BatchNorm on batch statistics.
     student = copy.deepcopy(models[0]).train()
-    extra = passthrough(student.state_dict())
-
-    start, history, spent = 0, [], 0.0
-    if paths(ckpt)[1].exists():
-        tensors, meta = load_checkpoint(ckpt, expect={"kind": KIND})
-        if {k: meta.get(k) for k in identity} != identity:
-            raise BenchError(f"{out} holds a meta-training checkpoint of another pool or config")
-        wf.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
-        optimizer_from_tensors(opt, tensors, meta["optimizer"])
-        start, history, spent = meta["step"], meta["history"], meta["meta_train_s"]
-    out.mkdir(parents=True, exist_ok=True)
-
-    def save(step: int) -> None:
-        tensors, opt_meta = optimizer_to_tensors(opt)
-        tensors.update({f"model/{k}": v for k, v in wf.state_dict().items()})
-        save_checkpoint(ckpt, tensors, {**identity, "step": step, "history": history, "meta_train_s": spent,
-                                        "optimizer": opt_meta}, versioned=True)
-
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"meta-train {pool} N={n_teachers}",
-               unit="step", disable=None if progress is None else not progress)
-    window: list[tuple[float, float]] = []
-    part = list(range(len(members)))
-    for step in bar:
-        t0 = time.perf_counter()
-        order = torch.randperm(len(part), generator=_generator(cfg.seed + 7919, step))[:n_teachers].tolist()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        x, probs = data.batch(step, order)
-        tokens = [t.to(device) for t in pool_tokens.group(order)]
-        fresh = lambda: {k: v.clone() for k, v in extra.items()}  # BatchNorm counts in place
-        # bf16 autocast on GPUs (the paper-scale models); the losses are computed in float32.
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = student_logits(student, layers, wf(tokens), fresh(), x)
-            kl = ensemble_kl(logits, probs, cfg.temperature)
-            _finite(kl, step, "KL (eq. 1)")
-            loss, shift = kl, torch.zeros(())
-            if cfg.shift_weight > 0:
-                shift = shift_consistency(lambda g: student_logits(student, layers, wf(g), fresh(), x), tokens,
-                                          logits, cfg.temperature)
-                _finite(shift, step, "shift-consistency")
-                loss = loss + cfg.shift_weight * shift
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = nn.utils.clip_grad_norm_(wf.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))
-        _finite(norm, step, "gradient norm of the")
-        opt.step()
-        spent += time.perf_counter() - t0
-        window.append((kl.item(), float(shift)))
-        bar.set_postfix(kl=f"{kl.item():.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            history.append({"step": step + 1, "kl": sum(k for k, _ in window) / len(window),
-                            "shift": sum(s for _, s in window) / len(window), "meta_train_s": spent})
-            window = []
-            if bar.disable:
-                print(f"step {step + 1}/{cfg.steps} kl {history[-1]['kl']:.4f}", flush=True)
-            save(step + 1)
-    meta = {**identity, "steps": cfg.steps, "history": history, "meta_train_s": spent,
+    task = MetaTrainTask(wf, optimizer, student, layers, pool_tokens, data, len(members), n_teachers, cfg, device)
+    warmup = round(cfg.warmup * cfg.steps)
+    history, seconds = fit(
+        task, folder, steps=cfg.steps, log_every=cfg.checkpoint_every, lr=cfg.lr, clip=cfg.clip,
+        schedule=lambda s: lr_factor(s, cfg.steps, warmup, "cosine"),
+        checkpoint_meta=lambda step: identity, describe=lambda r: f"kl {r['kl']:.4f}",
+        desc=f"weightformer: meta-training {pool} N={n_teachers}", progress=progress)
+    meta = {**identity, "steps": cfg.steps, "history": history, "meta_train_s": seconds,
             "num_classes": tmeta["num_classes"], "image_size": tmeta["image_size"], "in_chans": tmeta["in_chans"],
             "soft_label_cache": data.cached, "layers": len(layers),
             "parameters": sum(p.numel() for p in wf.parameters())}
-    save_checkpoint(final, wf.state_dict(), meta)
-    remove_checkpoint(ckpt)
-    return read_meta(final)
+    folder.finish(wf.state_dict(), meta, history)
+    return read_meta(paths(Path(out) / "model")[1])
 
 
 def load_weightformer(path: str | Path, layers, *, arch: str, n_teachers: int, pool: str,

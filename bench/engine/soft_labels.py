@@ -1,20 +1,17 @@
-"""Frozen teachers for distillation: one batched forward of N teachers, and a soft-label cache.
+"""Frozen teachers' soft labels: one batched forward of N teachers, and a cache keyed by sample index.
 
 `BatchedTeachers(models)` stacks N teachers of one architecture (eval mode, frozen) with
 `torch.func.stack_module_state` and runs them as ONE forward with `torch.func.functional_call`
 under `torch.vmap`; `mean_soft_labels(x, T)` is the mean over the teachers of softmax(logits / T).
 
-`SoftLabelCache` holds those mean soft labels for a whole training split, computed once. It is
-only valid when training does not augment (the data set's spec says `augment == "none"`): then
-every training batch's images are exact rows of the device-resident training tensor, so a
-lookup by exact content finds them. Keys are a hash of each normalised float image's bytes; a
-hit is verified by an exact comparison with the stored row (a hash collision or any image that
-is not a training row is a miss), and misses run the teachers.
+`SoftLabelCache` holds every teacher's softened outputs on every sample of a split, computed once
+and looked up by the sample indices the loaders yield. It serves training without augmentation
+(each batch's images are then exact rows of the split): KD's student, and meta-training's groups
+(any subset of the pool's teachers, averaged on lookup).
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import warnings
 from typing import Sequence
 
@@ -22,12 +19,10 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, stack_module_state
 
+from bench.engine.devices import autocast
+from bench.errors import BenchError
+
 MODES = ("vmap", "loop")
-
-
-def _autocast(device: torch.device):
-    # The same mixed precision as bench.train's forwards (bf16 on GPUs, float32 elsewhere).
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 class BatchedTeachers:
@@ -91,7 +86,7 @@ class BatchedTeachers:
         """Every teacher's logits, float32 (N, B, C)."""
         if x.device != self.device:  # e.g. a data-parallel rank's own GPU
             self.to(x.device)
-        with _autocast(x.device):
+        with autocast(x.device):
             if self.mode == "vmap":
                 try:
                     with warnings.catch_warnings():
@@ -110,50 +105,35 @@ class BatchedTeachers:
         return (self.logits(x) / temperature).softmax(-1).mean(0)
 
 
-def _keys(images: torch.Tensor) -> list[bytes]:
-    """A 128-bit hash of each image's exact float32 bytes."""
-    flat = images.detach().to("cpu", torch.float32).contiguous().flatten(1).numpy()
-    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
-
-
 class SoftLabelCache:
-    """The teachers' mean soft labels at temperature T for every image of a training split.
+    """softmax(logits / T) of every teacher for every sample of a split: (teachers, samples, classes).
 
-    `loader` must yield the split's images exactly as training sees them, in order, without
-    augmentation (e.g. `make_loader(name, "train", train=False, ...)`, a DeviceLoader: the same
-    uint8 tensor, the same normalisation). `lookup(images)` returns the cached rows for images
-    found (verified bitwise) and runs the teachers on the others. `hits` / `misses` count rows.
-    """
+    `loader` yields the split's (images, labels, sample indices) exactly as training sees them,
+    without augmentation (e.g. `make_loader(name, "train", train=False, ...)`); it may cover a
+    subset of the split (a fine-tuning fraction): lookups outside it are refused.
+    `mean(indices, members)` is the mean over the teachers `members` (default: all) of their rows."""
 
     def __init__(self, teachers: BatchedTeachers, loader, temperature: float) -> None:
-        self.teachers, self.temperature = teachers, temperature
-        images, soft = [], []
-        for x, _ in loader:
-            images.append(x)
-            soft.append(teachers.mean_soft_labels(x, temperature))
-        self.images = torch.cat(images)  # the reference rows an exact comparison checks hits against
-        self.soft = torch.cat(soft)
-        self.index: dict[bytes, int] = {}
-        for i, key in enumerate(_keys(self.images)):
-            self.index.setdefault(key, i)  # a repeated image: its teachers' output is the same
-        self.hits = self.misses = 0
+        self.temperature = temperature
+        idx, probs = [], []
+        for x, _, i in loader:
+            idx.append(i.cpu())
+            probs.append((teachers.logits(x) / temperature).softmax(-1))
+        idx = torch.cat(idx)
+        probs = torch.cat(probs, dim=1)
+        self.probs = probs.new_zeros(probs.shape[0], int(idx.max()) + 1, probs.shape[2])
+        self.probs[:, idx.to(probs.device)] = probs
+        self.cached = torch.zeros(self.probs.shape[1], dtype=torch.bool)
+        self.cached[idx] = True
 
     def __len__(self) -> int:
-        return len(self.soft)
+        return int(self.cached.sum())
 
     @torch.no_grad()
-    def lookup(self, images: torch.Tensor) -> torch.Tensor:
-        rows = torch.tensor([self.index.get(k, -1) for k in _keys(images)], dtype=torch.long)
-        found = rows >= 0
-        if found.any():  # a hash hit counts only if the image is bitwise the stored one
-            ref = self.images[rows.clamp_min(0).to(self.images.device)].to(images.device)
-            same = (ref == images).flatten(1).all(1).cpu()
-            found &= same
-        out = self.soft[rows.clamp_min(0).to(self.soft.device)].to(images.device)
-        miss = (~found).nonzero().flatten().to(images.device)
-        if len(miss):
-            out[miss] = self.teachers.mean_soft_labels(images[miss], self.temperature).to(out.dtype)
-        n_hit = int(found.sum())
-        self.hits += n_hit
-        self.misses += len(found) - n_hit
-        return out
+    def mean(self, indices: torch.Tensor, members: Sequence[int] | None = None) -> torch.Tensor:
+        rows = indices.cpu()
+        if rows.numel() and (rows.max() >= len(self.cached) or not self.cached[rows].all()):
+            raise BenchError("soft-label cache: a batch holds samples the cache was not built on "
+                             "(another split or another subset of it)")
+        probs = self.probs if members is None else self.probs[list(members)]
+        return probs[:, rows.to(probs.device)].mean(0).to(indices.device)

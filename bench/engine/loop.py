@@ -1,0 +1,83 @@
+"""The one training loop: supervised runs, distillation and meta-training all step through it.
+
+A `Task` says what one step computes (`loss(step)`: named scalar terms, "loss" the one optimised;
+its data draw a pure function of the step, so a resumed run makes the same steps) and what a log
+point records (`log_row`: evaluation, for instance). The loop owns the rest: the schedule, the
+finite check of every term (a NaN or inf stops the run naming the step and the term, before the
+optimizer takes that step, so the last checkpoint is the last good state), clipping, the clock,
+checkpoints and the log (`RunFolder`), the progress bar.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from bench.engine.checkpointer import RunFolder
+from bench.engine.optim import set_lr
+from bench.errors import BenchError
+
+
+class NonFiniteLoss(BenchError):
+    pass
+
+
+class Task(Protocol):
+    model: nn.Module                 # the module whose weights the folder saves
+    optimizer: torch.optim.Optimizer
+    labels: dict[str, str]           # term -> its name in messages ("kl" -> "KL (eq. 1)")
+
+    def loss(self, step: int) -> dict[str, torch.Tensor]: ...
+    def log_row(self, step: int, means: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]: ...
+
+
+def check_finite(value: torch.Tensor, step: int, term: str, what: str) -> None:
+    if not torch.isfinite(value).all():
+        raise NonFiniteLoss(f"{what}: stopped at step {step}: the {term} loss is {value.item()} "
+                            f"(the last good checkpoint is kept)")
+
+
+def fit(task: Task, folder: RunFolder, *, steps: int, log_every: int, lr: float, schedule: Callable[[int], float],
+        clip: float | None = None, checkpoint_meta: Callable[[int], dict[str, Any]] = lambda step: {},
+        describe: Callable[[dict[str, Any]], str] = str, desc: str = "", progress: bool | None = None,
+        quiet: bool = False) -> tuple[list[dict[str, Any]], float]:
+    """Run (or resume) steps [0, steps); log, checkpoint every `log_every` steps and at the end.
+    Returns the history (one row per log point) and the seconds spent in steps."""
+    resumed = folder.resume(task.model, task.optimizer)
+    start, history, seconds = (0, [], 0.0) if resumed is None else (
+        resumed["step"], resumed["history"], resumed["seconds"])
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, unit="step",
+               disable=True if quiet else (None if progress is None else not progress))
+    sums: dict[str, torch.Tensor] = {}
+    since = start  # the first step the running sums cover
+    for step in bar:
+        t0 = time.perf_counter()
+        set_lr(task.optimizer, lr * schedule(step))
+        terms = task.loss(step)
+        for name, value in terms.items():
+            check_finite(value, step, task.labels.get(name, name), desc)
+        task.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if clip is not None:  # the norm is checked too: a finite loss can still give inf gradients
+            norm = nn.utils.clip_grad_norm_(task.model.parameters(), clip if clip > 0 else float("inf"))
+            check_finite(norm, step, "gradient norm of the", desc)
+        task.optimizer.step()
+        seconds += time.perf_counter() - t0
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0) + value.detach()
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            row = task.log_row(step + 1, {k: v / (step + 1 - since) for k, v in sums.items()}, seconds)
+            row.update(lr=task.optimizer.param_groups[0]["lr"],
+                       time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+            history.append(row)
+            sums, since = {}, step + 1
+            folder.save(task.model, task.optimizer, {**checkpoint_meta(step + 1), "step": step + 1,
+                                                     "history": history, "seconds": seconds})
+            bar.set_postfix_str(describe(row))
+            if bar.disable and not quiet:
+                print(f"step {step + 1}/{steps} {describe(row)}", flush=True)
+    return history, seconds

@@ -1,0 +1,162 @@
+"""One training run of a network on a data set: `train(cfg, out)` (CLI: `python -m bench.train`).
+
+The run folder (`RunFolder`) holds `config.json`, `log.jsonl` (a line per epoch), `checkpoint.*`
+(after the last finished epoch) and, once finished, `model.*` (its sidecar carries the metrics).
+Calling it again resumes from the checkpoint, or returns at once when `model.*` exists. The seed
+fixes initialisation, data order and augmentation, so on a CPU a rerun -- interrupted or not --
+gives the same bits.
+
+Data-parallel: when torch.distributed is initialised with more than one rank (`bench.stages.run_job`
+does it for a job of several SLURM tasks), every rank trains a DistributedDataParallel copy on its
+own shard of each global batch (`batch_size` stays the global batch size), rank 0 alone evaluates
+and writes the run folder, and the files are those of a single-process run (same keys, same layout).
+BatchNorm stays per rank (DDP's default): each rank normalises with its own shard's statistics and
+rank 0's running statistics are the ones saved (SyncBatchNorm would make it exactly the
+single-process computation, on GPUs only).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from bench.checkpoint import load_checkpoint
+from bench.data import dataset_spec
+from bench.data.loaders import make_loader
+from bench.engine.checkpointer import RunFolder
+from bench.engine.devices import autocast, barrier, rank_device
+from bench.engine.evaluate import predict
+from bench.engine.loop import fit
+from bench.engine.optim import make_optimizer
+from bench.engine.schedule import lr_factor
+from bench.errors import BenchError
+from bench.metrics import classification_metrics
+from bench.models import build_model
+from bench.recipes import TrainConfig, same_run
+from bench.system import world
+
+# `criterion(logits, images, labels, indices) -> loss` replaces cross-entropy (distillation).
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+LOG_ONLY = ("epoch", "lr", "time")  # row fields that are not the run's metrics
+
+
+def model_meta(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
+    return {"arch": cfg.arch, "dataset": cfg.dataset, "scale": cfg.scale, "seed": cfg.seed,
+            "num_classes": num_classes, "image_size": cfg.image_size, "in_chans": 3}
+
+
+class SupervisedTask:
+    """One optimizer step per training batch; an evaluation on the test split after every epoch."""
+
+    labels = {"loss": "training"}
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, net: nn.Module, optimizer, train_loader, test_loader,
+                 criterion: Criterion, device: torch.device) -> None:
+        self.cfg, self.model, self.net, self.optimizer = cfg, model, net, optimizer
+        self.train_loader, self.test_loader, self.criterion, self.device = train_loader, test_loader, criterion, device
+        self.steps_per_epoch = len(train_loader)
+        self._batches, self._next = None, -1
+
+    def _batch(self, step: int):
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if self._batches is None or self._next != step or i == 0:
+            self.net.train()
+            self.train_loader.set_epoch(epoch) if hasattr(self.train_loader, "set_epoch") else None
+            self._batches = iter(self.train_loader)
+            for _ in range(i):  # resuming inside an epoch: the same batches as without the stop
+                next(self._batches)
+        self._next = step + 1
+        return next(self._batches)
+
+    def loss(self, step: int) -> dict[str, torch.Tensor]:
+        x, y, idx = self._batch(step)
+        with autocast(self.device):
+            return {"loss": self.criterion(self.net(x), x, y, idx)}
+
+    def log_row(self, step: int, means: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]:
+        loss = means["loss"]
+        rank, world_size = world()
+        if world_size > 1:  # the mean over ranks of their shards' mean losses: the global batch's
+            dist.all_reduce(loss)
+            loss /= world_size
+        row = None
+        if rank == 0:
+            # Rank 0 alone evaluates, with the bare model, on the whole test set; the other ranks
+            # take its row. Evaluating on every rank would not agree: each rank's BatchNorm
+            # running statistics come from its own shards (DDP re-broadcasts rank 0's only at
+            # the next forward), and rank 0's are the ones saved, so its numbers describe the files.
+            metrics = classification_metrics(*predict(self.model, self.test_loader, self.device))
+            row = {"epoch": step // self.steps_per_epoch, "train_loss": loss.item(), "train_s": seconds, **metrics}
+        if world_size > 1:
+            box = [row]
+            dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+            row = box[0]
+        return row
+
+
+def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = None,
+          progress: bool | None = None) -> dict[str, Any]:
+    """Train (or resume, or find finished) the run in `out`; return the final sidecar.
+
+    `criterion(logits, images, labels, indices) -> loss` replaces cross-entropy; it must be a pure
+    function of its inputs for resumes to stay exact. With torch.distributed initialised (world
+    size > 1) every rank calls this with the same arguments; `cfg.batch_size` is the global batch
+    size and must divide by the world size."""
+    cfg = cfg.resolved()
+    config = cfg.to_json()
+    rank, world_size = world()
+    folder = RunFolder(out, config, matches=lambda meta: same_run(meta.get("config"), config),
+                       expect={"arch": cfg.arch}, writer=rank == 0)
+    done = folder.finished()
+    if done is not None:
+        return done
+    device = rank_device(cfg.device, world_size)
+    folder.sync = lambda: barrier(device)
+    spec = dataset_spec(cfg.dataset)
+    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, root=cfg.data_root, image_size=cfg.image_size,
+                  device=device)
+    # Each rank gets its share of every global batch (the same draws as a single process); the
+    # loader refuses a batch size the world size does not divide, before anything is written.
+    train_loader = make_loader(cfg.dataset, "train", train=True, beton=cfg.beton_train,
+                               distributed=world_size > 1, fraction=cfg.train_fraction, **common)
+    test_loader = make_loader(cfg.dataset, "test", train=False, beton=cfg.beton_test, **common) \
+        if rank == 0 else None
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise BenchError(f"the training data ({cfg.train_fraction:g} of the {cfg.dataset} split) is smaller than "
+                         f"one batch of {cfg.batch_size}; use a larger fraction or a smaller batch")
+
+    # The seed fixes the initial weights unless a shared initialisation is asked for.
+    torch.manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed)
+    model = build_model(cfg.arch, spec.num_classes, cfg.image_size, cfg.scale, pretrained=cfg.pretrained).to(device)
+    if cfg.init_from:
+        model.load_state_dict(load_checkpoint(cfg.init_from, expect={"arch": cfg.arch})[0])
+    if device.type == "cuda" and not cfg.arch.startswith("vit"):
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    # DDP averages the gradients over the ranks; `model` stays the bare module, whose state_dict
+    # (keys without "module.") is what every file holds. The optimizer holds the same parameters.
+    net = model if world_size == 1 else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    criterion = criterion or (lambda logits, x, y, idx: F.cross_entropy(logits, y,
+                                                                        label_smoothing=cfg.label_smoothing))
+    task = SupervisedTask(cfg, model, net, optimizer, train_loader, test_loader, criterion, device)
+    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    milestones = [m * steps_per_epoch for m in cfg.milestones]
+    base = {**model_meta(cfg, spec.num_classes), "config": config, **({"world_size": world_size} if world_size > 1 else {})}
+    history, seconds = fit(
+        task, folder, steps=total, log_every=steps_per_epoch, lr=cfg.lr,
+        schedule=lambda s: lr_factor(s, total, warmup, cfg.schedule, milestones=milestones, gamma=cfg.gamma),
+        checkpoint_meta=lambda step: {**base, "epoch": step // steps_per_epoch},
+        describe=lambda r: f"epoch {r['epoch']}/{cfg.epochs} loss {r['train_loss']:.4f} top1 {r['top1']:.2f}",
+        desc=f"{cfg.arch}/{cfg.dataset} seed {cfg.seed}", progress=progress, quiet=rank != 0)
+    folder.finish(model.state_dict(), {
+        **base, "epochs": cfg.epochs, "metrics": {k: v for k, v in history[-1].items() if k not in LOG_ONLY},
+        "train_s": seconds}, history)
+    barrier(device)  # the others read what rank 0 has just written
+    return folder.finished()
