@@ -42,7 +42,7 @@ def weightformer_rows(repeat: int) -> list[tuple]:
     from bench.weightformer.config import wf_config
     from bench.weightformer.losses import ensemble_kl, student_logits
     from bench.weightformer.model import WeightFormer, column_stats
-    from bench.weightformer.tokens import passthrough, stack_tokens, to_tokens, weight_layers
+    from bench.weights.tokens import passthrough, stack_tokens, to_tokens, weight_layers
 
     rows = []
     x = torch.randn(128, 3, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.data import DATASETS, dataset_spec
 from bench.errors import BenchError, choose
-from bench.models import ARCHS, SCALES
+from bench.models import ARCH_SPECS, ARCHS, SCALES
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
@@ -31,17 +31,13 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
-# Per-architecture changes to the recipe above: the tiny ViT, with no convolutional prior, needs
-# more epochs than the tiny convnets to fit digits.
-ARCH_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
-    ("vit_b32", "tiny"): dict(epochs=30, lr=2e-3),
-}
-
-
 def recipe_for(dataset: str, scale: str, arch: str | None = None) -> dict[str, Any]:
+    """The (dataset, scale) recipe, with the arch's own changes at tiny scale (`ArchSpec.tiny_recipe`)."""
     family = "cifar" if dataset.startswith("cifar") else dataset
     base = RECIPES.get((family, scale)) or RECIPES[("digits", "tiny") if scale == "tiny" else ("cifar", "paper")]
-    return {**base, **ARCH_RECIPES.get((arch, scale), {})}
+    if arch is None or scale != "tiny":
+        return dict(base)
+    return {**base, **ARCH_SPECS[choose("arch", arch, ARCHS)].tiny_recipe}
 
 
 @dataclass

@@ -9,9 +9,11 @@ import torch
 import torch.nn as nn
 from timm.models.resnet import Bottleneck, ResNet
 
-from bench.methods.alignment import (UNSUPPORTED_MESSAGE, PermutationSpec, align_to_first, apply_permutation,
-                                     average_state_dicts, permutation_spec, weight_matching)
-from bench.models import build_model
+from bench.errors import BenchError
+from bench.models import ARCH_SPECS, build_model
+from bench.weights.averaging import average_state_dicts
+from bench.weights.permutation import (SUPPORTED, WALKS, PermutationSpec, WeightMatchingError, align_to_first,
+                                       apply_permutation, permutation_spec, weight_matching)
 
 
 @pytest.fixture(autouse=True)
@@ -55,12 +57,12 @@ def resnet_deep_stem_avg_down(seed: int = 0) -> nn.Module:
                                    stem_type="deep", stem_width=8, avg_down=True))
 
 
-# (arch, model factory, input size, whether align_to_first can rebuild the model from a state dict)
+# (arch, model factory, input size)
 CASES = {
-    "vgg11-tiny": ("vgg11", lambda: tiny("vgg11"), 16, True),
-    "resnet50-tiny": ("resnet50", lambda: tiny("resnet50"), 16, True),
-    "resnet-identity-blocks": ("resnet50", resnet_with_identity_blocks, 32, False),
-    "resnet-deep-stem-avg-down": ("resnet50", resnet_deep_stem_avg_down, 32, False),
+    "vgg11-tiny": ("vgg11", lambda: tiny("vgg11"), 16),
+    "resnet50-tiny": ("resnet50", lambda: tiny("resnet50"), 16),
+    "resnet-identity-blocks": ("resnet50", resnet_with_identity_blocks, 32),
+    "resnet-deep-stem-avg-down": ("resnet50", resnet_deep_stem_avg_down, 32),
 }
 
 
@@ -134,7 +136,7 @@ def test_paper_resnet50_spec_shares_one_stream_per_stage():
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_permuted_copy_computes_the_same_function_and_is_recovered(case):
-    arch, make, size, _ = CASES[case]
+    arch, make, size = CASES[case]
     model = make()
     spec = permutation_spec(model, arch)
     a = model.state_dict()
@@ -148,7 +150,7 @@ def test_permuted_copy_computes_the_same_function_and_is_recovered(case):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_aligned_average_of_permutations_is_the_model(case):
-    arch, make, size, rebuildable = CASES[case]
+    arch, make, size = CASES[case]
     model = make()
     spec = permutation_spec(model, arch)
     a = model.state_dict()
@@ -156,7 +158,7 @@ def test_aligned_average_of_permutations_is_the_model(case):
     x = torch.randn(8, 3, size, size)
     reference = logits(model, a, x)
 
-    aligned = align_to_first(arch, members, model=None if rebuildable else model)
+    aligned = align_to_first(arch, members, model)
     soup = average_state_dicts(aligned)
     assert same_tensors(soup, members[0])  # every member aligned onto the first: their mean is it
     assert (logits(model, soup, x) - reference).abs().max() < 1e-4
@@ -185,7 +187,7 @@ def test_apply_permutation_leaves_its_input_alone():
     before = {k: v.clone() for k, v in sd.items()}
     apply_permutation(spec, sd, random_perms(spec, seed=4))
     assert same_tensors(sd, before)
-    with pytest.raises(ValueError, match="not a permutation"):
+    with pytest.raises(WeightMatchingError, match="not a permutation"):
         apply_permutation(spec, sd, {g: torch.zeros(n, dtype=torch.long) for g, n in spec.sizes.items()})
 
 
@@ -193,21 +195,39 @@ def test_average_keeps_integer_buffers_of_the_first():
     sds = [{"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}, {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(9)}]
     avg = average_state_dicts(sds)
     assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and avg["n"].item() == 3 and avg["n"].dtype == torch.int64
-    with pytest.raises(ValueError):
+    with pytest.raises(BenchError, match="state dict 1 does not have the keys and shapes of the first"):
         average_state_dicts([sds[0], {"w": torch.zeros(2)}])
 
 
-def test_vit_is_not_supported():
-    model = build_model("vit_b32", 10, 16, "tiny")
-    assert "ViT is not supported" in UNSUPPORTED_MESSAGE
-    with pytest.raises(NotImplementedError, match=re.escape(UNSUPPORTED_MESSAGE)):
-        permutation_spec(model, "vit_b32")
-    with pytest.raises(NotImplementedError, match=re.escape(UNSUPPORTED_MESSAGE)):
-        align_to_first("vit_b32", [model.state_dict()] * 2)
+def test_every_arch_has_a_walk_or_a_reason():
+    assert SUPPORTED == ("vgg11", "resnet50")
+    for arch, spec in ARCH_SPECS.items():
+        if spec.permutation is None:
+            assert spec.permutation_unsupported_reason, arch
+        else:
+            assert spec.permutation in WALKS, arch
+
+
+@pytest.mark.parametrize("arch", ["vit_b32", "wrn28_10"])
+def test_unsupported_archs_are_refused_with_their_reason(arch):
+    model = build_model(arch, 10, 16, "tiny")
+    message = f"weight matching supports vgg11, resnet50, not {arch}: {ARCH_SPECS[arch].permutation_unsupported_reason}"
+    attempts = (lambda: permutation_spec(model, arch), lambda: align_to_first(arch, [model.state_dict()] * 2, model))
+    for attempt in attempts:
+        with pytest.raises(BenchError, match=re.escape(message)) as err:
+            attempt()
+        assert "\n" not in str(err.value)
+
+
+def test_a_model_of_another_arch_or_no_state_dicts_are_refused():
+    with pytest.raises(BenchError, match="vgg11 expects a VGG, got ResNet"):
+        permutation_spec(tiny("resnet50"), "vgg11")
+    with pytest.raises(BenchError, match="no state dicts to align"):
+        align_to_first("vgg11", [], tiny("vgg11"))
 
 
 def test_weights_outside_the_spec_are_refused():
     # A squeeze-excite module inside the blocks would stay unpermuted and change the function.
     model = ResNet(Bottleneck, layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), block_args={"attn_layer": "se"})
-    with pytest.raises(NotImplementedError, match="se"):
+    with pytest.raises(WeightMatchingError, match=r"'layer1\.0\.se\.fc1' that the permutation spec does not cover"):
         permutation_spec(model, "resnet50")

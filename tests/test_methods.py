@@ -3,10 +3,10 @@ import torch
 
 from bench.errors import BenchError
 from bench.methods import METHODS, MethodJob
-from bench.methods.alignment import average_state_dicts
 from bench.metrics import classification_metrics
 from bench.train import TrainConfig, load_model, predict, train
 from bench.data.loaders import make_loader
+from bench.weights.averaging import average_state_dicts
 
 
 @pytest.fixture(scope="module")
@@ -66,5 +66,5 @@ def test_mismatched_teachers_are_refused_naming_the_teacher(teachers, tmp_path):
 def test_aligned_soup_states_that_vit_is_not_supported(tmp_path):
     train(TrainConfig(arch="vit_b32", dataset="digits", seed=0, epochs=1), tmp_path / "v", progress=False)
     path = tmp_path / "v" / "model.safetensors"
-    with pytest.raises(NotImplementedError, match="ViT is not supported"):
+    with pytest.raises(BenchError, match="weight matching supports vgg11, resnet50, not vit_b32: ViT is not supported"):
         METHODS["aligned_soup"].run(job("aligned_soup", [path, path], tmp_path, arch="vit_b32"))

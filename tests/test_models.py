@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.models import ARCHS, build_model, count_parameters
+from bench.models import ARCH_SPECS, ARCHS, build_model, count_parameters, model_class
 from bench.models.vgg import VGG11
+from bench.recipes import RECIPES, TrainConfig, recipe_for
 
 
 def cifar_vgg_parameters(cfg, num_classes, in_chans=3):
@@ -27,6 +28,42 @@ def test_tiny_models_classify_small_images(arch, size):
     model = build_model(arch, 10, size, "tiny").eval()
     assert model(torch.randn(3, 3, size, size)).shape == (3, 10)
     assert 50_000 < count_parameters(model) < 500_000  # small enough to train in seconds
+
+
+def test_importing_the_registry_imports_no_model_code():
+    code = ("import sys, bench.models\n"
+            "print(sorted(m for m in sys.modules if m == 'timm' or m.startswith(('timm.', 'bench.models.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_each_arch_builds_its_model_class(arch):
+    assert ARCHS == tuple(ARCH_SPECS)
+    with torch.device("meta"):
+        assert type(build_model(arch, 10, 16, "tiny")) is model_class(arch)
+
+
+def test_arch_specs_hold_the_per_arch_facts():
+    assert [a for a, s in ARCH_SPECS.items() if not s.channels_last] == ["vit_b32"]
+    assert {a: s.pretrained for a, s in ARCH_SPECS.items()} == {
+        "vgg11": "vgg11_bn", "resnet50": "resnet50", "vit_b32": "vit_base_patch32_224", "wrn28_10": None}
+    with pytest.raises(BenchError, match="unknown arch 'vgg12'; valid: resnet50, vgg11, vit_b32, wrn28_10"):
+        model_class("vgg12")
+
+
+def test_the_tiny_vit_recipe_trains_longer_and_the_others_keep_the_default():
+    digits = RECIPES[("digits", "tiny")]
+    assert recipe_for("digits", "tiny", "vit_b32") == {**digits, "epochs": 30, "lr": 2e-3}
+    assert recipe_for("digits", "tiny", "vgg11") == digits == recipe_for("digits", "tiny")
+    assert recipe_for("cifar100", "paper", "vit_b32") == RECIPES[("cifar", "paper")]
+    resolved = TrainConfig(arch="vit_b32", dataset="digits", lr=1e-3).resolved()
+    assert (resolved.epochs, resolved.lr) == (30, 1e-3)  # a set field wins over the arch's recipe
+
+
+def test_vit_needs_an_image_size_that_its_patches_tile():
+    with pytest.raises(BenchError, match="vit_b32: image_size 18 is not a multiple of its 4 px patch"):
+        build_model("vit_b32", 10, 18, "tiny")
 
 
 def test_paper_parameter_counts_match_reference_models():

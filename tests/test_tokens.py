@@ -1,4 +1,4 @@
-"""Weights <-> tokens (bench.weightformer.tokens): coverage, exact round trip, hand-checked shapes, forward
+"""Weights <-> tokens (bench.weights.tokens): coverage, exact round trip, hand-checked shapes, forward
 order, gradients through functional_call."""
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from torch.func import functional_call
 
 from bench.errors import BenchError
 from bench.models import ARCHS, build_model
-from bench.weightformer.tokens import (WeightLayer, from_tokens, passthrough, stack_tokens, to_tokens,
-                                       weight_layers)
+from bench.weights.tokens import WeightLayer, from_tokens, passthrough, stack_tokens, to_tokens, weight_layers
 
 # (arch, image size, scale): every arch tiny; the paper convnets at CIFAR size; ViT-B/32 at 224 px.
 TINY = [(arch, 16, "tiny") for arch in ARCHS]

@@ -10,7 +10,6 @@ from torch.func import functional_call
 
 from bench.data import dataset_spec
 from bench.errors import BenchError
-from bench.methods import alignment
 from bench.models import build_model
 from bench.store import load_records
 from bench.engine import load_model, train
@@ -18,7 +17,8 @@ from bench.recipes import TrainConfig
 from bench.weightformer import losses, meta_train as mt
 from bench.weightformer.config import wf_config
 from bench.weightformer.model import WeightFormer, column_stats
-from bench.weightformer.tokens import from_tokens, passthrough, stack_tokens, to_tokens, weight_layers
+from bench.weights import permutation
+from bench.weights.tokens import from_tokens, passthrough, stack_tokens, to_tokens, weight_layers
 
 ARCHS = ("vgg11", "resnet50", "vit_b32")
 
@@ -219,10 +219,10 @@ def test_with_weight_matching_a_permuted_teacher_gives_the_same_student(pool):
     with torch.no_grad():  # heads that really change the prediction
         for head in wf.head.values():
             head.weight.copy_(0.1 * torch.randn(head.weight.shape, generator=gen))
-    spec = alignment.permutation_spec(models[0], "vgg11")
+    spec = permutation.permutation_spec(models[0], "vgg11")
     perms = {g: torch.randperm(n, generator=gen) for g, n in spec.sizes.items()}
     shuffled = copy.deepcopy(models[1])
-    shuffled.load_state_dict(alignment.apply_permutation(spec, models[1].state_dict(), perms))
+    shuffled.load_state_dict(permutation.apply_permutation(spec, models[1].state_dict(), perms))
     x = torch.randn(16, 3, 16, 16, generator=gen)
     assert not torch.equal(shuffled.state_dict()["features.0.weight"], models[1].state_dict()["features.0.weight"])
     # Compared in train mode (BatchNorm on the batch's statistics): random heads also move the

@@ -1,5 +1,5 @@
 """aligned_soup: permute every teacher's hidden units to match the first (weight matching, as in
-Git Re-Basin; `bench.methods.alignment`), average, re-estimate normalisation statistics.
+Git Re-Basin; `bench.weights.permutation`), average, re-estimate normalisation statistics.
 
 Supported for the conv / linear / norm chains of VGG-11 and ResNet-50 (each residual stream
 shares one permutation). ViT is not supported and its runs fail with that reason.
@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.methods.alignment import align_to_first
 from bench.methods.common import load_teachers
 from bench.methods.soup import BN_BATCHES, evaluate_averaged
+from bench.weights.permutation import align_to_first
 
 OPTIONS: tuple[str, ...] = ("bn_batches", "max_iter")
 

@@ -14,34 +14,12 @@ import torch
 import torch.nn as nn
 
 from bench.data.loaders import make_loader
-from bench.methods.alignment import average_state_dicts
 from bench.methods.common import load_teachers, test_predictions
 from bench.metrics import classification_metrics
+from bench.weights.averaging import average_state_dicts, reestimate_norm_stats
 
 OPTIONS: tuple[str, ...] = ("bn_batches",)
 BN_BATCHES = 50  # training batches (no augmentation) used to re-estimate BatchNorm statistics
-
-
-@torch.no_grad()
-def reestimate_norm_stats(model: nn.Module, loader, batches: int) -> int:
-    """Recompute every BatchNorm's running mean and variance from training batches (a plain
-    cumulative average: momentum None); returns the number of batches used, 0 when the model
-    has no BatchNorm (ViT's LayerNorm keeps no statistics)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return 0
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    used = 0
-    for x, _ in loader:
-        if used == batches:
-            break
-        model(x)
-        used += 1
-    model.eval()
-    return used
 
 
 def evaluate_averaged(job, model: nn.Module, meta: dict[str, Any], sds: list[dict[str, torch.Tensor]],

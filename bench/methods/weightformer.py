@@ -22,10 +22,12 @@ import torch
 from bench.data.loaders import make_loader
 from bench.errors import BenchError
 from bench.methods.common import load_teachers, test_predictions
-from bench.methods.soup import BN_BATCHES, reestimate_norm_stats
+from bench.methods.soup import BN_BATCHES
 from bench.metrics import classification_metrics
 from bench.weightformer.config import FIELDS, wf_config
-from bench.weightformer.tokens import weight_layers
+from bench.weightformer.meta_train import load_weightformer, predict_student
+from bench.weights.averaging import reestimate_norm_stats
+from bench.weights.tokens import weight_layers
 
 OPTIONS: tuple[str, ...] = (*FIELDS, "bn_batches")
 
@@ -37,10 +39,6 @@ def meta_train_options(options: dict[str, Any], scale: str) -> dict[str, Any]:
 
 def predict(job) -> tuple[torch.nn.Module, list, dict[str, Any]]:
     """(student with re-estimated statistics, the loaded teachers, record fields)."""
-    # Imported here: bench.weightformer.meta_train imports bench.methods.alignment, whose package
-    # imports this module.
-    from bench.weightformer.meta_train import load_weightformer, predict_student
-
     if job.weightformer is None:
         raise BenchError(f"{job.method} needs a meta-trained WeightFormer: run it through bench.sweep "
                          f"(its meta_train stage makes one)")

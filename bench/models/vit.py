@@ -5,11 +5,13 @@ import timm
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
+from bench.errors import BenchError
+
 
 def build(*, num_classes: int, image_size: int, scale: str, in_chans: int, small_input: bool) -> nn.Module:
     patch = 4 if small_input else 32
     if image_size % patch:
-        raise ValueError(f"vit_b32: image_size {image_size} is not a multiple of the {patch} px patch")
+        raise BenchError(f"vit_b32: image_size {image_size} is not a multiple of its {patch} px patch")
     if scale == "paper" and not small_input:
         return timm.create_model("vit_base_patch32_224", pretrained=False, num_classes=num_classes,
                                  img_size=image_size, in_chans=in_chans)

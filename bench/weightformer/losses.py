@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from bench.weightformer.tokens import WeightLayer, from_tokens
+from bench.weights.tokens import WeightLayer, from_tokens
 
 
 def ensemble_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -12,7 +12,7 @@ soft labels cost no teacher forward pass; otherwise the group's teachers run on 
 batch.
 
 `align: weight_matching`: every teacher is permuted onto the group's anchor (the one weight
-matching of `bench.methods.alignment`, as `aligned_soup` uses) before it is tokenised, so that row
+matching of `bench.weights.permutation`, as `aligned_soup` uses) before it is tokenised, so that row
 i of every teacher means the same unit; each (anchor, member) permutation is computed once.
 
 Files, in the job's folder (teachers/<pool>/weightformer-<run id>/): `checkpoint*` while it runs
@@ -36,7 +36,6 @@ from bench.checkpoint import load_checkpoint, paths, read_meta
 from bench.data import dataset_spec
 from bench.data.loaders import make_loader
 from bench.errors import BenchError
-from bench.methods import alignment
 from bench.engine import autocast, load_model
 from bench.engine.checkpointer import RunFolder
 from bench.engine.loop import fit
@@ -46,7 +45,8 @@ from bench.engine.soft_labels import BatchedTeachers, SoftLabelCache
 from bench.weightformer.config import WFConfig
 from bench.weightformer.losses import ensemble_kl, shift_consistency, student_logits
 from bench.weightformer.model import WeightFormer, column_stats
-from bench.weightformer.tokens import from_tokens, passthrough, to_tokens, weight_layers
+from bench.weights import permutation
+from bench.weights.tokens import from_tokens, passthrough, to_tokens, weight_layers
 
 KIND = "weightformer"
 
@@ -65,23 +65,23 @@ class TeacherTokens:
 
     def __init__(self, models: Sequence[nn.Module], arch: str, align: str) -> None:
         self.models, self.arch, self.align = list(models), arch, align
-        if align == "weight_matching" and arch not in alignment.SUPPORTED:
-            raise BenchError(f"weightformer: align weight_matching supports {', '.join(alignment.SUPPORTED)}, "
+        if align == "weight_matching" and arch not in permutation.SUPPORTED:
+            raise BenchError(f"weightformer: align weight_matching supports {', '.join(permutation.SUPPORTED)}, "
                              f"not {arch}")
         self.layers = weight_layers(self.models[0], arch)
         # Kept on the CPU (weight matching runs there; a step moves its group's tokens to the
         # device): an aligned copy per (anchor, member) pair would not fit beside a GPU's models.
         self.state_dicts = [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in self.models]
         self.tokens = [to_tokens(self.layers, sd) for sd in self.state_dicts]
-        self.spec = alignment.permutation_spec(self.models[0], arch) if align == "weight_matching" else None
+        self.spec = permutation.permutation_spec(self.models[0], arch) if align == "weight_matching" else None
         self._aligned: dict[tuple[int, int], list[torch.Tensor]] = {}
 
     def member(self, k: int, anchor: int) -> list[torch.Tensor]:
         if self.spec is None or k == anchor:
             return self.tokens[k]
         if (anchor, k) not in self._aligned:
-            perms = alignment.weight_matching(self.spec, self.state_dicts[anchor], self.state_dicts[k])
-            self._aligned[anchor, k] = to_tokens(self.layers, alignment.apply_permutation(
+            perms = permutation.weight_matching(self.spec, self.state_dicts[anchor], self.state_dicts[k])
+            self._aligned[anchor, k] = to_tokens(self.layers, permutation.apply_permutation(
                 self.spec, self.state_dicts[k], perms))
         return self._aligned[anchor, k]
 
@@ -231,7 +231,7 @@ def load_weightformer(path: str | Path, layers, *, arch: str, n_teachers: int, p
 def predict_student(wf: WeightFormer, model: nn.Module, arch: str, teacher_models: Sequence[nn.Module]) -> nn.Module:
     """Write the student WeightFormer predicts from `teacher_models` (the first is the anchor) into
     `model` (an instance of the architecture) and return it. Running statistics come from the
-    prediction; re-estimate them on training data before evaluating (`bench.methods.soup`)."""
+    prediction; re-estimate them on training data before evaluating (`bench.weights.averaging`)."""
     pool = TeacherTokens(teacher_models, arch, wf.cfg.align)
     device = next(wf.parameters()).device
     tokens = [t.to(device) for t in pool.group(range(len(teacher_models)))]

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from bench.errors import BenchError
 from bench.weightformer.config import WFConfig
-from bench.weightformer.tokens import WeightLayer
+from bench.weights.tokens import WeightLayer
 
 
 class Block(nn.Module):

@@ -40,19 +40,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 from timm.layers import Attention, Mlp, PatchEmbed
-from timm.models.resnet import ResNet
-from timm.models.vgg import VGG
 from timm.models.vision_transformer import VisionTransformer
 
-from bench.errors import BenchError, choose
-from bench.models.wrn import WideResNet
+from bench.errors import BenchError
+from bench.models import model_class
 
 StateDict = dict[str, torch.Tensor]
 
-# The model class each arch name must be (catches a teacher's weights paired with the wrong arch).
-FAMILIES: dict[str, type[nn.Module]] = {
-    "vgg11": VGG, "resnet50": ResNet, "vit_b32": VisionTransformer, "wrn28_10": WideResNet,
-}
 # Kinds whose tokens are output channels: a following norm with as many channels rides on them.
 CHANNEL_KINDS = frozenset({"conv", "linear", "embed_patch", "attn_q", "attn_k", "attn_v", "attn_proj",
                            "mlp_fc1", "mlp_fc2", "norm"})
@@ -156,7 +150,8 @@ def _split_qkv(name: str, own: dict[str, tuple[str, torch.Tensor]]) -> list[_Dra
 
 def weight_layers(model: nn.Module, arch: str) -> list[WeightLayer]:
     """The model's weight layers in forward order, covering every float state-dict entry exactly once."""
-    family = FAMILIES[choose("arch", arch, FAMILIES)]
+    # The arch's model class catches a teacher's weights paired with the wrong arch.
+    family = model_class(arch)
     if not isinstance(model, family):
         raise BenchError(f"tokens: arch {arch} expects a {family.__name__}, got {type(model).__name__}")
     state = model.state_dict()
@@ -254,8 +249,7 @@ def stack_tokens(layers: Sequence[WeightLayer],
 
 
 def from_tokens(layers: Sequence[WeightLayer], tokens: Sequence[torch.Tensor],
-                passthrough: Mapping[str, torch.Tensor] | None = None, *,
-                detach_buffers: bool = True) -> StateDict:
+                passthrough: Mapping[str, torch.Tensor] | None = None) -> StateDict:
     """The inverse of `to_tokens` (bit-exact), plus the `passthrough` entries as given.
 
     Parameters are slices / reshapes / cats of the tokens, made contiguous, so gradients flow back into
@@ -263,10 +257,9 @@ def from_tokens(layers: Sequence[WeightLayer], tokens: Sequence[torch.Tensor],
     norm's backward returns a wrong input gradient for a strided weight on 1x1 feature maps (torch 2.14;
     the last stage of the tiny VGG, caught by tests/test_tokens.py comparing with the model's own grads).
 
-    Running statistics are detached copies by default: PyTorch's batch-norm kernel refuses running
-    statistics that require grad (in eval mode too), and in training mode it updates them in place, which
-    must not write into the tokens; their token columns get no gradient. `detach_buffers=False` keeps them
-    differentiable, for models whose norms are not nn.BatchNorm.
+    Running statistics are detached copies: PyTorch's batch-norm kernel refuses running statistics that
+    require grad (in eval mode too), and in training mode it updates them in place, which must not write
+    into the tokens; their token columns get no gradient.
 
     Tokens may carry leading batch dimensions (..., n_tokens, token_width), e.g. `stack_tokens` output:
     every entry then has them too. Keys come in layer order, then the passthrough keys.
@@ -286,6 +279,6 @@ def from_tokens(layers: Sequence[WeightLayer], tokens: Sequence[torch.Tensor],
         p, t = ps[0]
         rows = t if len(ps) == 1 else torch.cat([t for _, t in ps], dim=-2)
         value = rows.reshape(*rows.shape[:-2], *p.shape).to(p.dtype).contiguous()
-        out[key] = value.detach().clone() if p.buffer and detach_buffers else value
+        out[key] = value.detach().clone() if p.buffer else value
     out.update(passthrough or {})
     return out

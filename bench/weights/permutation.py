@@ -1,40 +1,33 @@
-"""Weight matching (Git Re-Basin, Ainsworth et al. 2022): permute N networks onto the first, then average.
+"""Weight matching (Git Re-Basin, Ainsworth et al. 2022): permute N networks onto the first.
 
 Hidden units can be permuted without changing what a network computes: reorder a layer's output
 channels, the same channels of the BatchNorm after it, and the input channels of every layer that
 reads them. Independently trained networks differ by such a permutation (and more), so their plain
 average is poor; weight matching finds, per group of tied channels, the permutation that makes
-the weights most similar to a reference network, and the aligned members are then averaged
-("aligned soup").
+the weights most similar to a reference network; aligned members can then be averaged
+(`bench.weights.averaging`).
 
-Supported: `vgg11` and `resnet50` (any timm VGG / ResNet built from plain conv + BatchNorm layers,
-so both scales and both stems). Not supported: `vit_b32` — attention heads and the residual stream
-need a joint permutation, which this module does not implement.
-
-The averaged BatchNorm running statistics are only the mean of the members' statistics, not the
-statistics of the averaged network; re-estimate them on training data before evaluating a soup of
-networks that are not exact permutations of one another.
+Each architecture's `ArchSpec.permutation` names its walk in `WALKS`: `vgg11` and `resnet50` (any timm
+VGG / ResNet built from plain conv + BatchNorm layers, so both scales and both stems). The others have
+none, and their `permutation_unsupported_reason` is the error a user gets.
 """
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from scipy.optimize import linear_sum_assignment
-from timm.models.resnet import ResNet
-from timm.models.vgg import VGG
 
-from bench.errors import BenchError
+from bench.errors import BenchError, choose
+from bench.models import ARCH_SPECS, model_class
 
 StateDict = dict[str, torch.Tensor]
 Perms = dict[str, torch.Tensor]  # group -> index tensor: the permuted tensor is `t.index_select(axis, perm)`
 
-SUPPORTED = ("vgg11", "resnet50")
-UNSUPPORTED_MESSAGE = ("aligned_soup: weight matching supports vgg11 and resnet50; ViT is not supported "
-                       "(attention heads and the residual stream need a joint permutation)")
+SUPPORTED: tuple[str, ...] = tuple(arch for arch, spec in ARCH_SPECS.items() if spec.permutation is not None)
 
 RTOL = 1e-6  # relative gain below which weight matching counts a group as not improved
 
@@ -57,6 +50,10 @@ class PermutationSpec:
     groups: dict[str, tuple[tuple[str, int], ...]]
 
 
+class WeightMatchingError(BenchError):
+    """An architecture, model or state dict that weight matching cannot permute."""
+
+
 class _SpecBuilder:
     """Collects the axes of a model's tensors group by group while its structure is walked."""
 
@@ -66,25 +63,24 @@ class _SpecBuilder:
         self.visited: set[str] = set()
 
     def group(self, name: str, size: int) -> str:
-        if name in self.sizes:
-            raise ValueError(f"permutation group {name!r} defined twice")
+        assert name not in self.sizes, f"permutation group {name!r} defined twice"
         self.sizes[name] = size
         return name
 
     def _mark(self, key: str, tensor: torch.Tensor, axis: int, group: str) -> None:
         if tensor.shape[axis] != self.sizes[group]:
-            raise ValueError(f"{key} has {tensor.shape[axis]} channels on axis {axis}, "
-                             f"permutation {group!r} has {self.sizes[group]}")
+            raise WeightMatchingError(f"weight matching: {key} has {tensor.shape[axis]} channels on axis {axis}, "
+                                      f"permutation {group!r} has {self.sizes[group]}")
         groups = self.axes.setdefault(key, [None] * tensor.dim())
         if groups[axis] not in (None, group):
-            raise ValueError(f"{key} axis {axis} is in both {groups[axis]!r} and {group!r}")
+            raise WeightMatchingError(f"weight matching: {key} axis {axis} is in both {groups[axis]!r} and {group!r}")
         groups[axis] = group
 
     def layer(self, name: str, module: nn.Module, in_group: str | None, out_group: str | None) -> None:
         """A conv or linear layer: `out_group` permutes its output channels, `in_group` its inputs."""
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             # A grouped conv only mixes channels within a group: a free permutation would break it.
-            raise NotImplementedError(f"weight matching: grouped convolution {name!r} is not supported")
+            raise WeightMatchingError(f"weight matching: grouped convolution {name!r} is not supported")
         self.visited.add(name)
         prefix = f"{name}." if name else ""
         if out_group is not None:
@@ -96,7 +92,7 @@ class _SpecBuilder:
 
     def norm(self, name: str, module: nn.Module, group: str | None) -> None:
         if group is None:
-            raise NotImplementedError(f"weight matching: BatchNorm {name!r} normalises unpermuted inputs")
+            raise WeightMatchingError(f"weight matching: BatchNorm {name!r} normalises unpermuted inputs")
         self.visited.add(name)
         for attr in _NORM_TENSORS:
             tensor = getattr(module, attr, None)
@@ -129,7 +125,7 @@ class _SpecBuilder:
             owns = any(True for _ in module.parameters(recurse=False)) or any(
                 t.is_floating_point() for t in module.buffers(recurse=False))
             if owns and name not in self.visited:
-                raise NotImplementedError(f"weight matching: {arch} has a {type(module).__name__} at "
+                raise WeightMatchingError(f"weight matching: {arch} has a {type(module).__name__} at "
                                           f"{name!r} that the permutation spec does not cover")
         groups: dict[str, list[tuple[str, int]]] = {g: [] for g in self.sizes}
         for key, axis_groups in self.axes.items():
@@ -177,20 +173,24 @@ def _resnet_spec(b: _SpecBuilder, model: nn.Module) -> None:
         b.chain([("fc", model.fc)], stream, None)
 
 
-_SPECS = {"vgg11": (VGG, _vgg_spec), "resnet50": (ResNet, _resnet_spec)}
+# The walks `ArchSpec.permutation` names.
+WALKS: dict[str, Callable[[_SpecBuilder, nn.Module], None]] = {"vgg": _vgg_spec, "resnet": _resnet_spec}
 
 
-def _require_supported(arch: str) -> None:
-    if arch not in _SPECS:
-        raise NotImplementedError(UNSUPPORTED_MESSAGE)
+def _walk(arch: str) -> Callable[[_SpecBuilder, nn.Module], None]:
+    spec = ARCH_SPECS[choose("arch", arch, ARCH_SPECS)]
+    if spec.permutation is None:
+        raise WeightMatchingError(f"weight matching supports {', '.join(SUPPORTED)}, not {arch}: "
+                                  f"{spec.permutation_unsupported_reason}")
+    return WALKS[spec.permutation]
 
 
 def permutation_spec(model: nn.Module, arch: str) -> PermutationSpec:
     """The permutation groups of `model` (a `build_model(arch, ...)` network), from its modules."""
-    _require_supported(arch)
-    cls, walk = _SPECS[arch]
+    walk = _walk(arch)
+    cls = model_class(arch)
     if not isinstance(model, cls):
-        raise BenchError(f"weight matching: {arch} expects a timm {cls.__name__}, got {type(model).__name__}")
+        raise WeightMatchingError(f"weight matching: {arch} expects a {cls.__name__}, got {type(model).__name__}")
     builder = _SpecBuilder()
     walk(builder, model)
     return builder.build(model, arch)
@@ -199,17 +199,18 @@ def permutation_spec(model: nn.Module, arch: str) -> PermutationSpec:
 def _check(spec: PermutationSpec, state_dict: Mapping[str, torch.Tensor], perms: Perms | None = None) -> None:
     for key, groups in spec.axes.items():
         if key not in state_dict:
-            raise BenchError(f"weight matching: the state dict has no {key!r}; is it the spec's architecture?")
+            raise WeightMatchingError(f"weight matching: the state dict has no {key!r}; is it the spec's architecture?")
         shape = state_dict[key].shape
         if len(shape) != len(groups) or any(g and shape[a] != spec.sizes[g] for a, g in enumerate(groups)):
-            raise BenchError(f"weight matching: {key} has shape {tuple(shape)}, which the spec does not fit")
+            raise WeightMatchingError(f"weight matching: {key} has shape {tuple(shape)}, which the spec does not fit")
     if perms is not None:
         if perms.keys() != spec.sizes.keys():
-            raise KeyError(f"permutations for groups {sorted(spec.sizes.keys() ^ perms.keys())} "
-                           f"missing or not in the spec")
+            raise WeightMatchingError(f"weight matching: permutations for groups "
+                                      f"{sorted(spec.sizes.keys() ^ perms.keys())} missing or not in the spec")
         for g, p in perms.items():
             if not torch.equal(p.sort().values.cpu(), torch.arange(spec.sizes[g])):
-                raise ValueError(f"perms[{g!r}] is not a permutation of {spec.sizes[g]} channels")
+                raise WeightMatchingError(f"weight matching: perms[{g!r}] is not a permutation of "
+                                          f"{spec.sizes[g]} channels")
 
 
 def _permute(spec: PermutationSpec, key: str, tensor: torch.Tensor, perms: Perms, skip_axis: int = -1) -> torch.Tensor:
@@ -295,59 +296,17 @@ def weight_matching(spec: PermutationSpec, reference_sd: Mapping[str, torch.Tens
     return perms
 
 
-def _skeleton(arch: str, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
-    """A model of `arch` with the state dict's keys and shapes, on the meta device (no memory).
-
-    The spec needs only the module structure; num_classes and in_chans come from the classifier
-    and the first conv, scale and stem are found by trying each (small and large inputs).
-    """
-    from bench.models import SCALES, build_model
-
-    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
-    convs = [s for s in shapes.values() if len(s) == 4]
-    linears = [s for s in shapes.values() if len(s) == 2]
-    if convs and linears:
-        for scale in SCALES:
-            for image_size in (32, 224):
-                with torch.device("meta"):
-                    model = build_model(arch, linears[-1][0], image_size, scale, in_chans=convs[0][1])
-                if {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes:
-                    return model
-    raise BenchError(f"aligned_soup: the state dict is not a {arch} that build_model makes; pass model=")
-
-
-def align_to_first(arch: str, state_dicts: Sequence[Mapping[str, torch.Tensor]], model: nn.Module | None = None,
+def align_to_first(arch: str, state_dicts: Sequence[Mapping[str, torch.Tensor]], model: nn.Module,
                    *, max_iter: int = 100, seed: int = 0) -> list[StateDict]:
     """Every state dict permuted to match the first (which is returned as is).
 
     `model`: any network with the members' architecture (e.g. the first member) to read the
-    permutation groups from; when omitted one is rebuilt from the first state dict's shapes.
+    permutation groups from.
     """
-    _require_supported(arch)
     if not state_dicts:
-        raise ValueError("align_to_first: no state dicts")
-    spec = permutation_spec(model if model is not None else _skeleton(arch, state_dicts[0]), arch)
+        raise WeightMatchingError("weight matching: no state dicts to align")
+    spec = permutation_spec(model, arch)
     first = state_dicts[0]
     return [dict(first)] + [apply_permutation(spec, sd, weight_matching(spec, first, sd, max_iter, seed))
                             for sd in state_dicts[1:]]
 
-
-def average_state_dicts(state_dicts: Sequence[Mapping[str, torch.Tensor]]) -> StateDict:
-    """The element-wise mean of floating-point entries; integer entries (num_batches_tracked) from the first."""
-    if not state_dicts:
-        raise ValueError("average_state_dicts: no state dicts")
-    first = state_dicts[0]
-    for i, sd in enumerate(state_dicts[1:], 1):
-        if sd.keys() != first.keys() or any(sd[k].shape != t.shape for k, t in first.items()):
-            raise ValueError(f"average_state_dicts: state dict {i} does not have the keys and shapes of the first")
-    out: StateDict = {}
-    for key, t in first.items():
-        if not t.is_floating_point():
-            out[key] = t.clone()
-            continue
-        # Summed in float64 so that the mean of N equal tensors is exactly that tensor.
-        total = torch.zeros(t.shape, dtype=torch.float64, device=t.device)
-        for sd in state_dicts:
-            total.add_(sd[key].detach().to(t.device))
-        out[key] = (total / len(state_dicts)).to(t.dtype)
-    return out
