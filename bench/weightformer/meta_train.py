@@ -41,8 +41,8 @@ from bench.data import dataset_spec
 from bench.data.loaders import make_loader
 from bench.errors import BenchError
 from bench.methods import alignment
+from bench.options import WFConfig
 from bench.train import load_model, param_groups
-from bench.weightformer.config import WFConfig
 from bench.weightformer.losses import ensemble_kl, shift_consistency, student_logits
 from bench.weightformer.model import WeightFormer, column_stats
 from bench.weightformer.tokens import from_tokens, passthrough, to_tokens, weight_layers
