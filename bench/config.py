@@ -21,7 +21,8 @@ error names the file, the key and the allowed values, and is raised before any j
 A method may appear several times as variants `name/label` (one table row each), e.g.
 `weightformer/unseen: {teacher_part: held_out}`. Besides its own options any method takes
 `archs` / `inits` (run only on pools of these architectures / initialisations), `n_teachers` and
-`teacher_part` (override the grid's N and part for that row).
+`teacher_part` (override the grid's N and part for that row). A method's own options are typed
+(bench.options): each value is checked against its allowed range when the grid loads.
 """
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ import yaml
 
 from bench.data import DATASETS
 from bench.errors import BenchError
+from bench.methods import METHODS, method_options
 from bench.models import ARCHS, SCALES
+from bench.options import COMMON_OPTIONS, WeightFormerOptions
 from bench.paths import project_root
 from bench.recipes import TrainConfig
 
@@ -162,13 +165,10 @@ class _Reader:
 
 GRID_KEYS = ("description", "n_teachers", "seeds", "teacher_part", "pools", "methods")
 TEACHER_PARTS = ("meta_train", "held_out")
-COMMON_OPTIONS = ("archs", "inits", "n_teachers", "teacher_part")  # options every method takes
 POOL_KEYS = ("name", "arch", "dataset", "init", "members", "held_out", "recipe")
 
 
 def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
-    from bench.methods import METHODS  # registry of the methods stage
-
     if scale not in SCALES:
         raise BenchError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
     path = grid_path(str(grid))
@@ -214,7 +214,7 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
         name = str(variant).split("/", 1)[0]
         r.choice(name, "methods", METHODS)
         where = f"methods.{variant}"
-        opts = r.mapping(options or {}, where, (*METHODS[name].OPTIONS, *COMMON_OPTIONS))
+        opts = r.mapping(options or {}, where, (*METHODS[name].Options.names(), *COMMON_OPTIONS))
         for arch in opts.get("archs", []):
             r.choice(arch, f"{where}.archs", ARCHS)
         for init in opts.get("inits", []):
@@ -225,11 +225,9 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
             available = len(p.meta_train_members if m_part == "meta_train" else p.held_out_members)
             if m_n > available and method_applies(opts, p):
                 raise r.fail(where, f"N = {m_n} is larger than pool {p.name}'s {m_part} part ({available} members)")
-        if hasattr(METHODS[name], "meta_train_options"):
-            try:
-                METHODS[name].meta_train_options(opts, scale)
-            except BenchError as err:
-                raise r.fail(where, str(err)) from None
+        typed = method_options(name, opts, f"{path}: {where}")
+        if isinstance(typed, WeightFormerOptions):  # the WeightFormer it needs, at this scale's defaults
+            typed.wf_config(scale, f"{path}: {where}")
         methods.append(MethodSpec(name, opts, str(variant)))
     return Grid(path.stem, path, scale, str(top.get("description", "")), n_teachers, seeds, part,
                 tuple(pools), tuple(methods))

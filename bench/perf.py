@@ -39,7 +39,7 @@ def weightformer_rows(repeat: int) -> list[tuple]:
     """WeightFormer (tiny defaults, N = 4, freshly initialised teachers): meta-training steps per
     second (prediction, the student's forward and backward on 128 images, AdamW step) and
     students predicted per second (one forward pass, no re-estimation)."""
-    from bench.weightformer.config import wf_config
+    from bench.options import wf_config
     from bench.weightformer.losses import ensemble_kl, student_logits
     from bench.weightformer.model import WeightFormer, column_stats
     from bench.weights.tokens import passthrough, stack_tokens, to_tokens, weight_layers

@@ -95,7 +95,7 @@ def teacher_group(pool: PoolSpec, n: int, seed: int, part: str = "meta_train") -
 
 def meta_train_spec(pool: PoolSpec, n: int, config: dict[str, Any]) -> dict[str, Any]:
     """A WeightFormer meta-trained on the pool's meta-train part for groups of n, with `config`
-    (the resolved bench.weightformer.config.WFConfig)."""
+    (the resolved bench.options.WFConfig)."""
     return {"stage": "meta_train", "pool": pool.name, "n_teachers": n, "members": list(pool.meta_train_members),
             "teachers": [teacher_spec(pool, k) for k in pool.meta_train_members], "wf": config}
 
@@ -107,12 +107,12 @@ def weightformer_dir(roots: Roots, spec: dict[str, Any]) -> Path:
 
 class MethodsStage:
     """One job per (pool, method variant, seed): a table cell's run on one group of N teachers.
-    A method with `meta_train_options` (WeightFormer) also names the meta_train job it needs."""
+    A method that needs a meta-trained WeightFormer also names the meta_train job it needs."""
 
     name = "methods"
 
     def plan(self, grid: Grid, roots: Roots) -> list[Job]:
-        from bench.methods import METHODS
+        from bench.methods import meta_train_config
 
         jobs = []
         for p in grid.pools:
@@ -121,8 +121,8 @@ class MethodsStage:
                     continue
                 n = m.options.get("n_teachers", grid.n_teachers)
                 part = m.options.get("teacher_part", grid.teacher_part)
-                meta_options = getattr(METHODS[m.name], "meta_train_options", None)
-                meta = meta_train_spec(p, n, meta_options(m.options, p.scale)) if meta_options else None
+                config = meta_train_config(m.name, m.options, p.scale)
+                meta = meta_train_spec(p, n, config) if config is not None else None
                 for seed in range(grid.seeds):
                     members = teacher_group(p, n, seed, part)
                     spec = {"stage": "methods", "method": m.name, "variant": m.variant,
@@ -191,7 +191,7 @@ def run_meta_train(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, A
     from dataclasses import asdict
 
     from bench.engine import pick_device
-    from bench.weightformer.config import WFConfig
+    from bench.options import WFConfig
     from bench.weightformer.meta_train import meta_train
 
     t0 = time.perf_counter()
@@ -223,7 +223,8 @@ def run_meta_train(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, A
 
 
 def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
-    from bench.methods import METHODS, MethodJob
+    from bench.methods import load_method, method_options
+    from bench.methods.base import MethodJob
 
     t0 = time.perf_counter()
     teacher = spec["teachers"][0]
@@ -234,7 +235,8 @@ def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]
             **{f"option_{k}": v for k, v in spec["options"].items()}}
     job = MethodJob(method=spec["method"], dataset=teacher["dataset"], arch=teacher["arch"], seed=spec["seed"],
                     teachers=[member_dir(roots, t) / "model.safetensors" for t in spec["teachers"]],
-                    members=spec["members"], options=spec["options"],
+                    members=spec["members"],
+                    options=method_options(spec["method"], spec["options"], f"methods.{base['variant']}"),
                     data_root=data_root_of(teacher["recipe"]), scale=teacher["scale"],
                     recipe=teacher["recipe"], workdir=roots.results / grid / "students" / run_id(spec),
                     pool=teacher["pool"],
@@ -244,7 +246,7 @@ def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]
     records = roots.results / grid / "records" if world()[0] == 0 else None
     write = (lambda rec: write_record(records, rec)) if records else (lambda rec: None)
     try:
-        fields = METHODS[spec["method"]].run(job)
+        fields = load_method(spec["method"]).run(job)
     except Exception as err:  # a failed record says why instead of a number, then the job fails
         _write_failed(records, base, err, t0)
         raise

@@ -10,10 +10,14 @@ import torch
 import torch.nn as nn
 
 from bench.data.loaders import make_loader
-from bench.methods import MethodJob, kd, self_distill
-from bench.methods.teachers import BatchedTeachers, SoftLabelCache, _keys
+from bench.methods import distillation, kd, self_distill
+from bench.methods.base import MethodJob
+from bench.engine import train
+from bench.engine.soft_labels import BatchedTeachers, SoftLabelCache
+from bench.errors import BenchError
 from bench.models import build_model
-from bench.train import TrainConfig, train
+from bench.options import DistillOptions
+from bench.recipes import TrainConfig
 
 def _randomise_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
     """Non-trivial running statistics, so stacking buffers is really exercised."""
@@ -40,15 +44,15 @@ def test_loss_is_zero_when_the_student_matches_the_teachers_and_positive_otherwi
     z, y = torch.randn(16, 10) * 3, torch.randint(0, 10, (16,))
     for t in (1.0, 4.0, 10.0):
         p = (z / t).softmax(1)
-        assert abs(kd.kd_loss(z, p, y, t, alpha=1.0).item()) < 1e-7
-        assert kd.kd_loss(z + torch.randn(16, 10), p, y, t, alpha=1.0).item() > 1e-4
+        assert abs(distillation.kd_loss(z, p, y, t, alpha=1.0).item()) < 1e-7
+        assert distillation.kd_loss(z + torch.randn(16, 10), p, y, t, alpha=1.0).item() > 1e-4
 
 
 def test_gradient_pushes_the_student_towards_the_teachers_class():
     teacher = torch.tensor([[0.0, 5.0, 0.0, 0.0]])  # the teachers prefer class 1
     for alpha, label in [(1.0, 0), (0.9, 1), (0.5, 1)]:
         s = torch.zeros(1, 4, requires_grad=True)
-        loss = kd.kd_loss(s, (teacher / 4).softmax(1), torch.tensor([label]), 4.0, alpha)
+        loss = distillation.kd_loss(s, (teacher / 4).softmax(1), torch.tensor([label]), 4.0, alpha)
         loss.backward()
         assert s.grad[0, 1] < 0 and (s.grad[0, [0, 2, 3]] > 0).all()  # descent raises logit 1 only
         stepped = (s - 0.5 * s.grad).softmax(1)[0, 1]
@@ -68,7 +72,7 @@ def test_temperature_squared_scaling_matches_a_hand_computation():
         ce += math.log(sum(math.exp(v) for v in row_s)) - row_s[label]
     hand = alpha * t * t * kl / 5 + (1 - alpha) * ce / 5
     s.requires_grad_(True)
-    loss = kd.kd_loss(s, p, y, t, alpha)
+    loss = distillation.kd_loss(s, p, y, t, alpha)
     assert loss.item() == pytest.approx(hand, rel=1e-5)
     # With T^2, the soft term's gradient w.r.t. the logits is T * (q_T - p_T) / B: O(T), not O(1/T).
     loss.backward()
@@ -118,7 +122,7 @@ def test_batched_teachers_fall_back_to_the_loop_when_vmap_fails():
     torch.testing.assert_close(got, want)
 
 
-def test_cache_returns_the_teachers_output_for_training_images_and_falls_back_on_a_miss():
+def test_cache_returns_the_teachers_output_for_each_sample_index():
     teachers = _teachers("vgg11", 2)
     cache = SoftLabelCache(teachers, make_loader("multiview", "train", batch_size=512, train=False,
                                                  image_size=16), temperature=4.0)
@@ -126,28 +130,21 @@ def test_cache_returns_the_teachers_output_for_training_images_and_falls_back_on
     # The batches training sees: shuffled, not augmented (multiview's augment is "none").
     train_loader = make_loader("multiview", "train", batch_size=64, train=True, seed=7, image_size=16)
     train_loader.set_epoch(1)
-    for i, (x, _) in enumerate(train_loader):
-        got = cache.lookup(x)
-        torch.testing.assert_close(got, teachers.mean_soft_labels(x, 4.0), atol=1e-6, rtol=0)
-        rows = torch.tensor([cache.index[k] for k in _keys(x)])
-        assert torch.equal(got, cache.soft[rows]) and torch.equal(x, cache.images[rows])
+    for i, (x, _, idx) in enumerate(train_loader):
+        torch.testing.assert_close(cache.mean(idx), teachers.mean_soft_labels(x, 4.0), atol=1e-6, rtol=0)
+        one = (teachers.models[1](x) / 4.0).softmax(1)  # any group of the teachers: here the second alone
+        torch.testing.assert_close(cache.mean(idx, [1]), one, atol=1e-6, rtol=0)
         if i == 3:
             break
-    assert (cache.hits, cache.misses) == (4 * 64, 0)
-    # Misses: a changed image is not looked up by a stale hash (nor by a near match).
-    y = x.clone()
-    y[::2, 0, 0, 0] += 1e-3  # half the batch changes by one pixel
-    got = cache.lookup(y)
-    assert (cache.hits, cache.misses) == (4 * 64 + 32, 32)
-    torch.testing.assert_close(got[::2], teachers.mean_soft_labels(y[::2], 4.0), atol=1e-6, rtol=0)
-    assert torch.equal(got[1::2], cache.lookup(x[1::2]))
-    # A hash hit whose image differs (a collision) is a miss, not a wrong soft label.
-    key = next(iter(cache.index))
-    fake = cache.images[cache.index[key]].clone()
-    cache.images[cache.index[key]] += 1.0
-    before = cache.misses
-    torch.testing.assert_close(cache.lookup(fake[None]), teachers.mean_soft_labels(fake[None], 4.0))
-    assert cache.misses == before + 1
+    # A cache built on a fraction of the split refuses the samples it does not hold.
+    half = make_loader("multiview", "train", batch_size=512, train=False, image_size=16, fraction=0.5, seed=3)
+    part = SoftLabelCache(teachers, half, temperature=4.0)
+    held = half.indices
+    assert len(part) == 1000
+    torch.testing.assert_close(part.mean(held[:5]), cache.mean(held[:5]))
+    missing = torch.tensor(sorted(set(range(2000)) - set(held.tolist()))[:3])
+    with pytest.raises(BenchError, match="samples the cache was not built on"):
+        part.mean(missing)
 
 
 # --- kd and self_distill end to end ----------------------------------------------------------
@@ -168,7 +165,7 @@ def digit_teachers(tmp_path_factory):
 
 def _job(method: str, teachers: list[Path], workdir: Path, **options) -> MethodJob:
     return MethodJob(method=method, dataset="digits", arch="vgg11", seed=0, teachers=teachers, members=[0, 1],
-               options=options, workdir=workdir, scale="tiny", recipe=dict(RECIPE))
+               options=DistillOptions(**options), workdir=workdir, scale="tiny", recipe=dict(RECIPE))
 
 
 def test_kd_trains_a_student_from_the_ensemble(digit_teachers, tmp_path):
@@ -197,10 +194,7 @@ def test_self_distill_trains_a_student_from_one_teacher(digit_teachers, tmp_path
     assert meta["config"]["extra"]["teacher_members"] == [0]
 
 
-def test_bad_options_are_refused(tmp_path):
-    for options in ({"alpha": 1.5}, {"temperature": 0}, {"epochs": 0}):
-        with pytest.raises(Exception, match="alpha|temperature|epochs"):
-            kd.settings(_job("kd", [], tmp_path, **options))
+def test_a_student_needs_a_workdir():
     with pytest.raises(Exception, match="workdir"):
         kd.run(_job("kd", [], None))
 
@@ -209,13 +203,22 @@ def test_distilling_without_augmentation_looks_every_batch_up_in_the_cache(tmp_p
     # multiview trains without augmentation: the teacher runs once over the training split.
     # (self_distill, so one teacher to train; kd shares the code path.)
     train(TrainConfig(arch="vgg11", dataset="multiview", seed=0, epochs=1), tmp_path / "t0", progress=False)
-    made = []
-    monkeypatch.setattr(kd, "SoftLabelCache", lambda *a, **kw: made.append(SoftLabelCache(*a, **kw)) or made[-1])
+    made, rows = [], []
+
+    def counted(*args, **kw):  # a cache whose lookups are counted
+        cache = SoftLabelCache(*args, **kw)
+        lookup = cache.mean
+        cache.mean = lambda idx, members=None: rows.append(len(idx)) or lookup(idx, members)
+        made.append(cache)
+        return cache
+
+    monkeypatch.setattr(distillation, "SoftLabelCache", counted)
     job = MethodJob(method="self_distill", dataset="multiview", arch="vgg11", seed=1,
-              teachers=[tmp_path / "t0" / "model.safetensors"], members=[0], workdir=tmp_path / "sd",
+              teachers=[tmp_path / "t0" / "model.safetensors"], members=[0], options=DistillOptions(),
+              workdir=tmp_path / "sd",
               scale="tiny", recipe={"epochs": 1})
     rec = self_distill.run(job)
     assert rec["soft_label_cache"] and rec["soft_label_s"] > 0 and math.isfinite(rec["top1"])
     (cache,) = made
-    assert len(cache) == 2000 and cache.misses == 0 and cache.hits == (2000 // 64) * 64
+    assert len(cache) == 2000 and sum(rows) == (2000 // 64) * 64  # every training batch, from the cache
     assert self_distill.run(job) == rec and len(made) == 1  # found finished: no rebuild, same cost

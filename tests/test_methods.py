@@ -2,11 +2,13 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.methods import METHODS, MethodJob
+from bench.methods import load_method, method_options
+from bench.methods.base import MethodJob
 from bench.metrics import classification_metrics
-from bench.train import TrainConfig, load_model, predict, train
-from bench.data.loaders import make_loader
+from bench.engine import load_model, predict, train
+from bench.recipes import TrainConfig
 from bench.weights.averaging import average_state_dicts
+from bench.data.loaders import make_loader
 
 
 @pytest.fixture(scope="module")
@@ -21,22 +23,22 @@ def teachers(tmp_path_factory):
 
 
 def job(method, paths, tmp_path, arch="vgg11", **options):
-    return MethodJob(method, "digits", arch, 0, list(paths), list(range(len(paths))), options=options,
-                     workdir=tmp_path / "student")
+    return MethodJob(method, "digits", arch, 0, list(paths), list(range(len(paths))),
+                     options=method_options(method, options, f"methods.{method}"), workdir=tmp_path / "student")
 
 
 def test_ensemble_of_copies_of_one_model_is_that_model(teachers, tmp_path):
     model, _ = load_model(teachers["vgg0"])
     alone = classification_metrics(*predict(model, make_loader("digits", "test", batch_size=256, train=False),
                                             torch.device("cpu")))
-    record = METHODS["ensemble"].run(job("ensemble", [teachers["vgg0"]] * 3, tmp_path))
+    record = load_method("ensemble").run(job("ensemble", [teachers["vgg0"]] * 3, tmp_path))
     assert record["infer_forwards"] == 3
     for m in ("top1", "top5", "nll", "ece"):
         assert record[m] == pytest.approx(alone[m], rel=1e-6, abs=1e-6)  # float32 mean of equal rows
 
 
 def test_single_reports_each_teacher_and_their_spread(teachers, tmp_path):
-    record = METHODS["single"].run(job("single", [teachers["vgg0"], teachers["vgg1"]], tmp_path))
+    record = load_method("single").run(job("single", [teachers["vgg0"], teachers["vgg1"]], tmp_path))
     a, b = record["top1_values"]
     assert record["top1"] == pytest.approx((a + b) / 2)
     assert record["top1_std"] == pytest.approx(abs(a - b) / 2 ** 0.5)
@@ -51,20 +53,20 @@ def test_soup_of_copies_is_that_model(teachers):
 def test_soup_and_aligned_soup_run_and_report_costs(teachers, tmp_path):
     pair = [teachers["vgg0"], teachers["vgg1"]]
     for method in ("soup", "aligned_soup"):
-        record = METHODS[method].run(job(method, pair, tmp_path))
+        record = load_method(method).run(job(method, pair, tmp_path))
         assert 0 <= record["top1"] <= 100 and record["infer_forwards"] == 1
         assert record["train_s"] > 0 and record["bn_batches"] > 0
 
 
 def test_mismatched_teachers_are_refused_naming_the_teacher(teachers, tmp_path):
     with pytest.raises(BenchError, match=r"resnet.*arch is 'resnet50', expected 'vgg11'"):
-        METHODS["ensemble"].run(job("ensemble", [teachers["vgg0"], teachers["resnet"]], tmp_path))
+        load_method("ensemble").run(job("ensemble", [teachers["vgg0"], teachers["resnet"]], tmp_path))
     with pytest.raises(BenchError, match=r"teacher 1 .* has dataset 'multiview', teacher 0 has 'digits'"):
-        METHODS["ensemble"].run(job("ensemble", [teachers["vgg0"], teachers["vgg_mv"]], tmp_path))
+        load_method("ensemble").run(job("ensemble", [teachers["vgg0"], teachers["vgg_mv"]], tmp_path))
 
 
 def test_aligned_soup_states_that_vit_is_not_supported(tmp_path):
     train(TrainConfig(arch="vit_b32", dataset="digits", seed=0, epochs=1), tmp_path / "v", progress=False)
     path = tmp_path / "v" / "model.safetensors"
     with pytest.raises(BenchError, match="weight matching supports vgg11, resnet50, not vit_b32: ViT is not supported"):
-        METHODS["aligned_soup"].run(job("aligned_soup", [path, path], tmp_path, arch="vit_b32"))
+        load_method("aligned_soup").run(job("aligned_soup", [path, path], tmp_path, arch="vit_b32"))

@@ -1,46 +1,65 @@
-"""The rows of the table: one module per method, one signature, a registry by name.
+"""The rows of the table: a registry of methods by name, and the code of each loaded on demand.
 
-Each method module defines `OPTIONS` (the option names a grid may set) and
-`run(job: MethodJob) -> dict` returning the record fields it measured (metrics, costs). A method
-that needs a meta-trained WeightFormer also defines `meta_train_options(options, scale)`: the
-sweep then plans a meta_train job for it (bench.stages).
+Light on purpose (no torch, no training code, no method's module): the grid loader, the sweep's
+plan and the report read a method's options schema (bench.options) and whether it needs a
+meta-trained WeightFormer from `METHODS`; `load_method` imports the method's module, whose
+`run(job: MethodJob) -> dict` returns the record fields it measured, only when a job runs it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from bench.methods import aligned_soup, ensemble, kd, self_distill, single, soup, weightformer, weightformer_ft
-
-METHODS: dict[str, ModuleType] = {
-    "single": single, "ensemble": ensemble, "kd": kd, "self_distill": self_distill, "soup": soup,
-    "aligned_soup": aligned_soup, "weightformer": weightformer, "weightformer_ft": weightformer_ft}
+from bench.errors import choose
+from bench.methods.base import LoadedMethod, Method
+from bench.options import (COMMON_OPTIONS, AlignedSoupOptions, DistillOptions, NoOptions, Options, SoupOptions,
+                           WeightFormerFTOptions, WeightFormerOptions)
 
 
-@dataclass
-class MethodJob:
-    """What a method needs: the teachers (checkpoint paths and member ids) and its settings."""
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registry row: the method's name, its options schema and its module."""
 
-    method: str
-    dataset: str
-    arch: str
-    seed: int
-    teachers: list[Path]
-    members: list[int]
-    options: dict[str, Any] = field(default_factory=dict)
-    data_root: str | None = None
-    device: str = "auto"
-    scale: str = "tiny"
-    recipe: dict[str, Any] = field(default_factory=dict)  # the pool's training overrides
-    workdir: Path | None = None  # a resumable folder for a student the method trains
-    pool: str | None = None  # the teachers' pool (a WeightFormer is meta-trained on one)
-    weightformer: Path | None = None  # the meta-trained WeightFormer a weightformer method uses
+    name: str
+    Options: type[Options]
+    module: str  # the implementation, imported by `load_method`
 
-    def torch_device(self) -> torch.device:
-        from bench.train import pick_device
+    @property
+    def needs_meta_train(self) -> bool:
+        """Whether the sweep meta-trains a WeightFormer for it (its options include one's config)."""
+        return issubclass(self.Options, WeightFormerOptions)
 
-        return pick_device(self.device)
+
+METHODS: dict[str, MethodEntry] = {e.name: e for e in (
+    MethodEntry("single", NoOptions, "bench.methods.single"),
+    MethodEntry("ensemble", NoOptions, "bench.methods.ensemble"),
+    MethodEntry("kd", DistillOptions, "bench.methods.kd"),
+    MethodEntry("self_distill", DistillOptions, "bench.methods.self_distill"),
+    MethodEntry("soup", SoupOptions, "bench.methods.soup"),
+    MethodEntry("aligned_soup", AlignedSoupOptions, "bench.methods.aligned_soup"),
+    MethodEntry("weightformer", WeightFormerOptions, "bench.methods.weightformer"),
+    MethodEntry("weightformer_ft", WeightFormerFTOptions, "bench.methods.weightformer_ft"),
+)}
+
+
+def load_method(name: str) -> Method:
+    """The method `name`, its module imported."""
+    entry = METHODS[choose("method", name, METHODS)]
+    return LoadedMethod(entry.name, entry.Options, entry.needs_meta_train, importlib.import_module(entry.module).run)
+
+
+def method_options(name: str, raw: Mapping[str, Any], where: str) -> Options:
+    """The method's typed options from a grid's (or a job spec's) mapping, the common options
+    (bench.options.COMMON_OPTIONS) left out: they choose the teachers, not the method's work."""
+    entry = METHODS[choose("method", name, METHODS)]
+    return entry.Options.from_mapping({k: v for k, v in raw.items() if k not in COMMON_OPTIONS}, where)
+
+
+def meta_train_config(name: str, options: Mapping[str, Any], scale: str) -> dict[str, Any] | None:
+    """The resolved WeightFormer config (a WFConfig as a dict: what its meta-training depends on)
+    for a method that needs one, else None."""
+    typed = method_options(name, options, f"methods.{name}")
+    return dataclasses.asdict(typed.wf_config(scale)) if isinstance(typed, WeightFormerOptions) else None

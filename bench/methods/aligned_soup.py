@@ -9,19 +9,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.methods.common import load_teachers
-from bench.methods.soup import BN_BATCHES, evaluate_averaged
+from bench.methods.base import MethodJob
+from bench.methods.common import evaluate_averaged, load_teachers
+from bench.options import AlignedSoupOptions
 from bench.weights.permutation import align_to_first
 
-OPTIONS: tuple[str, ...] = ("bn_batches", "max_iter")
 
-
-def run(job) -> dict[str, Any]:
+def run(job: MethodJob[AlignedSoupOptions]) -> dict[str, Any]:
     teachers = load_teachers(job)
     t0 = time.perf_counter()
     model, meta = teachers[0]
     aligned = align_to_first(job.arch, [m.state_dict() for m, _ in teachers], model=model,
-                             max_iter=int(job.options.get("max_iter", 100)), seed=job.seed)
+                             max_iter=job.options.max_iter, seed=job.seed)
     align_s = time.perf_counter() - t0
-    record = evaluate_averaged(job, model, meta, aligned, int(job.options.get("bn_batches", BN_BATCHES)))
+    record = evaluate_averaged(job, model, meta, aligned, job.options.bn_batches)
     return {**record, "train_s": record["train_s"] + align_s, "align_s": align_s}

@@ -4,14 +4,15 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from bench.methods.base import MethodJob
 from bench.methods.common import load_teachers, test_predictions
 from bench.metrics import classification_metrics
+from bench.options import NoOptions
 
-OPTIONS: tuple[str, ...] = ()
 METRICS = ("top1", "top5", "nll", "ece")
 
 
-def run(job) -> dict[str, Any]:
+def run(job: MethodJob[NoOptions]) -> dict[str, Any]:
     probs, labels = test_predictions(job, load_teachers(job))
     each = [classification_metrics(p, labels) for p in probs]
     record: dict[str, Any] = {"infer_forwards": 1, "train_s": 0.0}

@@ -11,51 +11,28 @@ A resumed job reuses the predicted file; the fine-tuning run records that file's
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from bench.checkpoint import paths, read_meta, save_checkpoint
+from bench.engine import barrier
 from bench.system import world
 from bench.errors import BenchError
-from bench.methods import kd, weightformer
-from bench.train import barrier
+from bench.methods.base import MethodJob
+from bench.methods.distillation import distill, student_config
+from bench.methods.weightformer_student import predict
+from bench.options import WeightFormerFTOptions
 
-FT_OPTIONS = ("ft_epochs", "ft_fraction", "ft_lr", "ft_temperature", "alpha")
-OPTIONS: tuple[str, ...] = (*weightformer.OPTIONS, *FT_OPTIONS)
-DEFAULTS = {"ft_epochs": 2, "ft_fraction": 1.0, "ft_lr_scale": 0.1}
-
-
-def _number(opts: dict[str, Any], key: str, default: float, ok, allowed: str) -> float:
-    value = opts.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise BenchError(f"weightformer_ft: {key} must be {allowed}, got {value!r}")
-    return value
+SEED_OFFSET = 10_000  # kd's student seed: the fine-tuning is a KD run
+FT_LR_SCALE = 0.1  # the default ft_lr, as a fraction of the recipe's peak lr
 
 
-def check_ft_options(opts: dict[str, Any]) -> tuple[int, float, float | None, float]:
-    """(epochs, fraction, lr or None: the recipe's / 10, KD temperature), validated."""
-    epochs = _number(opts, "ft_epochs", DEFAULTS["ft_epochs"], lambda v: isinstance(v, int) and v >= 1,
-                     "a whole number >= 1")
-    fraction = float(_number(opts, "ft_fraction", DEFAULTS["ft_fraction"], lambda v: 0 < v <= 1, "in (0, 1]"))
-    lr = opts.get("ft_lr")
-    if lr is not None:
-        lr = float(_number(opts, "ft_lr", 1.0, lambda v: v > 0, "positive"))
-    temperature = float(_number(opts, "ft_temperature", kd.DEFAULTS["temperature"], lambda v: v > 0, "positive"))
-    return epochs, fraction, lr, temperature
-
-
-def meta_train_options(options: dict[str, Any], scale: str) -> dict[str, Any]:
-    check_ft_options(options)  # at grid load: a bad fine-tuning option never waits for meta-training
-    return weightformer.meta_train_options(options, scale)
-
-
-def predicted_student(job) -> tuple[Path, dict[str, Any]]:
+def predicted_student(job: MethodJob[WeightFormerFTOptions]) -> tuple[Path, dict[str, Any]]:
     """The predicted student's checkpoint in the job's folder and the prediction's record fields:
     made once (by rank 0 of a data-parallel job), found when the job resumes."""
     start = Path(job.workdir) / "predicted"
     if not paths(start)[1].exists() and world()[0] == 0:
-        student, teachers, fields = weightformer.predict(job)
+        student, teachers, fields = predict(job)
         meta = teachers[0][1]
         save_checkpoint(start, student.state_dict(), {
             **{k: meta[k] for k in ("arch", "dataset", "scale", "num_classes", "image_size", "in_chans")},
@@ -65,15 +42,16 @@ def predicted_student(job) -> tuple[Path, dict[str, Any]]:
     return start, read_meta(start)
 
 
-def run(job) -> dict[str, Any]:
+def run(job: MethodJob[WeightFormerFTOptions]) -> dict[str, Any]:
     if job.workdir is None:
         raise BenchError(f"{job.method} fine-tunes a student: its job needs a workdir")
-    epochs, fraction, lr, temperature = check_ft_options(job.options or {})
-    lr = lr if lr is not None else DEFAULTS["ft_lr_scale"] * kd.student_config(job, 0, None, {}).resolved().lr
+    o = job.options
+    lr = o.ft_lr if o.ft_lr is not None else FT_LR_SCALE * student_config(job, 0, None, {}).resolved().lr
     start, meta = predicted_student(job)
-    record = kd.distill(job, student_seed=kd.SEED_OFFSET + job.seed, epochs=epochs, temperature=temperature,
-                        overrides={"init_from": str(paths(start)[0]), "train_fraction": fraction, "lr": lr,
-                                   "warmup_epochs": 0, "schedule": "cosine"},
-                        extra={"start_sha256": meta["sha256"]})
-    return {**record, **meta["fields"], "wf_ft_epochs": epochs, "wf_ft_fraction": fraction, "ft_lr": lr,
-            "ft_temperature": temperature}
+    record = distill(job, student_seed=SEED_OFFSET + job.seed, temperature=o.ft_temperature, alpha=o.alpha,
+                     epochs=o.ft_epochs,
+                     overrides={"init_from": str(paths(start)[0]), "train_fraction": o.ft_fraction, "lr": lr,
+                                "warmup_epochs": 0, "schedule": "cosine"},
+                     extra={"start_sha256": meta["sha256"]})
+    return {**record, **meta["fields"], "wf_ft_epochs": o.ft_epochs, "wf_ft_fraction": o.ft_fraction, "ft_lr": lr,
+            "ft_temperature": o.ft_temperature}

@@ -42,7 +42,7 @@ from bench.engine.loop import fit
 from bench.engine.optim import make_optimizer
 from bench.engine.schedule import lr_factor
 from bench.engine.soft_labels import BatchedTeachers, SoftLabelCache
-from bench.weightformer.config import WFConfig
+from bench.options import WFConfig
 from bench.weightformer.losses import ensemble_kl, shift_consistency, student_logits
 from bench.weightformer.model import WeightFormer, column_stats
 from bench.weights import permutation

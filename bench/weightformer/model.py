@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.weightformer.config import WFConfig
+from bench.options import WFConfig
 from bench.weights.tokens import WeightLayer
 
 

@@ -50,7 +50,7 @@ def reestimate_norm_stats(model: nn.Module, loader: Iterable, batches: int) -> i
         m.momentum = None
     model.train()
     used = 0
-    for x, _ in loader:
+    for x, *_ in loader:
         if used == batches:
             break
         model(x)

@@ -1,0 +1,158 @@
+"""Training a student on an ensemble's soft labels: kd, self_distill and weightformer_ft share it.
+
+The student (the teachers' architecture, a seed of the method's) trains with the pool's recipe on
+
+    loss = alpha * T^2 * KL(teachers_T || student_T) + (1 - alpha) * CE(student, labels)
+
+where teachers_T is the mean over the N teachers of softmax(logits / T) and student_T is
+softmax(student logits / T); T^2 keeps the soft term's gradients on the scale of the hard
+term's as T changes. The CE term is plain cross-entropy (no label smoothing), as in Hinton.
+
+The student's run lives in `job.workdir` (a bench.train run folder: interrupted, it resumes
+from its last epoch; finished, it is found). Its config carries the method, T, alpha and the
+teacher members in `extra`, so a folder of another distillation is refused, not resumed.
+
+When the data set trains without augmentation (spec augment "none") the teachers' soft labels
+for the whole training split are computed once (`SoftLabelCache`) and looked up per batch by
+sample index;
+otherwise the teachers run on every batch (one batched forward, `BatchedTeachers`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.checkpoint import paths
+from bench.data import dataset_spec
+from bench.data.loaders import make_loader
+from bench.engine import train
+from bench.engine.soft_labels import BatchedTeachers, SoftLabelCache
+from bench.errors import BenchError
+from bench.io import atomic_write_json
+from bench.methods.base import MethodJob
+from bench.methods.common import load_teachers
+from bench.recipes import TrainConfig
+from bench.system import world
+
+METRICS = ("top1", "top5", "nll", "ece")
+# Recipe keys the method sets itself (or that name the run rather than its training).
+_OWN_KEYS = {"arch", "dataset", "scale", "seed", "init_seed", "epochs", "extra", "data_root", "device"}
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor,
+            temperature: float, alpha: float) -> torch.Tensor:
+    """alpha * T^2 * KL(teacher_probs || softmax(s / T)) + (1 - alpha) * CE(s, labels), batch mean.
+
+    Computed in float64 (a (B, C) tensor: negligible cost), with the teachers' float32
+    probabilities renormalised to sum to one: their rounding would otherwise leave a
+    first-order KL of ~1e-8 per row, which T^2 multiplies; so the loss is zero to ~1e-12 when
+    the student's softmax equals the teachers'. Returned as float32."""
+    s = student_logits.double()
+    p = teacher_probs.double()
+    p = p / p.sum(1, keepdim=True)
+    soft = F.kl_div(F.log_softmax(s / temperature, dim=1), p, reduction="batchmean")
+    loss = alpha * temperature ** 2 * soft
+    if alpha < 1:
+        loss = loss + (1 - alpha) * F.cross_entropy(s, labels)
+    return loss.float()
+
+
+class KDCriterion:
+    """`criterion(logits, images, labels, indices)` for the engine's training run: the teachers'
+    mean soft labels of `images` (looked up by sample index in the cache when there is one)
+    against the student's `logits`. Pure: frozen eval-mode teachers, no state."""
+
+    def __init__(self, teachers: BatchedTeachers, temperature: float, alpha: float,
+                 cache: SoftLabelCache | None = None) -> None:
+        self.teachers, self.temperature, self.alpha, self.cache = teachers, temperature, alpha, cache
+
+    def soft_labels(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        if self.cache is not None:
+            return self.cache.mean(indices)
+        return self.teachers.mean_soft_labels(images, self.temperature)
+
+    def __call__(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                 indices: torch.Tensor) -> torch.Tensor:
+        return kd_loss(logits, self.soft_labels(images, indices), labels, self.temperature, self.alpha)
+
+
+def student_config(job: MethodJob[Any], seed: int, epochs: int | None, extra: dict[str, Any],
+                   **overrides: Any) -> TrainConfig:
+    """The pool's recipe for a fresh student of the teachers' architecture with its own seed;
+    `overrides`: TrainConfig fields the method sets (a fine-tuning run's start, lr, data fraction)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    recipe = {k: v for k, v in job.recipe.items() if k in fields and k not in _OWN_KEYS}
+    recipe.update(overrides)
+    return TrainConfig(arch=job.arch, dataset=job.dataset, scale=job.scale, seed=seed,
+                       data_root=job.data_root, device=job.device, epochs=epochs, extra=extra, **recipe)
+
+
+def distill(job: MethodJob[Any], *, student_seed: int, temperature: float, alpha: float, epochs: int | None,
+            n_teachers: int | None = None, overrides: Mapping[str, Any] | None = None,
+            extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or resume, or find) in job.workdir the student of the job's teachers (its first
+    `n_teachers`; None: all) at `temperature` and `alpha` for `epochs` (None: the pool recipe's);
+    return the record fields. `overrides` (TrainConfig fields) replace the recipe's (a fine-tuning
+    run's start, lr, data fraction); `extra` joins the student's identity (the start's sha256)."""
+    if job.workdir is None:
+        raise BenchError(f"{job.method} trains a student: its job needs a workdir (the student's run folder)")
+    epochs = job.recipe.get("epochs") if epochs is None else epochs
+    teacher_job = job if n_teachers is None else dataclasses.replace(
+        job, teachers=list(job.teachers[:n_teachers]), members=list(job.members[:n_teachers]))
+    loaded = load_teachers(teacher_job)
+    # One vmapped forward of all N teachers on a GPU; on a CPU the plain loop over teachers is
+    # faster (measured: vmap 1.2-2.9x slower for the tiny models), so it is used there.
+    teachers = BatchedTeachers([m for m, _ in loaded],
+                               mode="vmap" if job.torch_device().type == "cuda" else "loop")
+    meta = loaded[0][1]
+    cfg = student_config(job, student_seed, epochs, {
+        "method": job.method, "temperature": temperature, "alpha": alpha,
+        "teacher_members": list(teacher_job.members), **(extra or {})}, **(overrides or {}))
+    resolved = cfg.resolved()
+    for key, mine in (("dataset", job.dataset), ("scale", job.scale), ("image_size", resolved.image_size)):
+        if meta[key] != mine:
+            raise BenchError(f"{job.method}: the student would have {key} {mine!r} but the teachers "
+                             f"have {meta[key]!r}")
+
+    spec = dataset_spec(job.dataset)
+    workdir = Path(job.workdir)
+    use_cache = spec.augment == "none" and spec.in_memory and resolved.beton_train is None
+    cache, timing = None, workdir / "soft_labels.json"
+    # Without augmentation every training batch is rows of the training split: compute the
+    # teachers' soft labels once. (A finished student needs none: train() just finds it.)
+    if use_cache and not paths(workdir / "model")[1].exists():
+        t0 = time.perf_counter()
+        # The rows the student trains on (a fine-tuning run may use a fraction of the split).
+        loader = make_loader(job.dataset, "train", batch_size=512, train=False, root=job.data_root,
+                             image_size=resolved.image_size, device=job.torch_device(),
+                             fraction=resolved.train_fraction, seed=resolved.seed)
+        cache = SoftLabelCache(teachers, loader, temperature)
+        if world()[0] == 0:  # kept so that a finished run found later reports the same cost
+            workdir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(timing, {"seconds": time.perf_counter() - t0, "rows": len(cache)})
+    criterion = KDCriterion(teachers, temperature, alpha, cache)
+    out = train(cfg, workdir, criterion=criterion, progress=False)
+    cache_s = json.loads(timing.read_text())["seconds"] if use_cache and timing.exists() else 0.0
+
+    record: dict[str, Any] = {m: out["metrics"][m] for m in METRICS}
+    record.update({
+        # The student's training (its forwards, backwards and the teachers' forwards on its
+        # batches) plus building the soft-label cache; the teachers' own training is not counted.
+        "train_s": out["train_s"] + cache_s,
+        "soft_label_s": cache_s,
+        "infer_forwards": 1,
+        "student_seed": student_seed,
+        "temperature": temperature,
+        "alpha": alpha,
+        "epochs": out["epochs"],
+        "soft_label_cache": use_cache,
+        "teacher_forward": teachers.mode,
+    })
+    return record
