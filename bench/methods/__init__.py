@@ -3,7 +3,7 @@
 Each method module defines `OPTIONS` (the option names a grid may set) and
 `run(job: MethodJob) -> dict` returning the record fields it measured (metrics, costs). A method
 that needs a meta-trained WeightFormer also defines `meta_train_options(options, scale)`: the
-sweep then plans a meta_train job for it (bench.stages).
+sweep then plans a meta_train job for it (bench.plan, through `meta_train_config`).
 """
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ from bench.methods import aligned_soup, ensemble, kd, self_distill, single, soup
 METHODS: dict[str, ModuleType] = {
     "single": single, "ensemble": ensemble, "kd": kd, "self_distill": self_distill, "soup": soup,
     "aligned_soup": aligned_soup, "weightformer": weightformer, "weightformer_ft": weightformer_ft}
+
+
+def meta_train_config(name: str, options: dict[str, Any], scale: str) -> dict[str, Any] | None:
+    """The config of the WeightFormer method `name` meta-trains with these options at this scale;
+    None for a method that needs no meta-training."""
+    meta_train_options = getattr(METHODS[name], "meta_train_options", None)
+    return None if meta_train_options is None else meta_train_options(options, scale)
 
 
 @dataclass
