@@ -1,68 +1,27 @@
-"""The sweep's stages: each turns a grid into jobs, knows when a job is done, and runs one.
+"""Running one job of each stage (bench.plan makes the jobs): `run_job` picks the stage's runner.
 
-A job is a pure function of its spec; `run_id` = hash of the spec. Stages run in the order of
-`STAGES`; a job names the run_ids it needs (of earlier stages). Adding a stage is one entry here.
+A runner trains or evaluates what the job's spec says and writes its record; a failed run leaves
+a record that says why.
 """
 from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 
-from bench.config import Grid, PoolSpec, method_applies
-from bench.system import world
 from bench.errors import BenchError
-from bench.paths import data_root, results_root, teachers_root
+from bench.paths import data_root
+from bench.plan import Roots, member_dir, weightformer_dir
 from bench.pool import Pool, train_member
-from bench.store import read_record, run_id, write_record
-
-
-@dataclass(frozen=True)
-class Roots:
-    teachers: Path
-    results: Path
-
-    @classmethod
-    def resolve(cls, teachers: str | None = None, results: str | None = None) -> "Roots":
-        return cls(teachers_root(teachers).resolve(), results_root(results).resolve())
-
-
-@dataclass
-class Job:
-    stage: str
-    spec: dict[str, Any]
-    label: str
-    needs: list[str] = field(default_factory=list)
-
-    @property
-    def run_id(self) -> str:
-        return run_id(self.spec)
-
-
-class Stage(Protocol):
-    name: str
-
-    def plan(self, grid: Grid, roots: Roots) -> list[Job]: ...
-    def done(self, job: Job, grid: Grid, roots: Roots) -> bool: ...
+from bench.store import run_id, write_record
+from bench.system import world
 
 
 def _pool(spec: dict[str, Any]) -> Pool:
     return Pool(spec["arch"], spec["dataset"], spec["scale"], spec["init"])
-
-
-def teacher_spec(pool: PoolSpec, k: int) -> dict[str, Any]:
-    return {"stage": "teachers", "pool": pool.name, "arch": pool.arch, "dataset": pool.dataset,
-            "scale": pool.scale, "init": pool.init, "member": k, "recipe": dict(sorted(pool.recipe.items()))}
-
-
-def member_dir(roots: Roots, spec: dict[str, Any]) -> Path:
-    """teachers/<pool>-<recipe hash>/member-<k>: grids share a member exactly when its pool name
-    and recipe agree (so its training is the same), and never train two recipes into one folder."""
-    return roots.teachers / f"{spec['pool']}-{run_id(spec['recipe'])[:6]}" / f"member-{spec['member']}"
 
 
 def data_root_of(recipe: dict[str, Any]) -> str | None:
@@ -70,101 +29,6 @@ def data_root_of(recipe: dict[str, Any]) -> str | None:
     root = recipe.get("data_root") or data_root()
     return None if root is None else str(root)
 
-
-class TeachersStage:
-    """One job per pool member: a training run into `member_dir` (teachers/<pool>-<hash>/member-<k>)."""
-
-    name = "teachers"
-
-    def plan(self, grid: Grid, roots: Roots) -> list[Job]:
-        return [Job(self.name, teacher_spec(p, k), f"{p.name}/member-{k}")
-                for p in grid.pools for k in range(p.members)]
-
-    def done(self, job: Job, grid: Grid, roots: Roots) -> bool:
-        return (member_dir(roots, job.spec) / "model.json").exists() and \
-            (roots.results / grid.name / "records" / f"{job.run_id}.json").exists()
-
-
-def teacher_group(pool: PoolSpec, n: int, seed: int, part: str = "meta_train") -> list[int]:
-    """Method seed s uses N members of the pool's meta-train (or held-out) part, drawn by a
-    generator seeded by s."""
-    part = pool.meta_train_members if part == "meta_train" else pool.held_out_members
-    order = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(part[i] for i in order[:n])
-
-
-def meta_train_spec(pool: PoolSpec, n: int, config: dict[str, Any]) -> dict[str, Any]:
-    """A WeightFormer meta-trained on the pool's meta-train part for groups of n, with `config`
-    (the resolved bench.options.WFConfig)."""
-    return {"stage": "meta_train", "pool": pool.name, "n_teachers": n, "members": list(pool.meta_train_members),
-            "teachers": [teacher_spec(pool, k) for k in pool.meta_train_members], "wf": config}
-
-
-def weightformer_dir(roots: Roots, spec: dict[str, Any]) -> Path:
-    """teachers/<pool>-<recipe hash>/weightformer-<run id>: beside the members it was meta-trained on."""
-    return member_dir(roots, spec["teachers"][0]).parent / f"weightformer-{run_id(spec)}"
-
-
-class MethodsStage:
-    """One job per (pool, method variant, seed): a table cell's run on one group of N teachers.
-    A method that needs a meta-trained WeightFormer also names the meta_train job it needs."""
-
-    name = "methods"
-
-    def plan(self, grid: Grid, roots: Roots) -> list[Job]:
-        from bench.methods import meta_train_config
-
-        jobs = []
-        for p in grid.pools:
-            for m in grid.methods:
-                if not method_applies(m.options, p):
-                    continue
-                n = m.options.get("n_teachers", grid.n_teachers)
-                part = m.options.get("teacher_part", grid.teacher_part)
-                config = meta_train_config(m.name, m.options, p.scale)
-                meta = meta_train_spec(p, n, config) if config is not None else None
-                for seed in range(grid.seeds):
-                    members = teacher_group(p, n, seed, part)
-                    spec = {"stage": "methods", "method": m.name, "variant": m.variant,
-                            "options": dict(sorted(m.options.items())), "seed": seed, "n_teachers": n,
-                            "teacher_part": part, "members": members,
-                            "teachers": [teacher_spec(p, k) for k in members]}
-                    needs = [run_id(t) for t in spec["teachers"]]
-                    if meta is not None:
-                        spec["meta_train"] = meta
-                        needs.append(run_id(meta))
-                    jobs.append(Job(self.name, spec, f"{p.name}/{m.variant}/seed-{seed}", needs=needs))
-        return jobs
-
-    def done(self, job: Job, grid: Grid, roots: Roots) -> bool:
-        rec = roots.results / grid.name / "records" / f"{job.run_id}.json"
-        return rec.exists() and (read_record(rec) or {}).get("status") == "done"
-
-
-class MetaTrainStage:
-    """One job per WeightFormer the methods stage needs: (pool, N, config), shared by every method
-    variant and seed that uses it. Written to `weightformer_dir`."""
-
-    name = "meta_train"
-
-    def plan(self, grid: Grid, roots: Roots) -> list[Job]:
-        specs = {}
-        for job in MethodsStage().plan(grid, roots):
-            if "meta_train" in job.spec:
-                spec = job.spec["meta_train"]
-                specs.setdefault(run_id(spec), spec)
-        return [Job(self.name, s, f"{s['pool']}/weightformer-N{s['n_teachers']}-{i}",
-                    needs=[run_id(t) for t in s["teachers"]]) for i, (rid, s) in enumerate(specs.items())]
-
-    def done(self, job: Job, grid: Grid, roots: Roots) -> bool:
-        return (weightformer_dir(roots, job.spec) / "model.json").exists() and \
-            (roots.results / grid.name / "records" / f"{job.run_id}.json").exists()
-
-
-STAGES: dict[str, Stage] = {"teachers": TeachersStage(), "meta_train": MetaTrainStage(), "methods": MethodsStage()}
-
-
-# --- running one job (inside a SLURM task, a local subprocess or the sweep process) ----------
 
 def run_teachers(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
     pool = _pool(spec)

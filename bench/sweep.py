@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-import yaml
 from tqdm import tqdm
 
 from bench.config import Grid, grid_path, load_grid, read_yaml
@@ -35,12 +34,12 @@ from bench.errors import BenchError, choose, cli
 from bench.io import atomic_write_json
 from bench.models import SCALES
 from bench.paths import project_root
-from bench.stages import STAGES, Job, Roots, run_job
+from bench.plan import STAGES, Job, Roots
+from bench.stages import run_job
 
 CLUSTERS = ("auto", "slurm", "local", "debug")
 RESOURCE_KEYS = ("partition", "account", "gpus", "cpus", "mem_gb", "timeout_min", "array_parallelism")
 CLUSTER_FILE = project_root() / "sweeps" / "cluster.yaml"
-DONE_STATES = ("done", "failed", "skipped")
 
 
 class JobRunner(submitit.helpers.Checkpointable):

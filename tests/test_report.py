@@ -1,6 +1,9 @@
 import math
+import re
 import statistics
+import subprocess
 import sys
+from itertools import dropwhile, takewhile
 
 import pandas as pd
 import pytest
@@ -8,13 +11,25 @@ from scipy import stats as scipy_stats
 
 from bench.config import load_grid
 from bench.errors import BenchError
-from bench.report import cell_stats, cost_table, main, main_table, report
-from bench.report.claims import MARGIN_PP, claim_table, t_quantile, verdict, welch_ci
-from bench.report.frame import method_runs
-from bench.stages import STAGES, Roots
+from bench.paths import project_root
+from bench.plan import STAGES, Roots
+from bench.report import cell_stats, cost_table, main, report
+from bench.report.claims import MARGIN_PP, claim_table, verdict, welch_ci
+from bench.report.frame import md_table, method_runs, tex_table
 from bench.store import load_records, write_record
 
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def md_cells(text: str, title: str | None = None) -> pd.DataFrame:
+    """The cells of the first Markdown table in `text` (under `## title` if given), header as columns."""
+    if title:
+        text = text.split(f"## {title}\n", 1)[1]
+    lines = list(takewhile(lambda line: line.startswith("|"),
+                           dropwhile(lambda line: not line.startswith("|"), text.splitlines())))
+    rows = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+    assert all(re.fullmatch(r":?-+:?", c) for c in rows[1]), lines[1]
+    return pd.DataFrame(rows[2:], columns=rows[0])
 
 
 def records(tmp_path):
@@ -69,7 +84,7 @@ def test_cells_are_mean_std_and_n_over_seeds(tmp_path):
     cell = stats.loc[("ensemble", "vgg11 / digits")]
     assert cell["mean"] == pytest.approx(98.0) and cell["n"] == 3
     assert cell["std"] == pytest.approx(statistics.stdev(values[("ensemble", "vgg11")]))
-    table = main_table(load_records(tmp_path / "g"))
+    table = md_cells(report("g", tmp_path), "top-1 (%)").set_index("method")
     assert list(table.index) == ["single", "ensemble"]  # the paper's row order
     assert table.loc["single", "vgg11 / digits"] == "97.00 ± 0.71 (n=2)"
     assert table.loc["single", "resnet50 / digits"] == "95.00 (n=1)"
@@ -94,24 +109,22 @@ def test_rows_are_variants_in_method_order_and_best_is_bold(tmp_path):
     run(folder, "weightformer", [96.0, 97.0], variant="weightformer", **WF)
     run(folder, "kd", [99.0, 99.5])
     run(folder, "single", [95.0, 96.0])
-    table = main_table(load_records(tmp_path / "v"))
-    assert list(table.index) == ["single", "kd", "weightformer", "weightformer/unseen"]
     text = report("v", tmp_path)
-    assert "| **99.25 ± 0.35 (n=2)** |" in text and "| 96.50 ± 0.71 (n=2) |" in text
+    table = md_cells(text, "top-1 (%)").set_index("method")
+    assert list(table.index) == ["single", "kd", "weightformer", "weightformer/unseen"]
+    assert table.loc["kd", "vgg11 / digits"] == "**99.25 ± 0.35 (n=2)**"
+    assert table.loc["weightformer", "vgg11 / digits"] == "96.50 ± 0.71 (n=2)"
     assert "**0.1000" not in text  # every NLL ties: nothing is best
 
 
-def test_welch_interval_by_hand(monkeypatch):
+def test_welch_interval_by_hand():
     a, b = pd.Series([95.0, 95.5, 96.5, 97.0]), pd.Series([90.0, 91.0, 93.0])
     va, vb = a.var() / 4, b.var() / 3
     df = (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2)
     half = scipy_stats.t.ppf(0.975, df) * math.sqrt(va + vb)
     diff, lo, hi = welch_ci(a, b)
     assert diff == pytest.approx(96.0 - 91.333333) and (lo, hi) == pytest.approx((diff - half, diff + half))
-    assert t_quantile(0.975, 3.7) == pytest.approx(scipy_stats.t.ppf(0.975, 3.7))
     assert welch_ci(pd.Series([1.0, 1.0]), pd.Series([0.0, 0.0])) == (1.0, 1.0, 1.0)  # no spread: exact
-    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # the fallback without scipy
-    assert t_quantile(0.975, 3.7) == pytest.approx(scipy_stats.t.ppf(0.975, 3.7), abs=1e-4)
 
 
 def test_verdict_rules():
@@ -141,7 +154,8 @@ def test_claim_verdicts(tmp_path):
     report("c", tmp_path)
     md = (root / "report" / "claims.md").read_text()
     assert f"within ±{MARGIN_PP:g} pp" in md
-    assert "| Allen-Zhu & Li | ensemble > single | vgg11 / digits | supported |" in md
+    rows = md_cells(md).iloc[:, :4].values.tolist()
+    assert ["Allen-Zhu & Li", "ensemble > single", "vgg11 / digits", "supported"] in rows
 
 
 def test_unseen_teachers_claim(tmp_path):
@@ -182,8 +196,9 @@ def test_missing_cells_failed_runs_and_corrupt_records(tmp_path):
     path = planned_grid(tmp_path)
     with pytest.warns(UserWarning, match="zz-corrupt.json"):
         text = report("p", tmp_path, grid_file=path)
-    assert "| kd | 93.50 ± 0.71 (n=2 of 3) |" in text
-    assert "| ensemble | **94.00 ± 1.41 (n=2 of 3)** |" in text
+    table = md_cells(text, "top-1 (%)").set_index("method")
+    assert table.loc["kd", "vgg11 / digits"] == "93.50 ± 0.71 (n=2 of 3)"
+    assert table.loc["ensemble", "vgg11 / digits"] == "**94.00 ± 1.41 (n=2 of 3)**"
     failed = (tmp_path / "p" / "report" / "failed.md").read_text()
     assert "out of memory" in failed and "kd on vgg11 / digits: 2 of 3 runs finished" in failed
     assert "ensemble on vgg11 / digits: 2 of 3 runs finished, 1 failed" in failed and "zz-corrupt.json" in failed
@@ -194,7 +209,7 @@ def test_missing_cells_failed_runs_and_corrupt_records(tmp_path):
     for f in (tmp_path / "p" / "records").glob("*.json"):
         f.unlink()
     text = report("p", tmp_path, grid_file=path)
-    assert "| single | missing (0 of 3 runs) |\n" in text
+    assert md_cells(text, "top-1 (%)").set_index("method").loc["single", "vgg11 / digits"] == "missing (0 of 3 runs)"
 
 
 def wf_ablation_grid(tmp_path):
@@ -244,7 +259,7 @@ def test_costs_and_repayment(tmp_path):
     assert math.isnan(costs.loc["ensemble", "time_to_student_s"])
     report("k", tmp_path)
     costs_md = (tmp_path / "k" / "report" / "costs.md").read_text()
-    assert "| ensemble | vgg11 / digits | 2 | — | — | 4 | — | — |" in costs_md
+    assert ["ensemble", "vgg11 / digits", "2", "—", "—", "4", "—", "—"] in md_cells(costs_md).iloc[:, :8].values.tolist()
 
 
 def test_latex_and_csv(tmp_path):
@@ -284,3 +299,28 @@ def test_cli_out_formats_and_top_index(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--results-root", str(tmp_path), "--format", "html"])
     assert exit_.value.code == 2
+
+
+def test_markdown_and_latex_keep_cell_text_escape_and_bold():
+    table = pd.DataFrame({"method": ["a|b", "self_distill"], "top-1 (%)": ["0.1000", "1 ± 2"]})
+    bold = pd.DataFrame({"method": [False, False], "top-1 (%)": [False, True]})
+    md = md_table(table, bold)
+    assert r"a\|b" in md and "0.1000" in md  # a pipe in a cell does not split it; numbers stay text
+    assert md_cells(md).values.tolist() == [[r"a\|b", "0.1000"], ["self_distill", "**1 ± 2**"]]
+    tex = tex_table(table, "50% of top_1", bold, align="lr")
+    assert r"\caption{50\% of top\_1}" in tex and r"\begin{tabular}{lr}" in tex
+    assert r"self\_distill & \textbf{1 $\pm$ 2} \\" in tex and r"method & top-1 (\%) \\" in tex
+
+
+# Modules that are training code: the report must not load them.
+TRAINING = ("bench.engine", "bench.train", "bench.pool", "bench.stages", "bench.weightformer", "timm")
+LIGHT_METHOD_MODULES = ("bench.methods", "bench.methods.base", "bench.methods.options")
+
+
+def test_the_report_loads_no_training_code():
+    probe = "import sys, bench.report; print('\\n'.join(sorted(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=project_root()).stdout.split()
+    training = [m for m in loaded if any(m == t or m.startswith(f"{t}.") for t in TRAINING)
+                or (m.startswith("bench.methods.") and m not in LIGHT_METHOD_MODULES)]
+    assert training == []

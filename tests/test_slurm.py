@@ -15,7 +15,7 @@ import submitit
 import torch
 
 from bench.config import load_grid
-from bench.stages import Roots, member_dir, teacher_spec
+from bench.plan import Roots, member_dir, teacher_spec
 from bench.store import load_records
 from bench.sweep import JobRunner
 from bench.engine import train

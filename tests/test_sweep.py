@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from bench.config import load_grid
-from bench.stages import Roots, run_methods, teacher_spec
+from bench.plan import Roots, teacher_spec
+from bench.stages import run_methods
 from bench.store import load_records, run_id
 from bench.sweep import local_cap, make_plan, run_local, load_resources, CLUSTER_FILE
 
@@ -154,7 +155,7 @@ def test_unseen_teacher_groups_come_from_the_held_out_part(mini, tmp_path):
 
 
 def test_pools_with_other_recipes_never_share_a_teacher_folder(mini, tmp_path):
-    from bench.stages import member_dir
+    from bench.plan import member_dir
 
     one = load_grid(mini, "tiny").pools[0]
     mini.write_text(MINI.replace("epochs: 1", "epochs: 2"))

@@ -5,6 +5,6 @@ claims.py  claim verdicts from Welch confidence intervals; anchors beside publis
 plots.py   ablation figures (PNG and PDF)
 frame.py   what they share: labelling runs, ordering rows and columns, Markdown / LaTeX / CSV
 """
-from bench.report.tables import cell_stats, cost_table, grid_plan, main, main_table, report
+from bench.report.tables import cell_stats, cost_table, main, report
 
-__all__ = ["cell_stats", "cost_table", "grid_plan", "main", "main_table", "report"]
+__all__ = ["cell_stats", "cost_table", "main", "report"]

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
+from scipy import stats
 
 from bench.report.frame import DASH, fmt, md_table, tex_table
 
@@ -43,26 +44,6 @@ CLAIMS = (
 )
 
 
-def t_quantile(p: float, df: float) -> float:
-    """Student t quantile: scipy's, else bisection on a Simpson-integrated density."""
-    try:
-        from scipy.stats import t
-        return float(t.ppf(p, df))
-    except ImportError:
-        pass
-    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
-    pdf = lambda x: c * (1 + x * x / df) ** (-(df + 1) / 2)  # noqa: E731
-
-    def cdf(x, steps=2000):  # 0.5 + integral of the density over [0, x]
-        h = x / steps
-        return 0.5 + h / 3 * sum((1 if i in (0, steps) else 4 if i % 2 else 2) * pdf(i * h) for i in range(steps + 1))
-    lo, hi = 0.0, 1000.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
 def welch_ci(a: pd.Series, b: pd.Series, level: float = LEVEL) -> tuple[float, float, float]:
     """mean(a) − mean(b) and its Welch t confidence interval (both sides need n >= 2)."""
     na, nb = len(a), len(b)
@@ -71,7 +52,7 @@ def welch_ci(a: pd.Series, b: pd.Series, level: float = LEVEL) -> tuple[float, f
     if va + vb == 0:  # no spread on either side: the difference is exact
         return diff, diff, diff
     df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
-    half = t_quantile(0.5 + level / 2, df) * math.sqrt(va + vb)
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * math.sqrt(va + vb)
     return diff, diff - half, diff + half
 
 
@@ -139,12 +120,12 @@ def claim_table(runs: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
 def claims_render(table: pd.DataFrame, grid: str) -> tuple[str, str]:
     """(Markdown, LaTeX) of the claim table."""
     header = ["paper", "claim", "setting", "verdict", "Δ top-1 (pp)", "95% CI (pp)", "n (A, B)", "reason"]
-    rows = [[r.paper, r.claim, r.setting, r.verdict, fmt(r.diff_pp),
-             DASH if pd.isna(r.ci_low) else f"[{r.ci_low:.2f}, {r.ci_high:.2f}]", f"{r.n_a}, {r.n_b}", r.reason]
-            for r in table.itertuples()]
+    cells = pd.DataFrame([[r.paper, r.claim, r.setting, r.verdict, fmt(r.diff_pp),
+                          DASH if pd.isna(r.ci_low) else f"[{r.ci_low:.2f}, {r.ci_high:.2f}]", f"{r.n_a}, {r.n_b}",
+                          r.reason] for r in table.itertuples()], columns=header)
     md = (f"# {grid}: claims\n\nA and B are the two sides of each claim (A = the left side); Δ = mean top-1(A) − "
-          f"mean top-1(B), in percentage points (pp). {RULES}\n\n" + md_table(header, rows))
-    return md, tex_table(header, rows, f"{grid}: claims. {RULES}", align="llllrrrl")
+          f"mean top-1(B), in percentage points (pp). {RULES}\n\n" + md_table(cells))
+    return md, tex_table(cells, f"{grid}: claims. {RULES}", align="llllrrrl")
 
 
 # --- Allen-Zhu & Li's published WRN-28-10 numbers ---------------------------------------------
@@ -176,7 +157,7 @@ def anchors(runs: pd.DataFrame, settings: list[str], counterpart: dict[tuple[str
     wrn = runs[(runs.arch == ANCHOR_ARCH) & (runs.teacher_part == "meta_train")]
     if wrn.empty:
         return None
-    parts = [f"# Anchors: Allen-Zhu & Li (arXiv 2012.09816), WRN-28-10\n",
+    parts = ["# Anchors: Allen-Zhu & Li (arXiv 2012.09816), WRN-28-10\n",
              "Published: WRN-28-10 on CIFAR, single network over 10 seeds, ensembles of 10 (paper scale). "
              "When the scales differ the absolute numbers are not comparable; compare the ORDERING.\n"]
     for i, s in enumerate([s for s in settings if s in set(wrn.setting)]):
@@ -188,7 +169,8 @@ def anchors(runs: pd.DataFrame, settings: list[str], counterpart: dict[tuple[str
         published = PUBLISHED.get(paper_set, {})
         scales = ", ".join(sorted(map(str, set(rows.scale.dropna())))) or "unknown"
         ours = {m: rows[rows.variant == m].top1 for m in ANCHOR_METHODS if (rows.variant == m).any()}
-        table = [[m, fmt_runs(ours.get(m)), fmt_published(published.get(m))] for m in ANCHOR_METHODS]
+        table = pd.DataFrame([[m, fmt_runs(ours.get(m)), fmt_published(published.get(m))] for m in ANCHOR_METHODS],
+                             columns=["method", "this suite: top-1 %", "published: top-1 %"])
         means = {m: float(v.mean()) for m, v in ours.items()}
         theirs = {m: v[0] for m, v in published.items()}
         same = scales == "paper" and dataset == paper_set
@@ -196,7 +178,7 @@ def anchors(runs: pd.DataFrame, settings: list[str], counterpart: dict[tuple[str
                   f"- this suite: scale {scales}, data set {dataset}, {ANCHOR_ARCH} at that scale",
                   f"- published: paper scale, {paper_set if published else 'no published counterpart'}, WRN-28-10",
                   f"- compare: {'absolute numbers and ordering' if same else 'ordering only (scales differ)'}\n",
-                  md_table(["method", "this suite: top-1 %", "published: top-1 %"], table),
+                  md_table(table),
                   f"Ordering here: {ranking(means)}; published: {ranking(theirs)}; "
                   f"pairwise orderings agreeing: {agreeing_pairs(means, theirs)}.\n"]
     return "\n".join(parts)

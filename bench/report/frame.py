@@ -1,10 +1,11 @@
-"""Shared pieces of the report: the finished method runs as one table, row order, and plain
-Markdown / LaTeX (booktabs) / CSV rendering that gives the same bytes for the same input."""
+"""Shared pieces of the report: the finished method runs as one table, row order, and
+Markdown / LaTeX (booktabs) / CSV rendering through pandas that gives the same bytes for the same input."""
 from __future__ import annotations
 
 import math
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 METHOD_ORDER = ("single", "ensemble", "kd", "self_distill", "soup", "aligned_soup", "weightformer",
@@ -63,41 +64,41 @@ def order_columns(present: Iterable[str], settings: Sequence[str]) -> list[str]:
 
 # --- rendering ---------------------------------------------------------------------------------
 
-def md_table(header: Sequence[str], rows: Sequence[Sequence[str]], bold=None) -> str:
-    """A Markdown table; bold[i][j] marks a cell bold."""
-    def cell(text, strong=False):
-        text = str(text).replace("|", "\\|")
-        return f"**{text}**" if strong else text
-    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
-    for i, row in enumerate(rows):
-        lines.append("| " + " | ".join(cell(t, bool(bold and bold[i][j])) for j, t in enumerate(row)) + " |")
-    return "\n".join(lines) + "\n"
+def md_table(table: pd.DataFrame, bold: pd.DataFrame | None = None) -> str:
+    """The table's columns (not its index) as a Markdown pipe table; `bold`, of the same shape,
+    marks cells bold. Cells are text already: tabulate must not reformat what looks like a number."""
+    def escape(column: pd.Series) -> pd.Series:
+        return column.astype(str).str.replace("|", r"\|", regex=False)
+
+    cells = table.apply(escape)
+    if bold is not None:
+        cells = cells.where(~bold.to_numpy(dtype=bool), "**" + cells + "**")
+    cells.columns = escape(pd.Series(table.columns)).tolist()
+    return cells.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 TEX_SYMBOLS = {"±": r"$\pm$", "≈": r"$\approx$", "—": "---", "–": "--", "Δ": r"$\Delta$", "−": "$-$",
-               "×": r"$\times$",
-               "≥": r"$\geq$", "≤": r"$\leq$", ">": r"$>$", "<": r"$<$"}
+               "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$", ">": r"$>$", "<": r"$<$"}
 
 
 def tex_escape(text) -> str:
+    """LaTeX for a cell, header or caption: pandas' own escaping (`escape="latex"`) knows none of
+    the symbols above and leaves captions alone."""
     text = "".join(TEX_SPECIAL.get(c, c) for c in str(text))
     return "".join(TEX_SYMBOLS.get(c, c) for c in text)
 
 
-def tex_table(header: Sequence[str], rows: Sequence[Sequence[str]], caption: str = "", bold=None,
-              align: str | None = None) -> str:
-    """A booktabs tabular (needs \\usepackage{booktabs}); default: the first column left-aligned."""
-    def line(cells):
-        return " & ".join(cells) + r" \\"
-    body = [line(r"\textbf{" + tex_escape(t) + "}" if bold and bold[i][j] else tex_escape(t)
-                 for j, t in enumerate(row)) for i, row in enumerate(rows)]
-    lines = [r"\begin{table}[ht]", r"\centering", r"\caption{" + tex_escape(caption) + "}",
-             r"\begin{tabular}{" + (align or "l" + "r" * (len(header) - 1)) + "}", r"\toprule",
-             line(map(tex_escape, header)),
-             r"\midrule", *body, r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+def tex_table(table: pd.DataFrame, caption: str, bold: pd.DataFrame | None = None, align: str | None = None) -> str:
+    """The table's columns as a booktabs table (needs \\usepackage{booktabs}); `bold` as in
+    `md_table`; default alignment: the first column left, the others right."""
+    styler = table.style.hide(axis="index").format(tex_escape).format_index(tex_escape, axis=1)
+    if bold is not None:
+        styler = styler.apply(lambda _: np.where(bold.to_numpy(dtype=bool), "textbf:--rwrap;", ""), axis=None)
+    return styler.to_latex(caption=tex_escape(caption), environment="table", position="ht",
+                           position_float="centering", hrules=True,
+                           column_format=align or "l" + "r" * (table.shape[1] - 1))
 
 
 def csv_text(df: pd.DataFrame) -> bytes:

@@ -32,18 +32,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.config import grid_path, load_grid
+from bench.config import SCALES, grid_path, load_grid
 from bench.errors import BenchError, cli
 from bench.io import atomic_write_bytes
-from bench.models import SCALES
 from bench.paths import results_root
+from bench.plan import STAGES, Roots
 from bench.report.claims import anchors, claim_table, claims_render
-from bench.report.frame import (DASH, METHOD_ORDER, WF_METHODS, column, csv_text, fmt, label_runs, md_table,
-                                method_runs, order_columns, order_rows, setting_label, tex_table)
+from bench.report.frame import (DASH, WF_METHODS, column, csv_text, fmt, label_runs, md_table, method_runs,
+                                order_columns, order_rows, setting_label, tex_table)
 from bench.report.plots import write_ablations
 from bench.store import load_records
 
-__all__ = ["METHOD_ORDER", "METRICS", "cell_stats", "main_table", "grid_plan", "report", "main"]
+__all__ = ["METRICS", "cell_stats", "grid_plan", "report", "main"]
 METRICS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "nll": "NLL (nats)", "ece": "ECE (%)"}
 LOWER_IS_BETTER = ("nll", "ece")
 FORMATS = ("md", "tex", "csv")
@@ -63,8 +63,6 @@ class Plan:
 
 def grid_plan(grid: str | Path, scales: set[str] | None = None) -> Plan | None:
     """The grid file's plan; None when the grid file is not known."""
-    from bench.stages import STAGES, Roots
-
     plan, roots = Plan(), Roots(Path("."), Path("."))
     try:
         grids = {scale: load_grid(str(grid), scale) for scale in SCALES}
@@ -138,15 +136,6 @@ def table_cells(stats: pd.DataFrame, metric: str, settings: list[str], plan: Pla
     return cells, best
 
 
-def main_table(runs: pd.DataFrame, metric: str = "top1", settings: list[str] | None = None,
-               plan: Plan | None = None) -> pd.DataFrame:
-    """Variants x settings of cell texts; `settings` fixes the column order (the grid's pool order)."""
-    stats = cell_stats(runs, metric)
-    if stats.empty and not (plan and plan.expected):
-        return pd.DataFrame()
-    return table_cells(stats, metric, settings or [], plan, failed_cells(runs))[0]
-
-
 def failed_cells(runs: pd.DataFrame) -> Counter:
     failed = label_runs(runs)
     failed = failed[failed.status == "failed"]
@@ -166,11 +155,10 @@ def render_main(runs: pd.DataFrame, settings: list[str], plan: Plan | None, grid
         if stats.empty and not (plan and plan.expected):
             continue
         cells, best = table_cells(stats, metric, settings, plan, failed_cells(runs))
-        header = ["method", *cells.columns]
-        rows = [[v, *cells.loc[v]] for v in cells.index]
-        mask = [[False, *best.loc[v]] for v in cells.index]
-        md.append(f"## {title}\n\n" + md_table(header, rows, mask))
-        tex.append(tex_table(header, rows, f"{grid}: {title}, mean ± std over seeds (n)", mask))
+        shown, bold = cells.reset_index(), best.reset_index(drop=True)
+        bold.insert(0, "method", False)
+        md.append(f"## {title}\n\n" + md_table(shown, bold))
+        tex.append(tex_table(shown, f"{grid}: {title}, mean ± std over seeds (n)", bold))
         stats["metric"] = metric
         stats["expected"] = [plan.expected.get((v, s), 0) if plan else pd.NA
                              for v, s in zip(stats.variant, stats.setting)]
@@ -250,11 +238,12 @@ COST_NOTE = ("train: seconds spent making the student (KD / self-distillation tr
 def render_costs(table: pd.DataFrame, grid: str) -> tuple[str, str]:
     header = ["method", "setting", "n", "train (s)", "predict (s)", "forwards / image", "time-to-student (s)",
               "× KD", "meta-train (s)", "repay (ensembles)"]
-    rows = [[r.variant, r.setting, str(r.n), fmt(r.train_s, 1), fmt(r.predict_s, 1), fmt(r.infer_forwards, 0),
-             fmt(r.time_to_student_s, 1), fmt(r.vs_kd, 2), fmt(r.meta_train_s, 1), r.repay_ensembles or DASH]
-            for r in table.itertuples()]
-    md = f"# {grid}: costs\n\n{COST_NOTE}\n\n" + md_table(header, rows)
-    return md, tex_table(header, rows, f"{grid}: costs. {COST_NOTE}", align="ll" + "r" * 8)
+    cells = pd.DataFrame([[r.variant, r.setting, str(r.n), fmt(r.train_s, 1), fmt(r.predict_s, 1),
+                           fmt(r.infer_forwards, 0), fmt(r.time_to_student_s, 1), fmt(r.vs_kd, 2),
+                           fmt(r.meta_train_s, 1), r.repay_ensembles or DASH] for r in table.itertuples()],
+                         columns=header)
+    md = f"# {grid}: costs\n\n{COST_NOTE}\n\n" + md_table(cells)
+    return md, tex_table(cells, f"{grid}: costs. {COST_NOTE}", align="ll" + "r" * 8)
 
 
 # --- failures, provenance, index -----------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Meta-training a WeightFormer on a teacher pool, and predicting a student with it.
 
-One meta-training job per (pool, N, WFConfig) (`bench.stages.MetaTrainStage`). Each step draws a
+One meta-training job per (pool, N, WFConfig) (`bench.plan.MetaTrainStage`). Each step draws a
 group of N teachers from the pool's meta-train part (its order too: the first is the anchor),
 predicts the group's student, and takes one AdamW step on eq. 1 (+ shift consistency) over a
 batch of training images; warm-up + cosine learning rate, gradient clipping. The draws come from
