@@ -1,5 +1,4 @@
 """Typed method options: checked when a grid loads, one line per bad value; the light registry."""
-import ast
 import dataclasses
 import os
 import subprocess
@@ -159,35 +158,3 @@ def test_importing_the_registry_imports_no_method_code_torch_or_training_engine(
     config = _modules_after("import bench.config")
     implementations = {f"bench.methods.{m}" for m in (*METHODS, "common", "distillation", "weightformer_student")}
     assert not (implementations | {"bench.train", "bench.engine", "bench.weightformer"}) & config
-
-
-def _imported_modules(path: Path) -> set[str]:
-    """Every module `path` imports (`from bench.methods import kd` counts as bench.methods.kd)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: from the bench.methods package
-                base = ".".join(["bench", "methods", *([base] if base else [])])
-            names.add(base)
-            names.update(f"{base}.{a.name}" for a in node.names)
-    return names
-
-
-def test_no_module_in_bench_methods_imports_a_method_module():
-    folder = project_root() / "bench" / "methods"
-    method_modules = {f"bench.methods.{name}" for name in METHODS}
-    assert {p.stem for p in folder.glob("*.py")} >= set(METHODS)
-    for path in folder.glob("*.py"):
-        if path.stem == "__init__":
-            continue
-        siblings = (_imported_modules(path) & method_modules) - {f"bench.methods.{path.stem}"}
-        assert not siblings, f"{path.name} imports {sorted(siblings)}"
-
-
-def test_the_import_check_sees_a_sibling_import(tmp_path):
-    module = tmp_path / "x.py"
-    module.write_text("from bench.methods import kd\nfrom . import soup\nimport bench.methods.weightformer as w\n")
-    assert {"bench.methods.kd", "bench.methods.soup", "bench.methods.weightformer"} <= _imported_modules(module)

@@ -36,7 +36,7 @@ class RunFolder:
         self.final, self.checkpoint = self.out / "model", self.out / "checkpoint"
 
     def _refuse(self, kind: str) -> BenchError:
-        return BenchError(f"{self.out} holds {kind} of another config; choose another folder")
+        return BenchError(f"{self.out} holds {kind} with another config; choose another folder")
 
     def finished(self) -> dict[str, Any] | None:
         """The final sidecar when this run is done, else None."""

@@ -16,12 +16,12 @@ from typing import Any
 
 from bench.checkpoint import paths, read_meta, save_checkpoint
 from bench.engine import barrier
-from bench.system import world
 from bench.errors import BenchError
 from bench.methods.base import MethodJob
 from bench.methods.distillation import distill, student_config
 from bench.methods.weightformer_student import predict
 from bench.options import WeightFormerFTOptions
+from bench.system import world
 
 SEED_OFFSET = 10_000  # kd's student seed: the fine-tuning is a KD run
 FT_LR_SCALE = 0.1  # the default ft_lr, as a fraction of the recipe's peak lr
