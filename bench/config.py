@@ -15,7 +15,7 @@ error names the file, the key and the allowed values, and is raised before any j
         init: scratch                   # scratch | shared | pretrained
         members: {paper: 20, tiny: 6}   # K
         held_out: {paper: 4, tiny: 2}   # the last members, never used for meta-training
-        recipe: {paper: {epochs: 240, ...}, tiny: {}}   # bench.train.TrainConfig fields
+        recipe: {paper: {epochs: 240, ...}, tiny: {}}   # bench.recipes.TrainConfig fields
     methods: [single, ensemble]         # or {name: {option: value}}
 
 A method may appear several times as variants `name/label` (one table row each), e.g.

@@ -148,7 +148,7 @@ def run_job(spec: dict[str, Any], grid: str, roots: Roots, cpus: int | None = No
         return RUNNERS[spec["stage"]](spec, grid, roots)
     # overwrite: the values derived from SLURM's own variables win over any inherited ones (a
     # MASTER_PORT already set is kept: submitit reads it). CUDA_VISIBLE_DEVICES is left alone:
-    # bench.train picks cuda:LOCAL_RANK among the GPUs the task sees, which works both when
+    # bench.engine.train picks cuda:LOCAL_RANK among the GPUs the task sees, which works both when
     # each task sees all of the node's GPUs and when SLURM binds one per task.
     env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
                                                                 overwrite=True)

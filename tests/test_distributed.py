@@ -154,11 +154,12 @@ def test_rank_shards_together_are_the_single_process_batches():
         for loader in (whole, *parts):
             loader.set_epoch(2)
         assert all(len(p) == len(whole) for p in parts)
-        for (x, y), *shards in zip(whole, *parts):
+        for (x, y, i), *shards in zip(whole, *parts):
             if len(y) == 64:
-                assert all(len(sy) == 64 // world for _, sy in shards)
-            assert torch.equal(torch.cat([sx for sx, _ in shards]), x)  # same draws, same pixels
-            assert torch.equal(torch.cat([sy for _, sy in shards]), y)
+                assert all(len(sy) == 64 // world for _, sy, _ in shards)
+            assert torch.equal(torch.cat([sx for sx, _, _ in shards]), x)  # same draws, same pixels
+            assert torch.equal(torch.cat([sy for _, sy, _ in shards]), y)
+            assert torch.equal(torch.cat([si for _, _, si in shards]), i)  # and the same sample indices
     with pytest.raises(BenchError, match="not divisible by the world size 3"):
         DeviceLoader(d, train=True, rank=0, world_size=3, **kw)
 

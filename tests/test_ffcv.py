@@ -128,7 +128,7 @@ def test_cifar_raw_roundtrip_exact_and_every_eval_image(tmp_path):
     tr.set_epoch(0)
     assert torch.equal(torch.cat([y for _, y, _ in tr]), order0)
     again = fd.make_ffcv_loader(out, train=True, **common)
-    assert torch.equal(torch.cat([y for _, y in again]), order0)
+    assert torch.equal(torch.cat([y for _, y, _ in again]), order0)
     assert not torch.equal(order0, order1) or not torch.equal(order0, data.labels[:32])
 
 

@@ -150,6 +150,6 @@ def test_train_fraction_is_a_fixed_subset(tmp_path):
     again = make_loader("digits", "train", batch_size=10, train=True, seed=3, fraction=0.25)
     assert torch.equal(again.images, loader.images)
     # A subset's samples keep their index in the whole split.
-    assert torch.equal(full.images[loader.indices], loader.images) and len(set(loader.indices.tolist())) == len(loader)
+    assert torch.equal(full.images[loader.indices], loader.images) and len(set(loader.indices.tolist())) == len(loader.labels)
     with pytest.raises(BenchError, match=r"train_fraction must be in \(0, 1\]"):
         TrainConfig(arch="vgg11", dataset="digits", train_fraction=0.0).resolved()

@@ -8,7 +8,7 @@ where teachers_T is the mean over the N teachers of softmax(logits / T) and stud
 softmax(student logits / T); T^2 keeps the soft term's gradients on the scale of the hard
 term's as T changes. The CE term is plain cross-entropy (no label smoothing), as in Hinton.
 
-The student's run lives in `job.workdir` (a bench.train run folder: interrupted, it resumes
+The student's run lives in `job.workdir` (an engine run folder, bench.engine.checkpointer: interrupted, it resumes
 from its last epoch; finished, it is found). Its config carries the method, T, alpha and the
 teacher members in `extra`, so a folder of another distillation is refused, not resumed.
 
