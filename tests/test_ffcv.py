@@ -11,9 +11,7 @@ import importlib
 import importlib.util
 import os
 import logging
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-from torch.func import functional_call
 
 from bench.data import dataset_spec
 from bench.errors import BenchError
