@@ -35,6 +35,29 @@ class Task(Protocol):
     def log_row(self, step: int, means: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]: ...
 
 
+class StepBatches:
+    """The batch of step s from a loader of epochs (`len(loader)` steps each) for a loop that may
+    start at any step: a new epoch, or a jump (a resume), restarts the loader at that epoch (its
+    order and augmentation) and skips ahead, so a resumed run sees the batches it would have seen."""
+
+    def __init__(self, loader) -> None:
+        self.loader, self.per_epoch = loader, len(loader)
+        self._batches, self._next = None, -1
+
+    def __call__(self, step: int) -> tuple[Any, bool]:
+        """(the batch, whether the loader was restarted for it)."""
+        epoch, i = divmod(step, self.per_epoch)
+        restarted = self._batches is None or self._next != step or i == 0
+        if restarted:
+            if hasattr(self.loader, "set_epoch"):
+                self.loader.set_epoch(epoch)
+            self._batches = iter(self.loader)
+            for _ in range(i):
+                next(self._batches)
+        self._next = step + 1
+        return next(self._batches), restarted
+
+
 def check_finite(value: torch.Tensor, step: int, term: str, what: str) -> None:
     if not torch.isfinite(value).all():
         raise NonFiniteLoss(f"{what}: stopped at step {step}: the {term} loss is {value.item()} "

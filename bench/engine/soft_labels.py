@@ -82,12 +82,12 @@ class BatchedTeachers:
         return self
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Every teacher's logits, float32 (N, B, C)."""
+    def logits(self, x: torch.Tensor, members: Sequence[int] | None = None) -> torch.Tensor:
+        """Every teacher's logits (or those of the teachers `members`, in a loop), float32 (N, B, C)."""
         if x.device != self.device:  # e.g. a data-parallel rank's own GPU
             self.to(x.device)
         with autocast(x.device):
-            if self.mode == "vmap":
+            if self.mode == "vmap" and members is None:
                 try:
                     with warnings.catch_warnings():
                         warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule.*")
@@ -97,12 +97,14 @@ class BatchedTeachers:
                     self.fallback_reason = f"{type(err).__name__}: {err}"
                     warnings.warn(f"BatchedTeachers: vmap failed for {type(self.models[0]).__name__} "
                                   f"({self.fallback_reason}); running the teachers in a loop")
-            return torch.stack([m(x).float() for m in self.models])
+            models = self.models if members is None else [self.models[k] for k in members]
+            return torch.stack([m(x).float() for m in models])
 
     @torch.no_grad()
-    def mean_soft_labels(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """Mean over the teachers of softmax(logits / T): (B, C), float32."""
-        return (self.logits(x) / temperature).softmax(-1).mean(0)
+    def mean_soft_labels(self, x: torch.Tensor, temperature: float = 1.0,
+                         members: Sequence[int] | None = None) -> torch.Tensor:
+        """Mean over the teachers (or the teachers `members`) of softmax(logits / T): (B, C), float32."""
+        return (self.logits(x, members) / temperature).softmax(-1).mean(0)
 
 
 class SoftLabelCache:

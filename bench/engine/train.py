@@ -31,7 +31,7 @@ from bench.data.loaders import make_loader
 from bench.engine.checkpointer import RunFolder
 from bench.engine.devices import autocast, barrier, rank_device
 from bench.engine.evaluate import predict
-from bench.engine.loop import fit
+from bench.engine.loop import StepBatches, fit
 from bench.engine.optim import make_optimizer
 from bench.engine.schedule import lr_factor
 from bench.errors import BenchError
@@ -60,21 +60,12 @@ class SupervisedTask:
         self.cfg, self.model, self.net, self.optimizer = cfg, model, net, optimizer
         self.train_loader, self.test_loader, self.criterion, self.device = train_loader, test_loader, criterion, device
         self.steps_per_epoch = len(train_loader)
-        self._batches, self._next = None, -1
-
-    def _batch(self, step: int):
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if self._batches is None or self._next != step or i == 0:
-            self.net.train()
-            self.train_loader.set_epoch(epoch) if hasattr(self.train_loader, "set_epoch") else None
-            self._batches = iter(self.train_loader)
-            for _ in range(i):  # resuming inside an epoch: the same batches as without the stop
-                next(self._batches)
-        self._next = step + 1
-        return next(self._batches)
+        self.batches = StepBatches(train_loader)
 
     def loss(self, step: int) -> dict[str, torch.Tensor]:
-        x, y, idx = self._batch(step)
+        (x, y, idx), restarted = self.batches(step)
+        if restarted:  # an epoch begins (after the last one's evaluation) or the run resumes
+            self.net.train()
         with autocast(self.device):
             return {"loss": self.criterion(self.net(x), x, y, idx)}
 

@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from bench.checkpoint import load_checkpoint, paths, read_meta
 from bench.data import dataset_spec
@@ -38,7 +37,7 @@ from bench.data.loaders import make_loader
 from bench.errors import BenchError
 from bench.engine import autocast, load_model
 from bench.engine.checkpointer import RunFolder
-from bench.engine.loop import fit
+from bench.engine.loop import StepBatches, fit
 from bench.engine.optim import make_optimizer
 from bench.engine.schedule import lr_factor
 from bench.engine.soft_labels import BatchedTeachers, SoftLabelCache
@@ -99,38 +98,26 @@ class SoftLabels:
 
     def __init__(self, models: Sequence[nn.Module], dataset: str, root: str | None, image_size: int,
                  device: torch.device, batch_size: int, seed: int, temperature: float) -> None:
-        self.models, self.temperature, self.batch_size, self.seed = list(models), temperature, batch_size, seed
+        self.temperature, self.batch_size, self.seed = temperature, batch_size, seed
+        self.teachers = BatchedTeachers(list(models), mode="loop")  # the group changes every step
         spec = dataset_spec(dataset)
         self.cached = spec.augment == "none" and spec.in_memory
         common = dict(root=root, image_size=image_size, device=device)
         if self.cached:
             loader = make_loader(dataset, "train", batch_size=512, train=False, **common)
             self.images = torch.cat([x for x, _, _ in loader])
-            self.cache = SoftLabelCache(BatchedTeachers(self.models, mode="loop"), loader, temperature)
+            self.cache = SoftLabelCache(self.teachers, loader, temperature)
         else:
-            self.loader = make_loader(dataset, "train", batch_size=batch_size, train=True, seed=seed, **common)
-            self._iter, self._at = None, -1
-
-    def _soft(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return F.softmax(model.eval()(x).float() / self.temperature, dim=1)
+            self.batches = StepBatches(make_loader(dataset, "train", batch_size=batch_size, train=True, seed=seed,
+                                                   **common))
 
     def batch(self, step: int, group: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cached:
             n = len(self.images)
             idx = torch.randperm(n, generator=_generator(self.seed, step))[:min(self.batch_size, n)]
             return self.images[idx.to(self.images.device)], self.cache.mean(idx, group).to(self.images.device)
-        per_epoch = len(self.loader)
-        epoch, i = divmod(step, per_epoch)
-        if self._iter is None or self._at != step - 1 or i == 0:
-            self.loader.set_epoch(epoch)
-            self._iter = iter(self.loader)
-            for _ in range(i):  # a resumed run continues inside its epoch
-                next(self._iter)
-        self._at = step
-        x, _, _ = next(self._iter)
-        with torch.no_grad():
-            probs = torch.stack([self._soft(self.models[k], x) for k in group]).mean(0)
-        return x, probs
+        (x, _, _), _ = self.batches(step)
+        return x, self.teachers.mean_soft_labels(x, self.temperature, members=group)
 
 
 class MetaTrainTask:
