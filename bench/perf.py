@@ -1,130 +1,250 @@
-"""Performance benchmarks: `python -m bench.perf [--repeat 3]`.
+"""Performance benchmarks: `python -m bench.perf [--quick] [--only NAME ...] [--out FILE.json]`.
 
-Measures, on this machine: batches per second of the device-resident loader (with and without
-augmentation), training and inference images per second of each tiny architecture on digits,
-WeightFormer meta-training steps and predictions per second, and checkpoint write/verify-read
-time. Speed is measured here, never asserted in tests.
+These machines vary by +-30 % in absolute speed, so every benchmark is a ratio: a baseline and a
+contender measured side by side in one run, alternately, `repeat` times. Each row (printed, and
+one JSON object per row with `--out`) is
+
+    {name, ratio, baseline, contender, unit, median, min, max, settings}
+
+`ratio` is the median over the repeats of contender / baseline in `unit` (a speed-up when the
+unit is a rate); `median`, `min` and `max` are the contender's own measurements in `unit`;
+`settings` holds the work measured, the baseline's median and the ratio's min and max.
+Speed is measured here, never asserted in tests.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from bench.checkpoint import load_checkpoint, save_checkpoint
-from bench.data.loaders import make_loader
-from bench.errors import cli
-from bench.models import ARCHS, build_model, count_parameters
+from bench.errors import BenchError, choose, cli
 
 
-def timed(fn: Callable[[], int], repeat: int) -> tuple[float, float]:
-    """(median, spread) of items per second over `repeat` calls; fn returns items processed."""
-    fn()  # warm-up: first-call allocations and kernel selection
-    rates = []
+@dataclass(frozen=True)
+class Row:
+    name: str
+    ratio: float
+    baseline: str
+    contender: str
+    unit: str
+    median: float
+    min: float
+    max: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def paired(name: str, baseline: tuple[str, Callable[[], float]], contender: tuple[str, Callable[[], float]],
+           *, unit: str, repeat: int, settings: dict[str, Any] | None = None, warmup: bool = True) -> Row:
+    """Measure two callables alternately (`repeat` pairs, after one warm-up call of each unless
+    `warmup` is False); each returns its measurement in `unit`, higher is better."""
+    (base_label, base_fn), (cont_label, cont_fn) = baseline, contender
+    if warmup:  # first-call allocations, kernel selection, lazy caches
+        base_fn(), cont_fn()
+    base, cont = [], []
     for _ in range(repeat):
+        base.append(base_fn())
+        cont.append(cont_fn())
+    ratios = [c / b for b, c in zip(base, cont)]
+    return Row(name, statistics.median(ratios), base_label, cont_label, unit, statistics.median(cont),
+               min(cont), max(cont), {**(settings or {}), "baseline_median": statistics.median(base),
+                                      "ratio_min": min(ratios), "ratio_max": max(ratios), "repeat": repeat})
+
+
+def rate(work: Callable[[], float]) -> Callable[[], float]:
+    """A callable returning `work()`'s items per second (work returns the items it processed)."""
+    def measure() -> float:
         t0 = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates), (max(rates) - min(rates)) / 2
+        items = work()
+        return items / (time.perf_counter() - t0)
+    return measure
 
 
-def weightformer_rows(repeat: int) -> list[tuple]:
-    """WeightFormer (tiny defaults, N = 4, freshly initialised teachers): meta-training steps per
-    second (prediction, the student's forward and backward on 128 images, AdamW step) and
-    students predicted per second (one forward pass, no re-estimation)."""
-    from bench.options import wf_config
-    from bench.weightformer.losses import ensemble_kl, student_logits
-    from bench.weightformer.model import WeightFormer, column_stats
-    from bench.weights.tokens import passthrough, stack_tokens, to_tokens, weight_layers
+# -- gemm_peak -------------------------------------------------------------------------------
 
+def gemm_gflops(n: int, dtype: torch.dtype, seconds: float = 0.3) -> Callable[[], float]:
+    """GFLOP/s of n x n x n matrix products in `dtype` (2 n^3 FLOPs each), as many as fit in
+    `seconds` (at least one: a CPU without bf16 instructions emulates bf16 slowly)."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
+    out = torch.empty(n, n, dtype=dtype)
+
+    def measure() -> float:
+        calls, t0 = 0, time.perf_counter()
+        while calls == 0 or time.perf_counter() - t0 < seconds:
+            torch.mm(a, b, out=out)
+            calls += 1
+        return calls * 2 * n ** 3 / 1e9 / (time.perf_counter() - t0)
+
+    return measure
+
+
+def gemm_peak_rows(quick: bool, repeat: int) -> list[Row]:
+    n = 1024 if quick else 2048
+    # bf16 at a quarter of the size: where the CPU has no bf16 instructions one call takes seconds.
+    row = paired("gemm_peak", ("fp32", gemm_gflops(n, torch.float32)), ("bf16", gemm_gflops(n // 2, torch.bfloat16)),
+                 unit="GFLOP/s", repeat=repeat, settings={"n_fp32": n, "n_bf16": n // 2,
+                                                         "threads": torch.get_num_threads(),
+                                                         "cpu_bf16_instructions": cpu_has_bf16()})
+    return [row]
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether the CPU advertises bf16 matrix instructions (avx512_bf16 / amx_bf16); None off Linux."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def gemm_peak_fp32(quick: bool = True) -> float:
+    """The fp32 GEMM rate other benchmarks report a fraction of (median of three)."""
+    measure = gemm_gflops(1024 if quick else 2048, torch.float32)
+    measure()
+    return statistics.median(measure() for _ in range(3))
+
+
+# -- loader ----------------------------------------------------------------------------------
+
+def write_jpeg_folder(root: Path, classes: int, per_class: int, size: int, seed: int = 0) -> Path:
+    """An ImageNet-layout folder (train/<wnid>/*.JPEG) of random-texture JPEGs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / "train" / f"n{c:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            # Smooth noise compresses like a photograph, not like white noise.
+            small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+            Image.fromarray(small).resize((size, size), Image.BILINEAR).save(folder / f"img_{i}.JPEG", quality=90)
+    return root
+
+
+def loader_rows(quick: bool, repeat: int) -> list[Row]:
+    from bench.data.ffcv import ffcv_available, make_ffcv_loader, make_file_loader, write_beton_from
+    from bench.data.imagenet import load as load_imagenet
+    from bench.system import job_cpus
+
+    if not ffcv_available():
+        raise BenchError("loader: FFCV is not importable here (see the README's FFCV section)")
+    classes, per_class, size, image_size, batch = (10, 40, 96, 64, 50) if quick else (10, 200, 160, 128, 100)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_jpeg_folder(Path(tmp) / "jpegs", classes, per_class, size)
+        folder = load_imagenet(root, "train")
+        beton = write_beton_from(folder, Path(tmp) / "train.beton")
+        common = dict(train=True, batch_size=batch, seed=0, image_size=image_size, mean=mean, std=std, device="cpu")
+        files = make_file_loader(folder, **common)
+        ffcv = make_ffcv_loader(beton, augment="rrc_flip", **common)
+
+        def epoch(loader) -> Callable[[], float]:
+            return rate(lambda: float(sum(len(batch[1]) for batch in loader)))
+
+        first = epoch(ffcv)()  # FFCV's first epoch compiles its pipeline (numba): reported apart
+        return [paired("loader", ("torchvision", epoch(files)), ("ffcv", epoch(ffcv)), unit="images/s",
+                       repeat=repeat, settings={"images": classes * per_class, "stored_px": size,
+                                                "image_size": image_size, "augment": "rrc_flip",
+                                                "batch_size": batch, "workers": job_cpus(),
+                                                "ffcv_first_epoch_images_per_s": first})]
+
+
+# -- tiny_main_table -------------------------------------------------------------------------
+
+def stage_seconds(records: Path) -> dict[str, float]:
+    """Summed job seconds per stage of the records under `records` (finished jobs only): a job's
+    wall seconds, or its training's where larger (a teacher found finished carries the seconds
+    its training took)."""
+    from bench.store import load_records
+
+    table = load_records(records)
+    table = table[table["status"] == "done"]
+    if table.empty:
+        return {}
+    seconds = table[[c for c in ("wall_s", "train_s") if c in table]].max(axis=1)
+    return seconds.groupby(table["stage"]).sum().to_dict()
+
+
+def tiny_main_table_rows(results: Path, reference: Path) -> list[Row]:
+    """Job seconds per stage of a tiny main_table run in `results` against the reference run in
+    `reference` (records of the committed results; another machine, another commit)."""
+    mine, ref = stage_seconds(results), stage_seconds(reference)
+    if not mine:
+        raise BenchError(f"tiny_main_table: no finished records under {results}; run `make demo` first "
+                         f"(or pass --results-root)")
     rows = []
-    x = torch.randn(128, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    for arch in ARCHS:
-        teachers = []
-        for seed in range(4):
-            torch.manual_seed(seed)
-            teachers.append(build_model(arch, 10, 16, "tiny"))
-        layers = weight_layers(teachers[0], arch)
-        sds = [m.state_dict() for m in teachers]
-        tokens = stack_tokens(layers, sds)
-        wf = WeightFormer(layers, wf_config({"output": "direct"}, "tiny"), 4,
-                          column_stats([to_tokens(layers, sd) for sd in sds]))
-        opt = torch.optim.AdamW(wf.parameters(), lr=1e-4)
-        student, extra = teachers[0].train(), passthrough(sds[0])
-        probs = torch.full((128, 10), 0.1)
-
-        def step() -> int:
-            loss = ensemble_kl(student_logits(student, layers, wf(tokens), {k: v.clone() for k, v in extra.items()}, x),
-                               probs, 4.0)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return 1
-
-        @torch.no_grad()
-        def predict() -> int:
-            wf(tokens)
-            return 1
-
-        label = f"{arch} tiny, N=4 ({sum(p.numel() for p in wf.parameters()):,} WF params)"
-        rows.append(("meta-train", label, "steps/s", *timed(step, repeat)))
-        rows.append(("predict", label, "students/s", *timed(predict, repeat)))
+    for stage in [*sorted(mine), "total"]:
+        now = sum(mine.values()) if stage == "total" else mine[stage]
+        before = sum(ref.values()) if stage == "total" else ref.get(stage, float("nan"))
+        # Seconds: lower is better, so the ratio is the speed-up reference / this run.
+        rows.append(Row(f"tiny_main_table/{stage}", before / now, "reference records", "this run", "job s",
+                        now, now, now, {"baseline_median": before, "results": str(results), "reference": str(reference)}))
     return rows
 
 
-def benchmarks(repeat: int) -> pd.DataFrame:
-    rows = []
-    for augment in (False, True):
-        loader = make_loader("digits", "train", batch_size=64, train=augment, image_size=16)
-        rate, spread = timed(lambda: sum(len(y) for _, y, _ in loader), repeat)
-        rows.append(("loader", "digits " + ("train (augmented)" if augment else "eval"), "images/s", rate, spread))
-    loader = make_loader("digits", "train", batch_size=64, train=True, image_size=16)
-    for arch in ARCHS:
-        torch.manual_seed(0)
-        model = build_model(arch, 10, 16, "tiny")
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+# -- the command -----------------------------------------------------------------------------
 
-        def epoch() -> int:
-            model.train()
-            for x, y, _ in loader:
-                opt.zero_grad()
-                F.cross_entropy(model(x), y).backward()
-                opt.step()
-            return len(loader) * 64
+# name -> rows(quick, repeat, args): the order is the order they run in.
+BENCHMARKS: dict[str, Callable[[bool, int, argparse.Namespace], list[Row]]] = {
+    "gemm_peak": lambda quick, repeat, a: gemm_peak_rows(quick, repeat),
+    "loader": lambda quick, repeat, a: loader_rows(quick, repeat),
+    "tiny_main_table": lambda quick, repeat, a: tiny_main_table_rows(Path(a.results_root) / "records",
+                                                                     Path("results/main_table/records")),
+}
 
-        @torch.no_grad()
-        def infer() -> int:
-            model.eval()
-            return sum(len(model(x)) for x, _, _ in loader)
 
-        rows.append(("train", f"{arch} tiny ({count_parameters(model):,} params)", "images/s", *timed(epoch, repeat)))
-        rows.append(("infer", f"{arch} tiny", "images/s", *timed(infer, repeat)))
-    rows += weightformer_rows(repeat)
-    big = build_model("resnet50", 1000, 224, "paper").state_dict()
-    with tempfile.TemporaryDirectory() as tmp:
-        size_mb = sum(v.numel() * v.element_size() for v in big.values()) / 1e6
-        rows.append(("checkpoint", f"resnet50 paper write ({size_mb:.0f} MB)", "MB/s",
-                     *timed(lambda: save_checkpoint(Path(tmp) / "m", big, {"arch": "resnet50"}) and size_mb, repeat)))
-        rows.append(("checkpoint", "resnet50 paper verified read", "MB/s",
-                     *timed(lambda: load_checkpoint(Path(tmp) / "m") and size_mb, repeat)))
-    return pd.DataFrame(rows, columns=["kind", "what", "unit", "median", "half_range"])
+def table(rows: list[Row]) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame([{"name": r.name, "baseline": r.baseline, "contender": r.contender,
+                           "ratio": f"{r.ratio:.2f} [{r.settings.get('ratio_min', r.ratio):.2f}, "
+                                    f"{r.settings.get('ratio_max', r.ratio):.2f}]",
+                           "contender median": f"{r.median:,.1f} {r.unit}",
+                           "baseline median": f"{r.settings.get('baseline_median', float('nan')):,.1f} {r.unit}"}
+                          for r in rows])
+    return frame.to_string(index=False)
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="smaller work and 3 repeats (within 5 minutes on 2 cores)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+    p.add_argument("--out", metavar="FILE.json", help="write the rows as JSON")
+    p.add_argument("--repeat", type=int, default=None, help="pairs measured per benchmark (default 5, quick 3)")
+    p.add_argument("--results-root", default="results/demo",
+                   help="the tiny main_table run tiny_main_table reads (default: make demo's)")
     a = p.parse_args(argv)
-    table = benchmarks(a.repeat)
+    if a.repeat is not None and a.repeat < 1:
+        raise BenchError(f"--repeat must be at least 1, got {a.repeat}")
+    selected = [choose("benchmark", n, BENCHMARKS) for n in (a.only or BENCHMARKS)]
+    repeat = a.repeat or (3 if a.quick else 5)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
-    print(table.round({"median": 1, "half_range": 1}).to_string(index=False))
+    rows, failed = [], {}
+    for name in selected:
+        t0 = time.perf_counter()
+        try:
+            got = BENCHMARKS[name](a.quick, repeat, a)
+        except BenchError as err:  # a benchmark that cannot run here says why; the others still run
+            failed[name] = str(err)
+            print(f"{name}: not run: {err}")
+            continue
+        rows += got
+        print(f"{name} ({time.perf_counter() - t0:.0f} s)\n{table(got)}\n", flush=True)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"rows": [asdict(r) for r in rows], "not_run": failed,
+                                           "torch": torch.__version__, "threads": torch.get_num_threads()},
+                                          indent=1) + "\n")
+        print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

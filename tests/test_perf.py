@@ -1,0 +1,58 @@
+"""The benchmark harness: paired ratios, the JSON rows, the stage table, bad options."""
+import json
+import math
+
+import pytest
+
+from bench import perf
+from bench.store import write_record
+
+
+def test_paired_ratio_is_the_median_of_the_alternating_pairs():
+    base = iter([10.0, 10.0, 20.0, 10.0, 10.0])  # warm-up value first
+    cont = iter([99.0, 30.0, 20.0, 40.0, 10.0])
+    row = perf.paired("x", ("a", lambda: next(base)), ("b", lambda: next(cont)), unit="u", repeat=4)
+    # pairs after the warm-up: 30/10, 20/20, 40/10, 10/10 -> ratios 3, 1, 4, 1
+    assert row.ratio == 2.0
+    assert (row.median, row.min, row.max) == (25.0, 10.0, 40.0)
+    assert row.settings["ratio_min"] == 1.0 and row.settings["ratio_max"] == 4.0
+    assert row.settings["baseline_median"] == 10.0 and row.settings["repeat"] == 4
+
+
+def test_stage_seconds_sum_the_larger_of_wall_and_training_seconds(tmp_path):
+    records = tmp_path / "records"
+    for i, (stage, wall, train, status) in enumerate([("teachers", 0.1, 30.0, "done"), ("teachers", 12.0, 10.0, "done"),
+                                                      ("methods", 5.0, None, "done"), ("methods", 7.0, None, "failed")]):
+        write_record(records, {"run_id": f"r{i}", "status": status, "stage": stage, "wall_s": wall,
+                               **({"train_s": train} if train is not None else {})})
+    assert perf.stage_seconds(records) == {"teachers": 42.0, "methods": 5.0}
+    rows = perf.tiny_main_table_rows(records, records)
+    assert [r.name for r in rows] == ["tiny_main_table/methods", "tiny_main_table/teachers", "tiny_main_table/total"]
+    assert all(math.isclose(r.ratio, 1.0) for r in rows) and rows[-1].median == 47.0
+
+
+def test_tiny_main_table_without_records_says_what_to_run(tmp_path, capsys):
+    perf.main(["--only", "tiny_main_table", "--results-root", str(tmp_path / "nothing")])
+    assert "tiny_main_table: not run: tiny_main_table: no finished records" in capsys.readouterr().out
+
+
+def test_gemm_peak_json_rows_have_the_documented_keys(tmp_path):
+    out = tmp_path / "perf.json"
+    perf.main(["--quick", "--only", "gemm_peak", "--repeat", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["gemm_peak"]
+    assert set(rows[0]) == {"name", "ratio", "baseline", "contender", "unit", "median", "min", "max", "settings"}
+    assert rows[0]["baseline"] == "fp32" and rows[0]["contender"] == "bf16" and rows[0]["unit"] == "GFLOP/s"
+    assert rows[0]["settings"]["baseline_median"] > 0 and rows[0]["median"] > 0
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--only", "gemm_pek"], ["'gemm_pek'", "gemm_peak", "loader"]),  # the valid names listed
+    (["--repeat", "0"], ["--repeat must be at least 1"]),
+])
+def test_bad_options_exit_2_with_one_line(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        perf.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in words)
