@@ -190,12 +190,45 @@ def tiny_main_table_rows(results: Path, reference: Path) -> list[Row]:
     return rows
 
 
+# -- time_to_student -------------------------------------------------------------------------
+
+def time_to_student_rows(records: Path) -> list[Row]:
+    """Per architecture, from a tiny main_table run's records (seen groups): the median job seconds
+    to a WeightFormer student (one forward pass; meta-training is the pool's one-off cost, in
+    tiny_main_table/meta_train) against KD's (a student trained on the same ensemble's soft
+    labels, the suite's fastest way to it: cached where exact) and the uniform soup's, each
+    student's median top-1 beside its time. Job seconds include loading and the test evaluation."""
+    from bench.store import load_records
+
+    table = load_records(records)
+    table = table[(table["status"] == "done") & (table["stage"] == "methods") & ~table["variant"].str.contains("/")]
+    if table.empty:
+        raise BenchError(f"time_to_student: no finished method records under {records}; run `make demo` first "
+                         f"(or pass --results-root)")
+    rows = []
+    for arch, runs in table.groupby("arch"):
+        cell = runs.groupby("method")[["wall_s", "top1"]].median()
+        if "weightformer" not in cell.index:
+            continue
+        wf = cell.loc["weightformer"]
+        for method in ("kd", "soup"):
+            if method not in cell.index:
+                continue
+            seconds, top1 = cell.loc[method]
+            rows.append(Row(f"time_to_student/{arch}/{method}", seconds / wf["wall_s"],
+                            method, "weightformer", "job s", wf["wall_s"], wf["wall_s"], wf["wall_s"],
+                            {"baseline_median": seconds, "baseline_top1": top1, "weightformer_top1": wf["top1"],
+                             "groups": int((runs["method"] == "weightformer").sum())}))
+    return rows
+
+
 # -- the command -----------------------------------------------------------------------------
 
 # name -> rows(quick, repeat, args): the order is the order they run in.
 BENCHMARKS: dict[str, Callable[[bool, int, argparse.Namespace], list[Row]]] = {
     "gemm_peak": lambda quick, repeat, a: gemm_peak_rows(quick, repeat),
     "loader": lambda quick, repeat, a: loader_rows(quick, repeat),
+    "time_to_student": lambda quick, repeat, a: time_to_student_rows(Path(a.results_root) / "records"),
     "tiny_main_table": lambda quick, repeat, a: tiny_main_table_rows(Path(a.results_root) / "records",
                                                                      Path("results/main_table/records")),
 }

@@ -56,3 +56,19 @@ def test_bad_options_exit_2_with_one_line(argv, words, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and all(w in err for w in words)
+
+
+def test_time_to_student_compares_medians_of_seen_groups(tmp_path):
+    records = tmp_path / "records"
+    runs = [("weightformer", "weightformer", 2.0, 90.0), ("weightformer", "weightformer", 4.0, 92.0),
+            ("kd", "kd", 60.0, 91.0), ("kd", "kd", 40.0, 93.0), ("soup", "soup", 1.0, 10.0),
+            ("kd", "kd/unseen", 1.0, 50.0)]  # unseen groups are not part of the comparison
+    for i, (method, variant, wall, top1) in enumerate(runs):
+        write_record(records, {"run_id": f"r{i}", "status": "done", "stage": "methods", "arch": "vgg11",
+                               "method": method, "variant": variant, "wall_s": wall, "top1": top1})
+    kd, soup = perf.time_to_student_rows(records)
+    assert (kd.name, kd.baseline, kd.contender) == ("time_to_student/vgg11/kd", "kd", "weightformer")
+    assert kd.ratio == 50.0 / 3.0 and kd.median == 3.0
+    assert kd.settings["baseline_top1"] == 92.0 and kd.settings["weightformer_top1"] == 91.0
+    assert kd.settings["groups"] == 2
+    assert soup.ratio == 1.0 / 3.0
