@@ -10,7 +10,7 @@ from bench.config import load_grid
 from bench.plan import Roots, teacher_spec
 from bench.stages import run_methods
 from bench.store import load_records, run_id
-from bench.sweep import local_cap, make_plan, run_local, load_resources, CLUSTER_FILE
+from bench.sweep import BUNDLE_MAX, CLUSTER_FILE, BundleRunner, load_resources, local_cap, make_plan, run_local
 
 MINI = """
 n_teachers: 2
@@ -88,6 +88,17 @@ def test_local_executor_respects_its_parallelism_cap(mini, tmp_path):
     manifest = json.loads((r.results / "mini" / "sweep.json").read_text())
     assert manifest["peak_running"] == 1 and manifest["finished"]
     assert local_cap(1) == len(os.sched_getaffinity(0)) and local_cap(10 ** 6) == 1
+    # One slot: the ready jobs of a stage share one subprocess (a bundle), at most BUNDLE_MAX of them.
+    teachers = manifest["stages"]["teachers"]
+    assert len({j["job_id"] for j in teachers}) == -(-len(teachers) // BUNDLE_MAX)
+
+
+def test_a_bundle_runs_every_job_whatever_fails(tmp_path):
+    bad = {"stage": "nope"}
+    outcome = BundleRunner()([("a", bad), ("b", bad)], "mini", roots(tmp_path), 1)
+    assert list(outcome) == ["a", "b"]
+    assert all(o["state"] == "failed" and "nope" in o["reason"] and o["ended"] >= o["started"]
+               for o in outcome.values())
 
 
 def test_generated_sbatch_holds_the_array_and_the_dependency(mini, tmp_path):
