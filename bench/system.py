@@ -11,11 +11,15 @@ import torch.distributed as dist
 
 def job_cpus() -> int:
     """CPUs this job was given: `SLURM_CPUS_PER_TASK` when set (capped by the affinity mask),
-    else the CPUs this process may run on (not the whole node's count)."""
+    else the CPUs this process may run on (not the whole node's count); a positive
+    `OMP_NUM_THREADS` caps either (a user's or a scheduler's explicit thread budget)."""
     try:
         allowed = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         allowed = os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        allowed = min(allowed, int(omp))
     slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
     if slurm:
         try:

@@ -241,10 +241,15 @@ def test_job_cpus(monkeypatch):
 
     allowed = len(os.sched_getaffinity(0))
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert fd.job_cpus() == allowed
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
     assert fd.job_cpus() == 1
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(allowed + 50))
     assert fd.job_cpus() == allowed
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "garbage")
+    assert fd.job_cpus() == allowed
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the debug executor's threads follow it
+    assert fd.job_cpus() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")  # not a budget: ignored
     assert fd.job_cpus() == allowed
