@@ -31,6 +31,8 @@ from tqdm import tqdm
 
 from bench.config import Grid, grid_path, load_grid, read_yaml
 from bench.errors import BenchError, choose, cli
+from bench.estimate import (DEFAULT_TFLOPS, TFLOPS_SOURCE, check_tflops, gpu_hours, job_flops, net_of,
+                            training_config)
 from bench.io import atomic_write_json
 from bench.models import SCALES
 from bench.paths import project_root
@@ -169,6 +171,44 @@ def print_plan(plan: Plan, cluster: str, resources: dict[str, dict[str, Any]]) -
         print(f"  {stage:<10} {len(jobs):>4} jobs, {todo:>4} to run, {len(jobs) - todo:>4} done | "
               f"cpus {r['cpus']} mem {r['mem_gb']} GB gpus {r['gpus']} time {r['timeout_min']} min"
               + (f" partition {r['partition']}" if r.get("partition") else ""))
+
+
+def print_pools(plan: Plan) -> None:
+    """The teacher pools the plan trains: what each member is, and one image's forward FLOPs."""
+    firsts: dict[str, Job] = {}
+    for job in plan.stages["teachers"]:
+        firsts.setdefault(job.spec["pool"], job)
+    rows = [(p.name, p.arch, p.dataset, p.init, str(p.members), str(p.held_out),
+             str(training_config(firsts[p.name].spec).epochs), f"{net_of(firsts[p.name].spec).forward / 1e9:.3g}")
+            for p in plan.grid.pools]
+    head = ("pool", "arch", "dataset", "init", "members", "held out", "epochs", "GFLOP/img")
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+    print("pools (GFLOP/img: one image's forward pass):")
+    for r in (head, *rows):
+        print("  " + "  ".join(v.ljust(w) if i < 4 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+
+
+def print_estimate(plan: Plan, resources: dict[str, dict[str, Any]], tflops: float) -> None:
+    """GPU-hours per stage and in total, from FLOPs counted from the architectures and the grid,
+    beside each stage's largest job and its time limit."""
+    print(f"GPU-hours (an estimate: FLOPs counted from the architectures and the grid, bench/estimate.py, "
+          f"at {tflops:g} TFLOP/s per GPU, --gpu-tflops):")
+    print(f"  {'stage':<10} {'FLOP':>9} {'GPU-h':>9} {'to run':>9} {'largest job':>11} {'limit':>7}")
+    total = total_todo = 0.0
+    for stage, jobs in plan.stages.items():
+        flops = [job_flops(stage, j.spec) for j in jobs]
+        todo = sum(f for f, j in zip(flops, jobs) if j.run_id not in plan.done)
+        total, total_todo = total + sum(flops), total_todo + todo
+        # A job trains data-parallel on its gpus: its wall time is its GPU-hours over them.
+        gpus = max(1, int(resources[stage].get("gpus") or 1))
+        print(f"  {stage:<10} {sum(flops):>9.2e} {_hours(sum(flops), tflops):>9} {_hours(todo, tflops):>9} "
+              f"{_hours(max(flops, default=0) / gpus, tflops) + ' h':>11} {resources[stage]['timeout_min'] / 60:>6.3g}h")
+    print(f"  {'total':<10} {total:>9.2e} {_hours(total, tflops):>9} {_hours(total_todo, tflops):>9}")
+
+
+def _hours(flops: float, tflops: float) -> str:
+    h = gpu_hours(flops, tflops)
+    return f"{h:,.0f}" if h >= 100 else f"{h:.1f}" if h >= 1 else f"{h:.2g}"
 
 
 # --- executors ------------------------------------------------------------------------------
@@ -418,6 +458,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", default="tiny", help=f"one of {', '.join(SCALES)}")
     p.add_argument("--cluster", default="auto", help=f"one of {', '.join(CLUSTERS)}")
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
+    p.add_argument("--gpu-tflops", type=float, default=DEFAULT_TFLOPS,
+                   help="--dry-run: sustained TFLOP/s per GPU that turns the counted FLOPs into GPU-hours "
+                        f"(default {DEFAULT_TFLOPS:g}: {TFLOPS_SOURCE})".replace("%", "%%"))
     p.add_argument("--wait", action="store_true", help="block until every job has finished")
     p.add_argument("--status", action="store_true", help="print the sweep's state and exit")
     p.add_argument("--force", action="store_true",
@@ -460,6 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.status:
         print_status(grid_path(a.grid).stem, roots)
         return
+    check_tflops(a.gpu_tflops)
     grid = load_grid(a.grid, a.scale)
     cluster = resolve_cluster(a.cluster)
     if a.max_parallel is not None and a.max_parallel < 1:
@@ -474,6 +518,8 @@ def main(argv: list[str] | None = None) -> None:
     plan = make_plan(grid, roots, force=a.force)
     print_plan(plan, cluster, resources)
     if a.dry_run:
+        print_pools(plan)
+        print_estimate(plan, resources, a.gpu_tflops)
         return
     check_writable(roots.results / grid.name)
     running_driver = _running_local_driver(grid.name, roots)

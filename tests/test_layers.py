@@ -11,12 +11,15 @@ from bench.paths import project_root
 
 BENCH = project_root() / "bench"
 RUNNING = ("bench.engine", "bench.train", "bench.pool", "bench.stages", "bench.sweep")
-UPPER = ("bench.methods", "bench.weightformer", "bench.plan", "bench.config", "bench.report", *RUNNING)
+UPPER = ("bench.methods", "bench.weightformer", "bench.plan", "bench.config", "bench.report", "bench.estimate",
+         *RUNNING)
 # package or module -> the modules it must not import (a name and everything below it)
 FORBIDDEN = {
     "bench.data": UPPER, "bench.models": UPPER, "bench.weights": UPPER, "bench.recipes": UPPER,
     "bench.options": UPPER, "bench.system": UPPER, "bench.checkpoint": UPPER, "bench.store": UPPER,
     "bench.metrics": UPPER, "bench.io": UPPER, "bench.errors": UPPER, "bench.paths": UPPER,
+    "bench.estimate": ("bench.engine", "bench.report", "bench.plan", "bench.weightformer.meta_train", *RUNNING,
+                       *(f"bench.methods.{m}" for m in (*METHODS, "common", "distillation", "weightformer_student"))),
     "bench.engine": ("bench.methods", "bench.weightformer", "bench.plan", "bench.config", "bench.report",
                      "bench.train", "bench.pool", "bench.stages", "bench.sweep"),
     "bench.weightformer": ("bench.methods", "bench.plan", "bench.config", "bench.report", "bench.pool",

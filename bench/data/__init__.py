@@ -73,6 +73,18 @@ DATASETS: dict[str, DatasetSpec] = {
                             (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
+# Images per split (the cost estimate counts work with them, bench.estimate). CIFAR: the
+# published 50,000 / 10,000 split; ImageNet: ILSVRC-2012's 1,281,167 training and 50,000
+# validation images (the "test" split here); digits: the fixed 25 % stratified split of
+# scikit-learn's 1,797 images; multiview: the generator's default sizes.
+SPLIT_SIZES: dict[str, dict[str, int]] = {
+    "digits": {"train": 1347, "test": 450},
+    "multiview": {"train": 2000, "test": 1000},
+    "cifar10": {"train": 50_000, "test": 10_000},
+    "cifar100": {"train": 50_000, "test": 10_000},
+    "imagenet": {"train": 1_281_167, "test": 50_000},
+}
+
 
 def dataset_spec(name: str) -> DatasetSpec:
     return DATASETS[choose("dataset", name, DATASETS)]

@@ -1,0 +1,281 @@
+"""GPU-hours a sweep's plan would take, estimated from FLOPs (`python -m bench.sweep --dry-run`).
+
+FLOPs are counted, not measured: `torch.utils.flop_counter.FlopCounterMode` over a forward pass
+of the network built on the `meta` device (shapes only: no memory, no weights, nothing
+downloaded; a pretrained pool counts its architecture). It counts matrix products,
+convolutions and attention, a multiply-add as 2 FLOPs; elementwise work, norms, the optimizer,
+data loading and the CPU work (weight matching, averaging) are not counted. GPU-hours are
+FLOPs / the sustained throughput (`--gpu-tflops`) / 3600: an estimate of the work, not of a
+schedule (queueing, preemption and the tail of a job array are not in it).
+
+Per job (F = one image's forward FLOPs; train / test = the split sizes in
+`bench.data.SPLIT_SIZES`, times the fraction a run trains on):
+
+* a training run: epochs x train x 3F (forward + backward; a backward is about two forwards:
+  one product for the activations' gradient, one for the weights', and FlopCounterMode over
+  forward + backward of these networks gives 2.97 to 2.99 F) + epochs x test x F (the
+  evaluation after every epoch);
+* teachers: a training run with the pool's recipe;
+* meta_train: steps x one step, i.e. the WeightFormer's forward + backward over every layer's
+  tokens (counted with FlopCounterMode on the meta device, the real `WeightFormer` module, one
+  layer shape at a time: a layer's share of the step depends on its shape only, so the sum is
+  the whole step's count), the predicted student's forward + backward on the batch (3F x batch)
+  and the group's N teachers' forwards on it (soft labels; when the data set trains without
+  augmentation they are computed once over the split for every meta-train member instead);
+  with shift consistency, the WeightFormer and the student once more for the shifted group (N
+  teachers) and once for the cut-off one (N - 1);
+* methods: single / ensemble: test x F x 1 / N; soup / aligned_soup: the BatchNorm
+  re-estimation's forwards + test x F; kd / self_distill: a student's training run + N / 1
+  teachers' forward per training image per epoch (once, when the soft labels are cached);
+  weightformer: one WeightFormer forward + re-estimation + test x F; weightformer_ft: that, then
+  `ft_epochs` of KD training on `ft_fraction` of the split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.data import SPLIT_SIZES, dataset_spec
+from bench.errors import BenchError
+from bench.methods import method_options
+from bench.models import build_model
+from bench.options import WFConfig
+from bench.recipes import TrainConfig
+
+# Sustained training throughput of one GPU, TFLOP/s. NVIDIA's own tuned ResNet-50 v1.5 trains
+# at 2,470 images/s on one A100 80GB in mixed precision (NVIDIA DeepLearningExamples,
+# PyTorch/Classification/ConvNets/resnet50v1.5/README.md, "Training performance: NVIDIA DGX
+# A100"); at 3 x 8.18 GFLOP per 224 px image (FlopCounterMode, timm's resnet50) that is 61
+# TFLOP/s, about 20 % of the A100's 312 TFLOP/s dense bf16 peak. This suite's convnets train
+# at batch 64 on 32 px images, which keeps a GPU no busier than that, so the tuned figure is
+# the optimistic end for them.
+DEFAULT_TFLOPS = 60.0
+TFLOPS_SOURCE = ("one A100 80GB training ResNet-50 in mixed precision: 2,470 img/s (NVIDIA DeepLearningExamples, "
+                 "resnet50v1.5 README) x 3 x 8.18 GFLOP/img = 61 TFLOP/s, about 20% of its 312 TFLOP/s bf16 "
+                 "dense peak")
+# Batches of this many images re-estimate BatchNorm statistics (bench.methods.common and
+# bench.methods.weightformer_student load the training split at this batch size).
+REESTIMATE_BATCH = 128
+BACKWARD_FACTOR = 2  # a backward pass's FLOPs, in forwards
+
+
+def model_forward_flops(model: torch.nn.Module, image_size: int, in_chans: int = 3) -> int:
+    """FLOPs of `model`'s forward pass (eval mode) on one image, counted on the meta device."""
+    model = model.to("meta").eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.empty(1, in_chans, image_size, image_size, device="meta"))
+    return counter.get_total_flops()
+
+
+@functools.lru_cache(maxsize=None)
+def forward_flops(arch: str, num_classes: int, image_size: int, scale: str) -> int:
+    """FLOPs of one image's forward pass through `arch` built for the data set's shapes."""
+    with torch.device("meta"):
+        model = build_model(arch, num_classes, image_size, scale)
+    return model_forward_flops(model, image_size)
+
+
+@functools.lru_cache(maxsize=None)
+def has_batchnorm(arch: str, num_classes: int, image_size: int, scale: str) -> bool:
+    """Whether re-estimating normalisation statistics runs any forward (ViT has no BatchNorm)."""
+    with torch.device("meta"):
+        model = build_model(arch, num_classes, image_size, scale)
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+# (kind_key, n_tokens, token_width, cfg, N, teachers given) -> (forward, backward) FLOPs
+_LAYER_FLOPS: dict[tuple[Any, ...], tuple[int, int]] = {}
+
+
+def _counted(layer: Any, cfg: WFConfig, n_teachers: int, n_given: int) -> tuple[int, int]:
+    """(forward, backward) FLOPs of the real WeightFormer module built for `layer` alone, on the meta device."""
+    from bench.weightformer.model import WeightFormer
+
+    with torch.device("meta"):
+        wf = WeightFormer([layer], cfg, n_teachers)
+        tokens = torch.empty(n_given, layer.n_tokens, layer.token_width)
+    with FlopCounterMode(display=False) as forward:
+        out = wf([tokens])
+    with FlopCounterMode(display=False) as backward:
+        out[0].sum().backward()
+    return forward.get_total_flops(), backward.get_total_flops()
+
+
+def _layer_flops(layer: Any, cfg: WFConfig, n_teachers: int, n_given: int) -> tuple[int, int]:
+    """(forward, backward) FLOPs of one layer's share of a WeightFormer step.
+
+    Counting on the meta device costs about a millisecond per operator, so two things keep it
+    short: the count is cached by the layer's shape (ResNet-50's 54 layers have 21 shapes,
+    ViT-B/32's 77 have 11), and it is made at depth 0 (embedder, norm and head) and depth 1:
+    the blocks are identical, so a layer's FLOPs are exactly affine in the depth."""
+    key = (layer.kind_key, layer.n_tokens, layer.token_width, cfg, n_teachers, n_given)
+    if key not in _LAYER_FLOPS:
+        # depth 0 is no valid config, but the module builds with no blocks: what is not a block.
+        rest, one = (_counted(layer, dataclasses.replace(cfg, depth=d), n_teachers, n_given) for d in (0, 1))
+        _LAYER_FLOPS[key] = tuple(r + cfg.depth * (o - r) for r, o in zip(rest, one))
+    return _LAYER_FLOPS[key]
+
+
+@functools.lru_cache(maxsize=None)
+def weightformer_flops(arch: str, num_classes: int, image_size: int, scale: str, cfg: WFConfig,
+                       n_teachers: int, n_given: int | None = None) -> tuple[int, int]:
+    """(forward, backward) FLOPs of a WeightFormer (`cfg`, meta-trained for `n_teachers`)
+    predicting a student of `arch` from `n_given` (default N) teachers' tokens, summed over the
+    layers (the [cross] token's chain from layer to layer adds no product of its own)."""
+    from bench.weights.tokens import weight_layers
+
+    with torch.device("meta"):
+        model = build_model(arch, num_classes, image_size, scale)
+    forward = backward = 0
+    for layer in weight_layers(model, arch):
+        f, b = _layer_flops(layer, cfg, n_teachers, n_given or n_teachers)
+        forward, backward = forward + f, backward + b
+    return forward, backward
+
+
+# --- per job -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Net:
+    """What a job's FLOPs depend on: the architecture at its data set's shapes and the split sizes."""
+
+    arch: str
+    dataset: str
+    scale: str
+    image_size: int
+
+    @property
+    def num_classes(self) -> int:
+        return dataset_spec(self.dataset).num_classes
+
+    @property
+    def forward(self) -> int:
+        return forward_flops(self.arch, self.num_classes, self.image_size, self.scale)
+
+    @property
+    def train_images(self) -> int:
+        return SPLIT_SIZES[self.dataset]["train"]
+
+    @property
+    def test_images(self) -> int:
+        return SPLIT_SIZES[self.dataset]["test"]
+
+    @property
+    def cached_soft_labels(self) -> bool:
+        """Whether distillation computes the teachers' soft labels once (no augmentation)."""
+        spec = dataset_spec(self.dataset)
+        return spec.augment == "none" and spec.in_memory
+
+
+def training_config(teacher: Mapping[str, Any], **overrides: Any) -> TrainConfig:
+    """A teacher spec's (bench.plan.teacher_spec) resolved training config, `overrides` on top."""
+    return TrainConfig(arch=teacher["arch"], dataset=teacher["dataset"], scale=teacher["scale"],
+                       **{**teacher["recipe"], **overrides}).resolved()
+
+
+def net_of(teacher: Mapping[str, Any]) -> Net:
+    cfg = training_config(teacher)
+    return Net(cfg.arch, cfg.dataset, cfg.scale, cfg.image_size)
+
+
+def training_flops(net: Net, epochs: int, fraction: float = 1.0) -> float:
+    """A training run: forward + backward on every training image each epoch, and the test
+    split's evaluation after every epoch."""
+    return epochs * (fraction * net.train_images * (1 + BACKWARD_FACTOR) * net.forward
+                     + net.test_images * net.forward)
+
+
+def distillation_flops(net: Net, n_teachers: int, epochs: int, fraction: float = 1.0) -> float:
+    """A student's training run + its teachers' forwards: on every training batch, or once over
+    the split when the soft labels are cached."""
+    passes = 1 if net.cached_soft_labels else epochs
+    return training_flops(net, epochs, fraction) + passes * n_teachers * fraction * net.train_images * net.forward
+
+
+def evaluation_flops(net: Net, networks: int = 1) -> float:
+    return networks * net.test_images * net.forward
+
+
+def reestimation_flops(net: Net, batches: int) -> float:
+    if not has_batchnorm(net.arch, net.num_classes, net.image_size, net.scale):
+        return 0.0
+    return min(batches * REESTIMATE_BATCH, net.train_images) * net.forward
+
+
+def teacher_job_flops(spec: Mapping[str, Any]) -> float:
+    return training_flops(net_of(spec), training_config(spec).epochs)
+
+
+def meta_train_step_flops(net: Net, cfg: WFConfig, n_teachers: int) -> float:
+    """One meta-training step, without the teachers' soft labels."""
+    batch = min(cfg.batch_size, net.train_images) if net.cached_soft_labels else cfg.batch_size
+    student = (1 + BACKWARD_FACTOR) * net.forward * batch
+    groups = [n_teachers]
+    if cfg.shift_weight > 0 and n_teachers > 1:
+        groups += [n_teachers, n_teachers - 1]  # the shifted group and the cut-off one
+    return sum(sum(weightformer_flops(net.arch, net.num_classes, net.image_size, net.scale, cfg, n_teachers, n))
+               + student for n in groups)
+
+
+def meta_train_job_flops(spec: Mapping[str, Any]) -> float:
+    net = net_of(spec["teachers"][0])
+    cfg = WFConfig(**spec["wf"])
+    n = spec["n_teachers"]
+    if net.cached_soft_labels:  # every meta-train member's outputs on the split, once
+        soft_labels = len(spec["members"]) * net.train_images * net.forward
+    else:  # the group's teachers on every batch
+        soft_labels = cfg.steps * n * cfg.batch_size * net.forward
+    return cfg.steps * meta_train_step_flops(net, cfg, n) + soft_labels
+
+
+def method_job_flops(spec: Mapping[str, Any]) -> float:
+    net = net_of(spec["teachers"][0])
+    name, n = spec["method"], len(spec["teachers"])
+    options = method_options(name, spec["options"], f"methods.{spec['variant']}")
+    if name == "single":
+        return evaluation_flops(net)
+    if name == "ensemble":
+        return evaluation_flops(net, n)
+    if name in ("soup", "aligned_soup"):
+        return reestimation_flops(net, options.bn_batches) + evaluation_flops(net)
+    if name in ("kd", "self_distill"):
+        epochs = options.epochs or training_config(spec["teachers"][0]).epochs
+        return distillation_flops(net, n if name == "kd" else 1, epochs)
+    if name in ("weightformer", "weightformer_ft"):
+        cfg = options.wf_config(net.scale)
+        forward, _ = weightformer_flops(net.arch, net.num_classes, net.image_size, net.scale, cfg, n)
+        made = forward + reestimation_flops(net, options.bn_batches)
+        if name == "weightformer":
+            return made + evaluation_flops(net)
+        return made + distillation_flops(net, n, options.ft_epochs, options.ft_fraction)
+    raise BenchError(f"no FLOP estimate for method {name!r}")
+
+
+JOB_FLOPS = {"teachers": teacher_job_flops, "meta_train": meta_train_job_flops, "methods": method_job_flops}
+
+
+def job_flops(stage: str, spec: Mapping[str, Any]) -> float:
+    """The FLOPs one job of `stage` computes, from its spec (bench.plan)."""
+    if stage not in JOB_FLOPS:
+        raise BenchError(f"no FLOP estimate for stage {stage!r}")
+    return JOB_FLOPS[stage](spec)
+
+
+def stage_flops(stage: str, specs: Iterable[Mapping[str, Any]]) -> float:
+    return sum(job_flops(stage, s) for s in specs)
+
+
+def check_tflops(tflops: float) -> float:
+    if not 0 < tflops < float("inf"):  # NaN fails too
+        raise BenchError(f"--gpu-tflops must be a positive, finite number of TFLOP/s, got {tflops:g}")
+    return tflops
+
+
+def gpu_hours(flops: float, tflops: float) -> float:
+    """FLOPs at `tflops` TFLOP/s sustained, in GPU-hours."""
+    return flops / (check_tflops(tflops) * 1e12) / 3600

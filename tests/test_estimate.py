@@ -1,0 +1,116 @@
+"""The dry-run's cost estimate: FLOP counts against hand counts, its formulas, its output."""
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.config import load_grid
+from bench.data import SPLIT_SIZES, load_dataset
+from bench.estimate import job_flops, model_forward_flops, forward_flops, weightformer_flops
+from bench.models import build_model
+from bench.options import WFConfig
+from bench.plan import STAGES, Roots
+from bench.sweep import main
+
+
+def test_forward_flops_of_a_small_network_match_a_hand_count():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2, padding=1),
+                        nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+    # multiply-adds: out channels x in channels x kernel area x output pixels; a linear: in x out
+    macs = 8 * 3 * 3 * 3 * (8 * 8) + 4 * 8 * 3 * 3 * (4 * 4) + 64 * 10
+    assert model_forward_flops(net, image_size=8) == 2 * macs
+
+
+def test_weightformer_count_by_layer_shape_equals_a_count_of_the_whole_step():
+    cfg = WFConfig.from_mapping({"d_model": 32, "depth": 2, "heads": 4}, "test")
+    from bench.weightformer.model import WeightFormer
+    from bench.weights.tokens import weight_layers
+
+    with torch.device("meta"):
+        model = build_model("vgg11", 10, 16, "tiny")
+        layers = weight_layers(model, "vgg11")
+        wf = WeightFormer(layers, cfg, 3)
+    for given in (3, 2):
+        tokens = [torch.empty(given, l.n_tokens, l.token_width, device="meta") for l in layers]
+        with FlopCounterMode(display=False) as forward:
+            out = wf(tokens)
+        with FlopCounterMode(display=False) as backward:
+            sum(o.sum() for o in out).backward()
+        assert weightformer_flops("vgg11", 10, 16, "tiny", cfg, 3, given) == \
+            (forward.get_total_flops(), backward.get_total_flops())
+
+
+def test_split_sizes_are_those_of_the_loaded_splits():
+    for name in ("digits", "multiview"):
+        assert {s: len(load_dataset(name, split=s)) for s in ("train", "test")} == SPLIT_SIZES[name]
+
+
+def tiny_jobs(tmp_path):
+    grid = load_grid("main_table", "tiny")
+    roots = Roots.resolve(str(tmp_path / "t"), str(tmp_path / "r"))
+    return grid, {name: stage.plan(grid, roots) for name, stage in STAGES.items()}
+
+
+def with_epochs(spec, epochs):
+    return {**spec, "recipe": {**spec["recipe"], "epochs": epochs}}
+
+
+def test_estimate_scales_linearly_with_epochs(tmp_path):
+    _, jobs = tiny_jobs(tmp_path)
+    teacher = jobs["teachers"][0].spec
+    one = job_flops("teachers", with_epochs(teacher, 1))
+    assert [job_flops("teachers", with_epochs(teacher, e)) for e in (2, 7)] == pytest.approx([2 * one, 7 * one])
+    kd = next(j.spec for j in jobs["methods"] if j.spec["method"] == "kd")  # digits: teachers online
+    kd_one = job_flops("methods", {**kd, "options": {**kd["options"], "epochs": 1}})
+    assert job_flops("methods", {**kd, "options": {**kd["options"], "epochs": 3}}) == pytest.approx(3 * kd_one)
+    meta = jobs["meta_train"][0].spec
+    steps = lambda s: job_flops("meta_train", {**meta, "wf": {**meta["wf"], "steps": s}})
+    assert steps(40) == pytest.approx(4 * steps(10))
+
+
+def dry_run(capsys, *flags):
+    main(["--grid", "main_table", "--scale", "tiny", "--cluster", "local", "--dry-run", *flags])
+    return capsys.readouterr().out.splitlines()
+
+
+def table(lines, title):
+    """The rows (split into words) of the indented table under the line starting with `title`,
+    its column header left out."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("  "):
+            break
+        rows.append(line.split())
+    return {row[0]: row for row in rows}
+
+
+def test_dry_run_prints_the_pools_and_the_estimate_per_stage_and_in_total(tmp_path, capsys):
+    grid, jobs = tiny_jobs(tmp_path)
+    lines = dry_run(capsys)
+    pools = table(lines, "pools")
+    for p in grid.pools:
+        assert pools[p.name][1:6] == [p.arch, p.dataset, p.init, str(p.members), str(p.held_out)]
+    title = next(line for line in lines if line.startswith("GPU-hours"))
+    assert "estimate" in title and "60 TFLOP/s" in title
+    rows = table(lines, "GPU-hours")
+    assert list(rows) == ["teachers", "meta_train", "methods", "total"]
+    # The teachers' FLOPs by hand: members x epochs x (3 x train images + test images) x forward.
+    teachers = sum(p.members * int(pools[p.name][6]) * (3 * SPLIT_SIZES[p.dataset]["train"] + SPLIT_SIZES[p.dataset]["test"])
+                   * forward_flops(p.arch, 10, 16, "tiny") for p in grid.pools)
+    assert float(rows["teachers"][1]) == pytest.approx(teachers, rel=0.01)
+    stages = [float(rows[s][1]) for s in ("teachers", "meta_train", "methods")]
+    assert float(rows["total"][1]) == pytest.approx(sum(stages), rel=0.01)
+    # GPU-hours are the FLOPs at the stated throughput: half the throughput, twice the hours.
+    slower = table(dry_run(capsys, "--gpu-tflops", "30"), "GPU-hours")
+    assert float(slower["total"][2]) == pytest.approx(2 * float(rows["total"][2]), rel=0.05)
+    assert float(rows["total"][2]) == pytest.approx(float(rows["total"][1]) / 60e12 / 3600, rel=0.05)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan"])
+def test_a_throughput_that_is_not_positive_is_refused_with_one_line(value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--grid", "main_table", "--dry-run", "--gpu-tflops", value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--gpu-tflops" in err
