@@ -15,6 +15,7 @@ import torch
 
 from bench.config import Grid, PoolSpec, method_applies
 from bench.methods import meta_train_config
+from bench.models import ARCH_SPECS
 from bench.paths import results_root, teachers_root
 from bench.store import read_record, run_id
 
@@ -64,13 +65,25 @@ def record_path(roots: Roots, grid: Grid, job: Job) -> Path:
 
 
 class TeachersStage:
-    """One job per pool member: a training run into `member_dir` (teachers/<pool>-<hash>/member-<k>)."""
+    """One job per pool member: a training run into `member_dir` (teachers/<pool>-<hash>/member-<k>).
+    Members run in stacks (`units`): several members of one pool in one task, trained as one
+    network (bench.engine.stacked); each keeps its job, run id, folder and record."""
 
     name = "teachers"
 
     def plan(self, grid: Grid, roots: Roots) -> list[Job]:
         return [Job(self.name, teacher_spec(p, k), f"{p.name}/member-{k}")
                 for p in grid.pools for k in range(p.members)]
+
+    def units(self, jobs: list[Job], stack: int) -> list[list[Job]]:
+        """Members of one pool and recipe, at most `stack` per unit, in plan order; one per unit
+        where the architecture does not stack or the members start from pretrained weights."""
+        groups: dict[str, list[Job]] = {}
+        for job in jobs:
+            alone = stack <= 1 or not ARCH_SPECS[job.spec["arch"]].stacks or job.spec["init"] == "pretrained"
+            key = job.run_id if alone else run_id({k: v for k, v in job.spec.items() if k != "member"})
+            groups.setdefault(key, []).append(job)
+        return [g[i:i + max(1, stack)] for g in groups.values() for i in range(0, len(g), max(1, stack))]
 
     def done(self, job: Job, grid: Grid, roots: Roots) -> bool:
         return (member_dir(roots, job.spec) / "model.json").exists() and record_path(roots, grid, job).exists()
@@ -148,6 +161,18 @@ class MetaTrainStage:
 
     def done(self, job: Job, grid: Grid, roots: Roots) -> bool:
         return (weightformer_dir(roots, job.spec) / "model.json").exists() and record_path(roots, grid, job).exists()
+
+
+def units(stage: str, jobs: list[Job], stack: int = 1) -> list[list[Job]]:
+    """The tasks that run `jobs` of `stage`: jobs grouped into stacks where the stage has them
+    (teachers), else one job each. A unit of several runs as `unit_spec`."""
+    group = getattr(STAGES[stage], "units", None)
+    return group(jobs, stack) if group is not None else [[j] for j in jobs]
+
+
+def unit_spec(unit: list[Job]) -> dict[str, Any]:
+    """What one task runs: the job's spec, or for a stack {"stage", "stack": [the members' specs]}."""
+    return unit[0].spec if len(unit) == 1 else {"stage": unit[0].stage, "stack": [j.spec for j in unit]}
 
 
 STAGES: dict[str, Stage] = {"teachers": TeachersStage(), "meta_train": MetaTrainStage(), "methods": MethodsStage()}

@@ -27,6 +27,7 @@ from bench.models import ARCHS, SCALES
 from bench.paths import data_root, results_root, teachers_root
 from bench.store import load_records, run_id, write_record
 from bench.engine import train
+from bench.engine.stacked import train_stack
 from bench.recipes import TrainConfig
 
 INITS = ("scratch", "shared", "pretrained")
@@ -67,15 +68,48 @@ def train_member(pool: Pool, k: int, *, teachers: str | Path | None = None,
     The sweep passes its job's `run` id, its own `run_dir` and the grid's `pool_name`; by
     default the record's id is a hash of the member and the folder `pool.member_dir(k)`."""
     cfg = pool.member_config(k, **overrides)
-    spec = {"stage": "teachers", "pool": pool.name, "member": k, "config": cfg.resolved().to_json()}
     t0 = time.perf_counter()
     run_dir = run_dir or pool.member_dir(k, teachers)
     meta = train(cfg, run_dir, progress=progress)
+    return _write_member_record(pool, k, cfg, meta, run_dir, time.perf_counter() - t0, results=results, grid=grid,
+                                run=run, pool_name=pool_name)
+
+
+def train_members(pool: Pool, ks: list[int], *, teachers: str | Path | None = None,
+                  results: str | Path | None = None, grid: str = "teachers", progress: bool | None = None,
+                  runs: list[str] | None = None, run_dirs: list[Path] | None = None,
+                  pool_name: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
+    """`train_member` for several members at once, trained as one stacked network where the
+    architecture allows (`bench.engine.stacked.train_stack`; else one at a time). Every member
+    gets the record `train_member` writes (its seconds: its share of the stack's); a member that
+    failed gets none, and its error is raised once the others are done."""
+    cfgs = [pool.member_config(k, **overrides) for k in ks]
+    run_dirs = run_dirs or [pool.member_dir(k, teachers) for k in ks]
+    t0 = time.perf_counter()
+    metas = train_stack(cfgs, run_dirs, progress=progress,
+                        on_fallback=lambda why: print(f"{pool.name}: members {ks} one at a time ({why})", flush=True))
+    share = (time.perf_counter() - t0) / len(ks)
+    records, errors = [], []
+    for i, (k, cfg, meta) in enumerate(zip(ks, cfgs, metas)):
+        if isinstance(meta, Exception):
+            errors.append(meta)
+            continue
+        records.append(_write_member_record(pool, k, cfg, meta, run_dirs[i], share, results=results, grid=grid,
+                                            run=runs[i] if runs else None, pool_name=pool_name))
+    if errors:
+        raise errors[0]
+    return records
+
+
+def _write_member_record(pool: Pool, k: int, cfg: TrainConfig, meta: dict[str, Any], run_dir: Path, wall_s: float,
+                         *, results: str | Path | None, grid: str, run: str | None,
+                         pool_name: str | None) -> dict[str, Any]:
+    spec = {"stage": "teachers", "pool": pool.name, "member": k, "config": cfg.resolved().to_json()}
     record = {"run_id": run or run_id(spec), "grid": grid, "stage": "teachers", "method": "single",
               "arch": pool.arch, "dataset": pool.dataset, "scale": pool.scale, "init": pool.init,
               "pool": pool_name or pool.name, "member": k, "seed": k, "n_teachers": 1, "status": "done",
               **{m: meta["metrics"][m] for m in ("top1", "top5", "nll", "ece")},
-              "train_s": meta["train_s"], "wall_s": time.perf_counter() - t0,
+              "train_s": meta["train_s"], "wall_s": wall_s,
               "epochs": meta["epochs"], "weights": str(run_dir / "model.safetensors")}
     if world()[0] == 0:  # in a data-parallel job every rank trains; one writes the record
         write_record(results_root(results) / grid / "records", record)

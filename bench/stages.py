@@ -15,7 +15,7 @@ import torch
 from bench.errors import BenchError
 from bench.paths import data_root
 from bench.plan import Roots, member_dir, weightformer_dir
-from bench.pool import Pool, train_member
+from bench.pool import Pool, train_member, train_members
 from bench.store import run_id, write_record
 from bench.system import world
 
@@ -31,11 +31,27 @@ def data_root_of(recipe: dict[str, Any]) -> str | None:
 
 
 def run_teachers(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
+    """One member, or a stack of members of one pool ({"stack": [specs]}, bench.plan.unit_spec)
+    trained as one network; each member writes its own record."""
+    if "stack" in spec:
+        return run_teacher_stack(spec["stack"], grid, roots)
     pool = _pool(spec)
     recipe = {**spec["recipe"], "data_root": data_root_of(spec["recipe"])}
     return train_member(pool, spec["member"], teachers=roots.teachers, results=roots.results, grid=grid,
                         run=run_id(spec), run_dir=member_dir(roots, spec), pool_name=spec["pool"],
                         progress=False, **recipe)
+
+
+def run_teacher_stack(specs: list[dict[str, Any]], grid: str, roots: Roots) -> dict[str, Any]:
+    first = specs[0]
+    if any({**s, "member": 0} != {**first, "member": 0} for s in specs):
+        raise BenchError("a stack of teachers holds members of one pool and recipe only")
+    recipe = {**first["recipe"], "data_root": data_root_of(first["recipe"])}
+    records = train_members(_pool(first), [s["member"] for s in specs], teachers=roots.teachers,
+                            results=roots.results, grid=grid, runs=[run_id(s) for s in specs],
+                            run_dirs=[member_dir(roots, s) for s in specs], pool_name=first["pool"],
+                            progress=False, **recipe)
+    return {"stage": "teachers", "stack": records}
 
 
 def _pool_fields(teacher: dict[str, Any]) -> dict[str, Any]:

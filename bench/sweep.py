@@ -36,11 +36,12 @@ from bench.estimate import (DEFAULT_TFLOPS, TFLOPS_SOURCE, check_tflops, gpu_hou
 from bench.io import atomic_write_json
 from bench.models import SCALES
 from bench.paths import project_root
-from bench.plan import STAGES, Job, Roots
+from bench.plan import STAGES, Job, Roots, unit_spec, units
 from bench.stages import run_job
 
 CLUSTERS = ("auto", "slurm", "local", "debug")
-RESOURCE_KEYS = ("partition", "account", "gpus", "cpus", "mem_gb", "timeout_min", "array_parallelism")
+# stack: members of one teacher pool trained as one network in one task (bench.plan.TeachersStage.units)
+RESOURCE_KEYS = ("partition", "account", "gpus", "cpus", "mem_gb", "timeout_min", "array_parallelism", "stack")
 CLUSTER_FILE = project_root() / "sweeps" / "cluster.yaml"
 
 
@@ -54,10 +55,11 @@ class JobRunner(submitit.helpers.Checkpointable):
 
 
 class BundleRunner(JobRunner):
-    """Several jobs of one stage run one after the other in one local subprocess: importing
-    torch and timm costs a job ~8 CPU seconds on 2 cores, more than most tiny jobs compute.
-    Returns {run_id: None, or the failure's last line}: one job's failure does not stop the
-    others. Resubmitted on USR2, it finds the finished ones done and resumes the rest."""
+    """Several tasks of one stage (`(key, spec)` pairs: a job, or a stack of teacher jobs) run
+    one after the other in one local subprocess: importing torch and timm costs a job ~8 CPU
+    seconds on 2 cores, more than most tiny jobs compute. Returns {key: {state, reason when
+    failed, started, ended}}: one task's failure does not stop the others. Resubmitted on
+    USR2, it finds the finished ones done and resumes the rest."""
 
     def __call__(self, jobs: list[tuple[str, dict[str, Any]]], grid: str, roots: Roots,  # type: ignore[override]
                  cpus: int | None = None) -> dict[str, dict[str, Any]]:
@@ -67,9 +69,8 @@ class BundleRunner(JobRunner):
             try:
                 run_job(spec, grid, roots, cpus)
                 outcome[rid] = {"state": "done", "started": started, "ended": time.time()}
-            except Exception as err:  # noqa: BLE001 - recorded per job; the job wrote its failed record
-                msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-                outcome[rid] = {"state": "failed", "reason": f"{type(err).__name__}: {msg}"[:500],
+            except Exception as err:  # noqa: BLE001 - recorded per task; the job wrote its failed record
+                outcome[rid] = {"state": "failed", "reason": f"{type(err).__name__}: {last_line(err)}"[:500],
                                 "started": started, "ended": time.time()}
         return outcome
 
@@ -93,12 +94,14 @@ def load_resources(path: Path, scale: str, stage: str, flags: dict[str, Any]) ->
             check("stage", st, ("default", *STAGES), s)
             for key in res or {}:
                 check("resource", key, RESOURCE_KEYS, f"{s}.{st}")
-    merged = {"cpus": 1, "mem_gb": 4, "gpus": 0, "timeout_min": 60}
+    merged = {"cpus": 1, "mem_gb": 4, "gpus": 0, "timeout_min": 60, "stack": 1}
     merged.update((raw.get(scale) or {}).get("default") or {})
     merged.update((raw.get(scale) or {}).get(stage) or {})
     merged.update({k: v for k, v in flags.items() if v is not None})
     if not merged.get("timeout_min") or merged["timeout_min"] <= 0:
         raise BenchError(f"{path}: timeout_min must be a positive number of minutes for stage {stage}")
+    if not isinstance(merged["stack"], int) or merged["stack"] < 1:
+        raise BenchError(f"{path}: stack must be a whole number of members, at least 1, for stage {stage}")
     return merged
 
 
@@ -130,6 +133,31 @@ class Plan:
     @property
     def todo(self) -> dict[str, list[Job]]:
         return {s: [j for j in jobs if j.run_id not in self.done] for s, jobs in self.stages.items()}
+
+    def units(self, resources: dict[str, dict[str, Any]] | None = None) -> dict[str, list[list[Job]]]:
+        """Per stage, the tasks that run its jobs still to do (a stack of teachers is one task)."""
+        return {s: units(s, jobs, int(((resources or {}).get(s) or {}).get("stack", 1)))
+                for s, jobs in self.todo.items()}
+
+
+def last_line(err: BaseException) -> str:
+    """An error's last line (a job's own traceback is in its log file), at most 500 characters."""
+    return (str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__)[:500]
+
+
+def unit_states(plan: Plan, unit: list[Job], err: BaseException | str | None,
+                **extra: Any) -> dict[str, dict[str, Any]]:
+    """Each job's state once its task ended (`err`: the error or its message; None when it
+    finished): a stack that failed may have finished some members."""
+    if err is None:
+        return {j.run_id: {"state": "done", **extra} for j in unit}
+    reason = err[:500] if isinstance(err, str) else last_line(err)
+    return {j.run_id: {"state": "done", **extra} if len(unit) > 1 and STAGES[j.stage].done(j, plan.grid, plan.roots)
+            else {"state": "failed", "reason": reason[:500], **extra} for j in unit}
+
+
+def unit_label(unit: list[Job]) -> str:
+    return unit[0].label if len(unit) == 1 else f"{unit[0].label} and {len(unit) - 1} more (a stack)"
 
 
 def make_plan(grid: Grid, roots: Roots, force: bool = False) -> Plan:
@@ -165,10 +193,12 @@ def write_manifest(plan: Plan, cluster: str, states: dict[str, dict[str, Any]], 
 
 def print_plan(plan: Plan, cluster: str, resources: dict[str, dict[str, Any]]) -> None:
     print(f"grid {plan.grid.name} ({plan.grid.path}), scale {plan.grid.scale}, cluster {cluster}")
+    tasks = plan.units(resources)
     for stage, jobs in plan.stages.items():
         todo = len(plan.todo[stage])
         r = resources[stage]
-        print(f"  {stage:<10} {len(jobs):>4} jobs, {todo:>4} to run, {len(jobs) - todo:>4} done | "
+        stacked = f" in {len(tasks[stage])} tasks" if len(tasks[stage]) != todo else ""
+        print(f"  {stage:<10} {len(jobs):>4} jobs, {todo:>4} to run{stacked}, {len(jobs) - todo:>4} done | "
               f"cpus {r['cpus']} mem {r['mem_gb']} GB gpus {r['gpus']} time {r['timeout_min']} min"
               + (f" partition {r['partition']}" if r.get("partition") else ""))
 
@@ -213,19 +243,19 @@ def _hours(flops: float, tflops: float) -> str:
 
 # --- executors ------------------------------------------------------------------------------
 
-def run_debug(plan: Plan) -> dict[str, dict[str, Any]]:
+def run_debug(plan: Plan, resources: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     states: dict[str, dict[str, Any]] = {rid: {"state": "done"} for rid in plan.done}
-    jobs = [j for s in plan.todo.values() for j in s]
-    for job in tqdm(jobs, desc=f"{plan.grid.name} (in-process)", unit="job"):
-        if any(states.get(n, {}).get("state") != "done" for n in job.needs):
-            states[job.run_id] = {"state": "skipped", "reason": "a job it needs did not finish"}
+    tasks = [u for s in plan.units(resources).values() for u in s]
+    for unit in tqdm(tasks, desc=f"{plan.grid.name} (in-process)", unit="task"):
+        if any(states.get(n, {}).get("state") != "done" for j in unit for n in j.needs):
+            states.update({j.run_id: {"state": "skipped", "reason": "a job it needs did not finish"} for j in unit})
             continue
         try:
-            run_job(job.spec, plan.grid.name, plan.roots)
-            states[job.run_id] = {"state": "done"}
+            run_job(unit_spec(unit), plan.grid.name, plan.roots)
+            states.update(unit_states(plan, unit, None))
         except Exception as err:
-            states[job.run_id] = {"state": "failed", "reason": f"{type(err).__name__}: {err}"}
-            tqdm.write(f"failed: {job.label}: {type(err).__name__}: {err}")
+            states.update(unit_states(plan, unit, err))
+            tqdm.write(f"failed: {unit_label(unit)}: {type(err).__name__}: {err}")
     write_manifest(plan, "debug", states)
     return states
 
@@ -236,18 +266,19 @@ def local_cap(cpus_per_job: int) -> int:
 
 def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None = None,
               progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Drive the plan with submitit's local executor, at most `cap` subprocesses at once, each
-    running a bundle of ready jobs of one stage (`BundleRunner`): the ready jobs are shared out
-    over the free slots, at most BUNDLE_MAX a bundle."""
+    """Drive the plan with submitit's local executor, at most `cap` subprocesses at once. A task
+    is a job, or a stack of teacher jobs; each subprocess runs a bundle of ready tasks of one
+    stage (`BundleRunner`): the ready tasks are shared out over the free slots, at most
+    BUNDLE_MAX a bundle."""
     folder = sweep_dir(plan) / "jobs"
     states: dict[str, dict[str, Any]] = {rid: {"state": "done"} for rid in plan.done}
-    pending = [j for s in plan.todo.values() for j in s]
-    for j in pending:
-        states[j.run_id] = {"state": "pending"}
-    running: dict[str, tuple[list[Job], Any]] = {}  # submitit job id -> (its bundle, its handle)
+    pending = [u for s in plan.units(resources).values() for u in s]
+    for u in pending:
+        states.update({j.run_id: {"state": "pending"} for j in u})
+    running: dict[str, tuple[list[list[Job]], Any]] = {}  # submitit job id -> (its bundle of tasks, handle)
     executors: dict[str, submitit.LocalExecutor] = {}
     peak, changed = 0, False
-    bar = tqdm(total=len(pending), desc=f"{plan.grid.name} (local)", unit="job", disable=not progress)
+    bar = tqdm(total=sum(map(len, pending)), desc=f"{plan.grid.name} (local)", unit="job", disable=not progress)
     write_manifest(plan, "local", states, driver_pid=os.getpid(), peak_running=0)
     while pending or running:
         for key, (bundle, handle) in list(running.items()):
@@ -257,41 +288,42 @@ def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None 
                 try:
                     outcome = handle.result()
                 except Exception as err:  # the subprocess itself died: its traceback is in its log file
-                    msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-                    outcome = {j.run_id: {"state": "failed", "reason": msg[:500]} for j in bundle}
-                for job in bundle:
-                    got = outcome.get(job.run_id, {"state": "failed", "reason": "the bundle ended without it"})
-                    states[job.run_id] = {**got, "job_id": handle.job_id,
-                                          **({"log": str(handle.paths.stderr)} if got["state"] == "failed" else {})}
-                    if got["state"] == "failed":
-                        bar.write(f"failed: {job.label}: {got['reason'][:200]}")
-                bar.update(len(bundle))
-        for job in list(pending):
-            needs = [states.get(n, {}).get("state") for n in job.needs]
-            if any(s in ("failed", "skipped") for s in needs):
-                pending.remove(job)
+                    outcome = {u[0].run_id: {"state": "failed", "reason": last_line(err)} for u in bundle}
+                for unit in bundle:
+                    got = outcome.get(unit[0].run_id, {"state": "failed", "reason": "the bundle ended without it"})
+                    times = {k: got[k] for k in ("started", "ended") if k in got}
+                    failed = got["state"] != "done"
+                    states.update(unit_states(plan, unit, got["reason"] if failed else None, job_id=handle.job_id,
+                                              **({"log": str(handle.paths.stderr)} if failed else {}), **times))
+                    if failed:
+                        bar.write(f"failed: {unit_label(unit)}: {got['reason'][:200]}")
+                    bar.update(len(unit))
+        for unit in list(pending):
+            if any(states.get(n, {}).get("state") in ("failed", "skipped") for j in unit for n in j.needs):
+                pending.remove(unit)
                 changed = True
-                states[job.run_id] = {"state": "skipped", "reason": "a job it needs failed"}
-                bar.update(1)
-        ready = [j for j in pending if all(states.get(n, {}).get("state") == "done" for n in j.needs)]
-        while ready and len(running) < cap_for(ready[0], resources, cap):
-            stage = ready[0].stage
-            free = cap_for(ready[0], resources, cap) - len(running)
-            same = [j for j in ready if j.stage == stage]
+                states.update({j.run_id: {"state": "skipped", "reason": "a job it needs failed"} for j in unit})
+                bar.update(len(unit))
+        ready = [u for u in pending if all(states.get(n, {}).get("state") == "done" for j in u for n in j.needs)]
+        while ready and len(running) < cap_for(ready[0][0], resources, cap):
+            stage = ready[0][0].stage
+            free = cap_for(ready[0][0], resources, cap) - len(running)
+            same = [u for u in ready if u[0].stage == stage]
             bundle = same[:max(1, min(BUNDLE_MAX, -(-len(same) // free)))]
-            for job in bundle:
-                pending.remove(job)
-                ready.remove(job)
+            for unit in bundle:
+                pending.remove(unit)
+                ready.remove(unit)
             changed = True
             if stage not in executors:
                 executors[stage] = submitit.LocalExecutor(folder=folder)
             res = resources[stage]
             executors[stage].update_parameters(timeout_min=int(res["timeout_min"]) * len(bundle))
-            handle = executors[stage].submit(BundleRunner(), [(j.run_id, j.spec) for j in bundle], plan.grid.name,
-                                             plan.roots, int(res["cpus"]))
+            handle = executors[stage].submit(BundleRunner(), [(u[0].run_id, unit_spec(u)) for u in bundle],
+                                             plan.grid.name, plan.roots, int(res["cpus"]))
             running[handle.job_id] = (bundle, handle)
-            for job in bundle:
-                states[job.run_id] = {"state": "running", "job_id": handle.job_id, "started": time.time()}
+            for unit in bundle:
+                states.update({j.run_id: {"state": "running", "job_id": handle.job_id, "started": time.time()}
+                               for j in unit})
         peak = max(peak, len(running))
         if changed:  # the manifest is rewritten (and fsynced) only when a state moved
             write_manifest(plan, "local", states, driver_pid=os.getpid(), peak_running=peak)
@@ -311,9 +343,10 @@ def submit_slurm(plan: Plan, resources: dict[str, dict[str, Any]]) -> dict[str, 
     folder = sweep_dir(plan) / "slurm" / "%j"
     states: dict[str, dict[str, Any]] = {rid: {"state": "done"} for rid in plan.done}
     job_ids: dict[str, str] = {}
-    for stage, jobs in plan.todo.items():
-        if not jobs:
+    for stage, tasks in plan.units(resources).items():
+        if not tasks:
             continue
+        jobs = [j for u in tasks for j in u]
         deps = sorted({job_ids[n] for j in jobs for n in j.needs if n in job_ids})
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
         params = slurm_parameters(resources[stage], f"{plan.grid.name}-{stage}")
@@ -323,12 +356,14 @@ def submit_slurm(plan: Plan, resources: dict[str, dict[str, Any]]) -> dict[str, 
             params["slurm_additional_parameters"] = {"dependency": "afterok:" + ":".join(deps),
                                                      "kill-on-invalid-dep": "yes"}
         ex.update_parameters(**params)
-        with ex.batch():
-            handles = [ex.submit(JobRunner(), j.spec, plan.grid.name, plan.roots) for j in jobs]
-        for j, h in zip(jobs, handles):
-            job_ids[j.run_id] = h.job_id
-            states[j.run_id] = {"state": "submitted", "job_id": h.job_id}
-        print(f"  {stage}: array {handles[0].job_id.split('_')[0]} with {len(jobs)} tasks"
+        with ex.batch():  # one array task per unit: a job, or a stack of teacher jobs
+            handles = [ex.submit(JobRunner(), unit_spec(u), plan.grid.name, plan.roots) for u in tasks]
+        for u, h in zip(tasks, handles):
+            for j in u:
+                job_ids[j.run_id] = h.job_id
+                states[j.run_id] = {"state": "submitted", "job_id": h.job_id}
+        print(f"  {stage}: array {handles[0].job_id.split('_')[0]} with {len(tasks)} tasks"
+              + (f" ({len(jobs)} jobs)" if len(jobs) != len(tasks) else "")
               + (f", after {len(deps)} jobs" if deps else ""))
     write_manifest(plan, "slurm", states)
     return states
@@ -469,7 +504,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teachers-root")
     p.add_argument("--cluster-config", type=Path, default=CLUSTER_FILE, help="per-stage resources")
     for key, kind in (("partition", str), ("account", str), ("gpus", int), ("cpus", int),
-                      ("mem-gb", float), ("timeout-min", int)):
+                      ("mem-gb", float), ("timeout-min", int), ("stack", int)):
         p.add_argument(f"--{key}", type=kind, help="overrides the cluster file for every stage")
     p.add_argument("--max-parallel", type=int, help="local executor: jobs at once (default cores / cpus)")
     p.add_argument("--data-root", help="folder of the data sets for every job (exported as BENCH_DATA)")
@@ -513,7 +548,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.data_root:
         os.environ["BENCH_DATA"] = str(Path(a.data_root).resolve())  # inherited by every job
     flags = {"partition": a.partition, "account": a.account, "gpus": a.gpus, "cpus": a.cpus,
-             "mem_gb": a.mem_gb, "timeout_min": a.timeout_min}
+             "mem_gb": a.mem_gb, "timeout_min": a.timeout_min, "stack": a.stack}
     resources = {s: load_resources(a.cluster_config, grid.scale, s, flags) for s in STAGES}
     plan = make_plan(grid, roots, force=a.force)
     print_plan(plan, cluster, resources)
@@ -531,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
         write_manifest(plan, cluster, {rid: {"state": "done"} for rid in plan.done})
         return
     if cluster == "debug":
-        states = run_debug(plan)
+        states = run_debug(plan, resources)
     elif cluster == "local" and a.wait:
         states = run_local(plan, resources, a.max_parallel, progress=not a.quiet)
     elif cluster == "local":

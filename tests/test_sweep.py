@@ -114,11 +114,48 @@ def test_generated_sbatch_holds_the_array_and_the_dependency(mini, tmp_path):
               env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert r.returncode == 0, r.stderr
     teachers, methods = (bin_dir / "sbatch.101.sh").read_text(), (bin_dir / "sbatch.102.sh").read_text()
-    assert "#SBATCH --array=0-2" in teachers and "dependency" not in teachers
+    # The three members are one stack (sweeps/cluster.yaml: tiny teachers stack 16): one job, no array.
+    assert "--array" not in teachers and "dependency" not in teachers
     assert "#SBATCH --array=0-3" in methods and "#SBATCH --dependency=afterok:101" in methods
     assert "#SBATCH --time=7" in teachers and "#SBATCH --partition=debug" in teachers
     manifest = json.loads((tmp_path / "results" / "mini" / "sweep.json").read_text())
-    assert [j["job_id"] for j in manifest["stages"]["teachers"]] == ["101_0", "101_1", "101_2"]
+    assert [j["job_id"] for j in manifest["stages"]["teachers"]] == ["101", "101", "101"]
+    one = sweep("--grid", str(mini), "--cluster", "slurm", "--stack", "1", "--teachers-root", str(tmp_path / "t1"),
+                "--results-root", str(tmp_path / "r1"), env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert one.returncode == 0, one.stderr
+    assert "#SBATCH --array=0-2" in (bin_dir / "sbatch.103.sh").read_text()  # --stack 1: a task per member
+
+
+def test_teachers_are_grouped_into_stacks_that_keep_every_members_job():
+    from bench.plan import unit_spec, units
+
+    grid = load_grid("main_table", "tiny")
+    jobs = make_plan(grid, Roots(Path("/nonexistent"), Path("/nonexistent"))).stages["teachers"]
+    stacks = units("teachers", jobs, 5)
+    assert [j.run_id for u in stacks for j in u] == [j.run_id for j in jobs]  # every member, in plan order
+    by_arch = {}
+    for u in stacks:
+        assert len({(j.spec["pool"], json.dumps(j.spec["recipe"])) for j in u}) == 1 and len(u) <= 5
+        by_arch.setdefault(u[0].spec["arch"], []).append(len(u))
+    assert by_arch == {"vgg11": [5, 5, 4], "resnet50": [5, 5, 4], "vit_b32": [1] * 14}  # ViT does not stack
+    assert all(len(u) == 1 for u in units("teachers", jobs, 1))
+    spec = unit_spec(stacks[0])
+    assert spec["stage"] == "teachers" and [run_id(s) for s in spec["stack"]] == [j.run_id for j in stacks[0]]
+    assert unit_spec(stacks[-1]) == stacks[-1][0].spec
+
+
+def test_every_committed_teacher_record_is_still_planned():
+    """Stacking changes how members run, not what they are: committed records keep their run ids."""
+    from bench.paths import project_root
+    from bench.report.tables import grid_plan
+
+    results = project_root() / "results"
+    for grid in sorted(d for d in results.iterdir() if (d / "records").is_dir()):
+        records = [json.loads(p.read_text()) for p in (grid / "records").glob("*.json")]
+        teachers = {r["run_id"] for r in records if r.get("stage") == "teachers"}
+        plan = grid_plan(grid.name)
+        if plan is not None and teachers:
+            assert teachers <= plan.ids, grid.name
 
 
 @pytest.mark.parametrize("args, words", [

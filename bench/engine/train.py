@@ -90,6 +90,14 @@ class SupervisedTask:
         return row
 
 
+def run_folder(cfg: TrainConfig, out: str | Path, writer: bool = True) -> RunFolder:
+    """The run folder of the resolved run `cfg` in `out` (also the stacked trainer's, so the two
+    find, resume and refuse each other's runs alike)."""
+    config = cfg.to_json()
+    return RunFolder(out, config, matches=lambda meta: same_run(meta.get("config"), config),
+                     expect={"arch": cfg.arch}, writer=writer)
+
+
 def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = None,
           progress: bool | None = None) -> dict[str, Any]:
     """Train (or resume, or find finished) the run in `out`; return the final sidecar.
@@ -101,8 +109,7 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
     cfg = cfg.resolved()
     config = cfg.to_json()
     rank, world_size = world()
-    folder = RunFolder(out, config, matches=lambda meta: same_run(meta.get("config"), config),
-                       expect={"arch": cfg.arch}, writer=rank == 0)
+    folder = run_folder(cfg, out, writer=rank == 0)
     done = folder.finished()
     if done is not None:
         return done

@@ -36,6 +36,9 @@ class ArchSpec:
     permutation_unsupported_reason: str = ""  # why there is none, for the error a user gets
     tiny_recipe: Mapping[str, Any] = field(default_factory=dict)  # changes to the tiny training recipe
     channels_last: bool = True  # runs in channels-last memory format on a GPU
+    # Members of a pool train as one packed network (bench.engine.stacked, which checks it again);
+    # the planner reads this to put such members in one job.
+    stacks: bool = True
 
 
 ARCH_SPECS: dict[str, ArchSpec] = {
@@ -51,7 +54,9 @@ ARCH_SPECS: dict[str, ArchSpec] = {
         # With no convolutional prior the tiny ViT needs more epochs than the tiny convnets to fit digits.
         tiny_recipe={"epochs": 30, "lr": 2e-3},
         # Channels-last speeds up convolutions; past its patch embedding a ViT is matrix products on tokens.
-        channels_last=False),
+        channels_last=False,
+        # LayerNorm and attention mix a token's channels: the packer knows neither.
+        stacks=False),
     # Allen-Zhu & Li's network (CIFAR); not in timm.
     "wrn28_10": ArchSpec(
         builder="bench.models.wrn:build", model_class="bench.models.wrn:WideResNet",
