@@ -83,7 +83,7 @@ def benchmarks(repeat: int) -> pd.DataFrame:
     rows = []
     for augment in (False, True):
         loader = make_loader("digits", "train", batch_size=64, train=augment, image_size=16)
-        rate, spread = timed(lambda: sum(len(y) for _, y, _ in loader), repeat)
+        rate, spread = timed(lambda: sum(len(y) for _, y, *_ in loader), repeat)
         rows.append(("loader", "digits " + ("train (augmented)" if augment else "eval"), "images/s", rate, spread))
     loader = make_loader("digits", "train", batch_size=64, train=True, image_size=16)
     for arch in ARCHS:
@@ -93,7 +93,7 @@ def benchmarks(repeat: int) -> pd.DataFrame:
 
         def epoch() -> int:
             model.train()
-            for x, y, _ in loader:
+            for x, y, *_ in loader:
                 opt.zero_grad()
                 F.cross_entropy(model(x), y).backward()
                 opt.step()
@@ -102,7 +102,7 @@ def benchmarks(repeat: int) -> pd.DataFrame:
         @torch.no_grad()
         def infer() -> int:
             model.eval()
-            return sum(len(model(x)) for x, _, _ in loader)
+            return sum(len(model(x)) for x, *_ in loader)
 
         rows.append(("train", f"{arch} tiny ({count_parameters(model):,} params)", "images/s", *timed(epoch, repeat)))
         rows.append(("infer", f"{arch} tiny", "images/s", *timed(infer, repeat)))
