@@ -3,11 +3,15 @@
 Measures, on this machine: batches per second of the device-resident loader (with and without
 augmentation), training and inference images per second of each tiny architecture on digits,
 WeightFormer meta-training steps and predictions per second, and checkpoint write/verify-read
-time. Speed is measured here, never asserted in tests.
+time. `kd_student_benchmark()`: a KD student from online teachers beside one from the soft-label
+cache (seconds, top-1, identical weights). Speed is measured here, never asserted in tests.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import statistics
 import tempfile
 import time
@@ -77,6 +81,66 @@ def weightformer_rows(repeat: int) -> list[tuple]:
         rows.append(("meta-train", label, "steps/s", *timed(step, repeat)))
         rows.append(("predict", label, "students/s", *timed(predict, repeat)))
     return rows
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None):
+    old = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def kd_student_benchmark(archs: tuple[str, ...] = ("vgg11", "resnet50"), *, n_teachers: int = 4,
+                         teacher_epochs: int = 2, student_epochs: int = 2, root: str | Path | None = None) -> pd.DataFrame:
+    """A KD student on digits (tiny scale, the pool recipe) trained twice from the same N teachers,
+    side by side: with online teachers (`BENCH_SOFT_LABEL_CACHE_GB=0`) and with the soft-label
+    cache. The cached run fills the cache before its first step (`fill_s`, the one-off cost: the
+    teachers' forwards on each (sample, view) the run draws, later jobs on these teachers read
+    it); `student_s` is the student's steps alone. One row per (arch, teachers): both students'
+    seconds, `speedup` = online / cached student_s, top-1 of each, and whether the two students'
+    weights are bit-identical. Teachers are trained first (`teacher_epochs`) in `root` (default
+    a temporary folder)."""
+    from bench.engine import soft_labels, train
+    from bench.methods import kd
+    from bench.methods.base import MethodJob
+    from bench.options import DistillOptions
+    from bench.recipes import TrainConfig
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(root or tmp)
+        for arch in archs:
+            teachers = []
+            for k in range(n_teachers):
+                out = base / f"{arch}-teacher-{k}"
+                train(TrainConfig(arch=arch, dataset="digits", scale="tiny", seed=k, epochs=teacher_epochs), out,
+                      progress=False)
+                teachers.append(out / "model.safetensors")
+            runs = {}
+            for mode, budget in (("online", "0"), ("cached", None)):
+                job = MethodJob(method="kd", dataset="digits", arch=arch, seed=0, teachers=teachers,
+                                members=list(range(n_teachers)), options=DistillOptions(epochs=student_epochs),
+                                workdir=base / f"{arch}-kd-{mode}", scale="tiny", recipe={"epochs": student_epochs})
+                with _env(soft_labels.BUDGET_ENV, budget):
+                    rec = kd.run(job)
+                sha = json.loads((base / f"{arch}-kd-{mode}" / "model.json").read_text())["sha256"]
+                runs[mode] = (rec, sha)
+            (on, on_sha), (ca, ca_sha) = runs["online"], runs["cached"]
+            on_s, ca_s = on["train_s"] - on["soft_label_s"], ca["train_s"] - ca["soft_label_s"]
+            rows.append({"arch": arch, "teachers": n_teachers, "epochs": student_epochs,
+                         "online_student_s": on_s, "cached_student_s": ca_s, "speedup": on_s / ca_s,
+                         "fill_s": ca["soft_label_s"], "online_top1": on["top1"], "cached_top1": ca["top1"],
+                         "identical_weights": on_sha == ca_sha})
+    return pd.DataFrame(rows)
 
 
 def benchmarks(repeat: int) -> pd.DataFrame:

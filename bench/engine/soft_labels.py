@@ -167,7 +167,8 @@ def drawn_views(loader, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
             indices.append(i)
             views.append(v)
     loader.set_epoch(0)
-    return torch.cat(indices), torch.cat(views)
+    empty = torch.zeros(0, dtype=torch.int64)
+    return torch.cat([empty, *indices]), torch.cat([empty, *views])
 
 
 def _teacher_file(checkpoint: Path, identity: dict) -> tuple[Path, dict]:

@@ -98,11 +98,13 @@ class SoftLabels:
     on the (sample, view) pairs the run draws (filled once, here, with what earlier jobs on these
     teachers left undone; bit for bit the online soft labels on a CPU); over the cache budget, or
     for data not held in memory, the group's teachers run on each batch. Without augmentation a
-    step's batch is a random draw of the split's images; with it, the loader's augmented batch."""
+    step's batch is a random draw of the split's images; with it, the loader's augmented batch.
+    `steps`: how many steps the run takes (`batch(step)` serves steps 0 to steps - 1 from the
+    cache); `checkpoints`: the teachers' files, which keep the cache's entries for later jobs."""
 
     def __init__(self, models: Sequence[nn.Module], dataset: str, root: str | None, image_size: int,
                  device: torch.device, batch_size: int, seed: int, temperature: float,
-                 checkpoints: Sequence[Path] | None = None, steps: int = 0) -> None:
+                 steps: int, checkpoints: Sequence[Path] | None = None) -> None:
         self.temperature, self.batch_size, self.seed = temperature, batch_size, seed
         self.teachers = BatchedTeachers(list(models), mode="loop")  # the group changes every step
         spec = dataset_spec(dataset)
