@@ -14,7 +14,9 @@ Speed is measured here, never asserted in tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -157,6 +159,73 @@ def loader_rows(quick: bool, repeat: int) -> list[Row]:
                                                 "ffcv_first_epoch_images_per_s": first})]
 
 
+# -- kd_student ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def environment(name: str, value: str | None):
+    """`os.environ[name]` set to `value` (None: unset) inside the block, restored after it."""
+    old = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def kd_student_rows(quick: bool, repeat: int) -> list[Row]:
+    """A KD student on digits (tiny scale, the pool recipe, N = 4 teachers trained briefly)
+    trained from online teachers (`BENCH_SOFT_LABEL_CACHE_GB=0`) and from the soft-label cache,
+    alternately, `repeat` times each, every run in a fresh folder. The first cached run fills
+    the cache (the teachers' forwards on each (sample, view) the run draws: `fill_s`, a one-off
+    cost per teacher shared by every later job); the rate compared is the student's own steps
+    (train_s less the cache's seconds). `identical_weights`: every student's sha256 is the same."""
+    from bench.engine import soft_labels, train
+    from bench.methods import kd
+    from bench.methods.base import MethodJob
+    from bench.options import DistillOptions
+    from bench.recipes import TrainConfig
+
+    archs, teacher_epochs, epochs = (("vgg11",), 1, 1) if quick else (("vgg11", "resnet50"), 2, 2)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        for arch in archs:
+            teachers = []
+            for k in range(4):
+                train(TrainConfig(arch=arch, dataset="digits", scale="tiny", seed=k, epochs=teacher_epochs),
+                      base / f"{arch}-teacher-{k}", progress=False)
+                teachers.append(base / f"{arch}-teacher-{k}" / "model.safetensors")
+            runs: dict[str, list[dict[str, Any]]] = {"online": [], "cached": []}
+
+            def student(mode: str) -> Callable[[], float]:
+                def measure() -> float:
+                    out = base / f"{arch}-kd-{mode}-{len(runs[mode])}"
+                    job = MethodJob(method="kd", dataset="digits", arch=arch, seed=0, teachers=teachers,
+                                    members=list(range(4)), options=DistillOptions(epochs=epochs), workdir=out,
+                                    scale="tiny", recipe={"epochs": epochs})
+                    with environment(soft_labels.BUDGET_ENV, "0" if mode == "online" else None):
+                        record = kd.run(job)
+                    sha = json.loads((out / "model.json").read_text())["sha256"]
+                    runs[mode].append({**record, "sha256": sha})
+                    return 3600 / (record["train_s"] - record["soft_label_s"])
+                return measure
+
+            row = paired(f"kd_student/{arch}", ("online teachers", student("online")),
+                         ("soft-label cache", student("cached")), unit="students/h", repeat=repeat, warmup=False)
+            every = runs["online"] + runs["cached"]
+            rows.append(Row(**{**asdict(row), "settings": {
+                **row.settings, "teachers": 4, "epochs": epochs, "fill_s": runs["cached"][0]["soft_label_s"],
+                "online_top1": runs["online"][0]["top1"], "cached_top1": runs["cached"][0]["top1"],
+                "identical_weights": len({r["sha256"] for r in every}) == 1}}))
+    return rows
+
+
 # -- tiny_main_table -------------------------------------------------------------------------
 
 def stage_seconds(records: Path) -> dict[str, float]:
@@ -228,6 +297,7 @@ def time_to_student_rows(records: Path) -> list[Row]:
 BENCHMARKS: dict[str, Callable[[bool, int, argparse.Namespace], list[Row]]] = {
     "gemm_peak": lambda quick, repeat, a: gemm_peak_rows(quick, repeat),
     "loader": lambda quick, repeat, a: loader_rows(quick, repeat),
+    "kd_student": lambda quick, repeat, a: kd_student_rows(quick, repeat),
     "time_to_student": lambda quick, repeat, a: time_to_student_rows(Path(a.results_root) / "records"),
     "tiny_main_table": lambda quick, repeat, a: tiny_main_table_rows(Path(a.results_root) / "records",
                                                                      Path("results/main_table/records")),

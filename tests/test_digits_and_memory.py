@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from bench.data import load_dataset
-from bench.data.memory import DeviceLoader, channel_stats, random_crop, random_flip
+from bench.data import ImageSet
+from bench.data.memory import AUGMENTATIONS, DeviceLoader, channel_stats, epoch_generator, random_crop, random_flip
 from bench.errors import BenchError
 
 
@@ -59,10 +60,11 @@ def make_loader(train, **kw):
 
 def test_eval_loader_yields_every_image_in_order_normalised():
     loader, d = make_loader(False)
-    xs, ys, idx = zip(*loader)
+    xs, ys, idx, views = zip(*loader)
     x, y = torch.cat(xs), torch.cat(ys)
     assert len(loader) == 8 and x.shape == (450, 3, 16, 16) and torch.equal(y, d.labels)
     assert torch.equal(torch.cat(idx), torch.arange(450))
+    assert torch.equal(torch.cat(views), torch.zeros(450, dtype=torch.int64))  # not augmented: the identity
     assert abs(x.mean().item()) < 0.1 and abs(x.std().item() - 1) < 0.1
 
 
@@ -76,5 +78,56 @@ def test_train_order_is_a_function_of_seed_and_epoch():
     assert not torch.equal(first(a, 0)[1], first(c, 0)[1])
     assert len(a) == 450 // 64  # the ragged last training batch is dropped
     _, d = make_loader(False)
-    for _, y, i in a:  # shuffled, but each sample index still names the image's row
+    for _, y, i, _ in a:  # shuffled, but each sample index still names the image's row
         assert torch.equal(d.labels[i], y)
+
+
+def _colour_set(n: int = 150, size: int = 6) -> ImageSet:
+    """Images whose pixels are all distinct, so that distinct views are distinct images."""
+    images = torch.randperm(256, generator=torch.Generator().manual_seed(0))[:3 * size * size]
+    images = (images.view(1, 3, size, size) + torch.arange(n).view(n, 1, 1, 1)).remainder(256).to(torch.uint8)
+    return ImageSet("c", "train", images, torch.arange(n) % 10, [str(k) for k in range(10)])
+
+
+@pytest.mark.parametrize("augment", ["none", "translate2", "crop4_flip"])
+def test_augmented_batches_are_the_crop_then_flip_draws_and_their_views_remake_them(augment):
+    data = _colour_set()
+    kw = dict(batch_size=32, train=True, seed=5, mean=[0.5] * 3, std=[0.25] * 3, augment=augment)
+    loader = DeviceLoader(data, **kw)
+    loader.set_epoch(3)
+    # What the loader did before view ids existed: the order, then per batch crop and flip draws.
+    gen = epoch_generator(5, 3)
+    order = torch.randperm(len(data), generator=gen)
+    pad, flip = {"none": (0, False), "translate2": (2, False), "crop4_flip": (4, True)}[augment]
+    draws = list(loader.draws())
+    assert len(draws) == len(loader) == len(data) // 32
+    for b, ((x, y, i, v), (di, dv)) in enumerate(zip(loader, draws)):
+        rows = order[b * 32:(b + 1) * 32]
+        want = data.images[rows].float()
+        if pad:
+            want = random_crop(want, pad, gen)
+        if flip:
+            want = random_flip(want, gen)
+        assert torch.equal(x, (want - 127.5) / 63.75) and torch.equal(i, rows) and torch.equal(y, data.labels[rows])
+        assert torch.equal(di, i) and torch.equal(dv, v)  # draws() gives the views without the images
+        assert torch.equal(loader.view_images(i, v), x)  # a view id remakes its image exactly
+        assert v.min() >= 0 and v.max() < loader.n_views
+
+
+@pytest.mark.parametrize("augment, n", [("none", 1), ("translate2", 25), ("crop4_flip", 162)])
+def test_views_are_distinct_transforms_and_view_zero_is_the_identity(augment, n):
+    aug = AUGMENTATIONS[augment]
+    assert aug.n_views == n
+    x = _colour_set(1).images.float()
+    made = aug.apply(x.expand(n, -1, -1, -1), torch.arange(n))
+    assert torch.equal(made[0], x[0])
+    assert len({bytes(m.numpy()) for m in made.to(torch.uint8)}) == n
+
+
+def test_view_images_refuses_samples_and_views_it_does_not_hold():
+    data = _colour_set()
+    loader = DeviceLoader(data, batch_size=32, train=True, mean=[0.5] * 3, std=[0.25] * 3, augment="translate2")
+    with pytest.raises(BenchError, match="not one of this loader's samples"):
+        loader.view_images(torch.tensor([len(data)]), torch.tensor([0]))
+    with pytest.raises(BenchError, match=r"view ids must be in \[0, 25\)"):
+        loader.view_images(torch.tensor([0]), torch.tensor([-1]))

@@ -47,7 +47,7 @@ try:
         kw = {}
         if run.get("stop_at_step") is not None:  # dies at that step, as a killed job would
             calls = [0]
-            def criterion(logits, x, y, idx, stop=run["stop_at_step"]):
+            def criterion(logits, x, y, idx, views, stop=run["stop_at_step"]):
                 if calls[0] == stop:
                     raise Interrupted(f"stopped at step {stop}")
                 calls[0] += 1
@@ -154,12 +154,13 @@ def test_rank_shards_together_are_the_single_process_batches():
         for loader in (whole, *parts):
             loader.set_epoch(2)
         assert all(len(p) == len(whole) for p in parts)
-        for (x, y, i), *shards in zip(whole, *parts):
+        for (x, y, i, v), *shards in zip(whole, *parts):
             if len(y) == 64:
-                assert all(len(sy) == 64 // world for _, sy, _ in shards)
-            assert torch.equal(torch.cat([sx for sx, _, _ in shards]), x)  # same draws, same pixels
-            assert torch.equal(torch.cat([sy for _, sy, _ in shards]), y)
-            assert torch.equal(torch.cat([si for _, _, si in shards]), i)  # and the same sample indices
+                assert all(len(sy) == 64 // world for _, sy, _, _ in shards)
+            assert torch.equal(torch.cat([sx for sx, _, _, _ in shards]), x)  # same draws, same pixels
+            assert torch.equal(torch.cat([sy for _, sy, _, _ in shards]), y)
+            assert torch.equal(torch.cat([si for _, _, si, _ in shards]), i)  # and the same sample indices
+            assert torch.equal(torch.cat([sv for _, _, _, sv in shards]), v)  # and views
     with pytest.raises(BenchError, match="not divisible by the world size 3"):
         DeviceLoader(d, train=True, rank=0, world_size=3, **kw)
 
@@ -218,7 +219,7 @@ def shard_emulation(cfg: TrainConfig, world: int) -> nn.Module:
     for epoch in range(cfg.epochs):
         model.train()
         loader.set_epoch(epoch)
-        for i, (x, y, _) in enumerate(loader):
+        for i, (x, y, *_) in enumerate(loader):
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(epoch * steps + i, total, warmup, cfg.schedule)
             opt.zero_grad(set_to_none=True)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.data import ImageSet
+from bench.data import UNKNOWN_VIEW, ImageSet
 from bench.data import ffcv as fd
 from bench.errors import BenchError
 
@@ -81,8 +81,8 @@ def expected_normalised(label: int) -> torch.Tensor:
 
 def check_colour_batches(batches, n: int, image_size: int, atol: float):
     """Every one of `n` images came out, shaped right, normalised, its colour matching its label."""
-    xs = torch.cat([x for x, _, _ in batches])
-    ys = torch.cat([y for _, y, _ in batches])
+    xs = torch.cat([x for x, *_ in batches])
+    ys = torch.cat([y for _, y, *_ in batches])
     assert xs.shape == (n, 3, image_size, image_size) and xs.dtype == torch.float32
     assert ys.dtype == torch.int64 and ys.shape == (n,)
     for x, y in zip(xs, ys):
@@ -103,30 +103,31 @@ def test_cifar_raw_roundtrip_exact_and_every_eval_image(tmp_path):
     common = dict(batch_size=8, seed=0, image_size=32, mean=MEAN, std=STD, device="cpu")
     raw = fd.make_ffcv_loader(out, train=False, raw=True, **common)
     batches = list(raw)
-    assert len(raw) == len(batches) == 5 and [len(y) for _, y, _ in batches] == [8, 8, 8, 8, 5]
-    images = torch.cat([x for x, _, _ in batches])
+    assert len(raw) == len(batches) == 5 and [len(y) for _, y, *_ in batches] == [8, 8, 8, 8, 5]
+    images = torch.cat([x for x, *_ in batches])
     assert images.dtype == torch.uint8 and torch.equal(images, data.images)
-    assert torch.equal(torch.cat([y for _, y, _ in batches]), data.labels)
-    assert torch.equal(torch.cat([i for _, _, i in batches]), torch.arange(37))  # every sample's index, in order
+    assert torch.equal(torch.cat([y for _, y, *_ in batches]), data.labels)
+    assert torch.equal(torch.cat([i for _, _, i, _ in batches]), torch.arange(37))  # every sample's index, in order
+    assert all((v == UNKNOWN_VIEW).all() for *_, v in batches)  # FFCV's views are not tracked
 
     ev = fd.make_ffcv_loader(out, train=False, **common)
-    x = torch.cat([x for x, _, _ in ev])
+    x = torch.cat([x for x, *_ in ev])
     expected = (data.images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
 
     # Training: seeded random order, ragged last batch dropped, epochs differ, set_epoch replays.
     tr = fd.make_ffcv_loader(out, train=True, **common)
-    first = [(x, y) for x, y, _ in tr]
-    for _, y, i in tr:  # each image's sample index names its row in the split, in FFCV's random order
+    first = [(x, y) for x, y, *_ in tr]
+    for _, y, i, _ in tr:  # each image's sample index names its row in the split, in FFCV's random order
         assert torch.equal(data.labels[i], y) and len(set(i.tolist())) == len(i)
     tr.set_epoch(0)
     assert len(tr) == len(first) == 4 and all(x.shape == (8, 3, 32, 32) for x, _ in first)
     order0 = torch.cat([y for _, y in first])
-    order1 = torch.cat([y for _, y, _ in tr])
+    order1 = torch.cat([y for _, y, *_ in tr])
     tr.set_epoch(0)
-    assert torch.equal(torch.cat([y for _, y, _ in tr]), order0)
+    assert torch.equal(torch.cat([y for _, y, *_ in tr]), order0)
     again = fd.make_ffcv_loader(out, train=True, **common)
-    assert torch.equal(torch.cat([y for _, y, _ in again]), order0)
+    assert torch.equal(torch.cat([y for _, y, *_ in again]), order0)
     assert not torch.equal(order0, order1) or not torch.equal(order0, data.labels[:32])
 
 
@@ -191,7 +192,7 @@ def test_file_loader_eval_keeps_every_image_normalised():
     ev = fd.make_file_loader(ColourImages(10), train=False, batch_size=4, seed=0, image_size=16,
                              mean=MEAN, std=STD, device="cpu", num_workers=0)
     batches = list(ev)
-    assert len(ev) == len(batches) == 3 and [len(y) for _, y, _ in batches] == [4, 4, 2]
+    assert len(ev) == len(batches) == 3 and [len(y) for _, y, *_ in batches] == [4, 4, 2]
     labels = check_colour_batches(batches, 10, 16, atol=1e-5)
     assert labels.tolist() == [i % 3 for i in range(10)]
 
@@ -214,7 +215,7 @@ def test_file_loader_imageset_goes_to_device_loader():
     data = tiny_cifar(11)
     ev = fd.make_file_loader(data, train=False, batch_size=4, seed=0, image_size=32,
                              mean=MEAN, std=STD, device="cpu")
-    x = torch.cat([x for x, _, _ in ev])
+    x = torch.cat([x for x, *_ in ev])
     expected = (data.images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
 

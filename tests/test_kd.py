@@ -13,6 +13,8 @@ from bench.data.loaders import make_loader
 from bench.methods import distillation, kd, self_distill
 from bench.methods.base import MethodJob
 from bench.engine import train
+from bench.checkpoint import save_checkpoint
+from bench.engine import soft_labels
 from bench.engine.soft_labels import BatchedTeachers, SoftLabelCache
 from bench.errors import BenchError
 from bench.models import build_model
@@ -122,29 +124,106 @@ def test_batched_teachers_fall_back_to_the_loop_when_vmap_fails():
     torch.testing.assert_close(got, want)
 
 
-def test_cache_returns_the_teachers_output_for_each_sample_index():
-    teachers = _teachers("vgg11", 2)
-    cache = SoftLabelCache(teachers, make_loader("multiview", "train", batch_size=512, train=False,
-                                                 image_size=16), temperature=4.0)
-    assert len(cache) == 2000
-    # The batches training sees: shuffled, not augmented (multiview's augment is "none").
-    train_loader = make_loader("multiview", "train", batch_size=64, train=True, seed=7, image_size=16)
-    train_loader.set_epoch(1)
-    for i, (x, _, idx) in enumerate(train_loader):
-        torch.testing.assert_close(cache.mean(idx), teachers.mean_soft_labels(x, 4.0), atol=1e-6, rtol=0)
-        one = (teachers.models[1](x) / 4.0).softmax(1)  # any group of the teachers: here the second alone
-        torch.testing.assert_close(cache.mean(idx, [1]), one, atol=1e-6, rtol=0)
-        if i == 3:
-            break
-    # A cache built on a fraction of the split refuses the samples it does not hold.
-    half = make_loader("multiview", "train", batch_size=512, train=False, image_size=16, fraction=0.5, seed=3)
-    part = SoftLabelCache(teachers, half, temperature=4.0)
-    held = half.indices
-    assert len(part) == 1000
-    torch.testing.assert_close(part.mean(held[:5]), cache.mean(held[:5]))
-    missing = torch.tensor(sorted(set(range(2000)) - set(held.tolist()))[:3])
-    with pytest.raises(BenchError, match="samples the cache was not built on"):
-        part.mean(missing)
+def _drawn(steps: int = 3, seed: int = 7):
+    """A digits training loader and the (index, view) pairs its first `steps` batches draw."""
+    loader = make_loader("digits", "train", batch_size=64, train=True, seed=seed, image_size=16)
+    return loader, soft_labels.drawn_views(loader, steps)
+
+
+def _cache(teachers, **kw) -> SoftLabelCache:
+    return SoftLabelCache(teachers, make_loader("digits", "train", batch_size=1, train=True, image_size=16), 10, **kw)
+
+
+def test_cache_holds_the_teachers_logits_on_each_drawn_view_bit_for_bit():
+    teachers = _teachers("vgg11", 2, "loop")  # the loop: what distillation uses on a CPU
+    loader, (idx, views) = _drawn()
+    assert len(idx) == 3 * 64 and views.max() < 25 and len(set(views.tolist())) > 10  # translations drawn
+    cache = _cache(teachers)
+    unique = len(set(zip(idx.tolist(), views.tolist())))
+    assert cache.fill(idx, views) == 2 * unique == len(cache)
+    assert cache.fill(idx, views) == 0  # held: never computed twice
+    # The batches training sees: the cache gives exactly the online teachers' soft labels, for any
+    # temperature and any group of the teachers (here the second alone).
+    for step, (x, _, i, v) in zip(range(3), loader):
+        for t in (1.0, 4.0):
+            assert torch.equal(cache.mean(i, v, t), teachers.mean_soft_labels(x, t))
+            assert torch.equal(cache.mean(i, v, t, [1]), teachers.mean_soft_labels(x, t, [1]))
+    # A pair it was not filled with, a view outside the augmentation's, an index outside the split.
+    drawn = set(zip(idx.tolist(), views.tolist()))
+    missing = next((s, v) for s in range(1347) for v in range(25) if (s, v) not in drawn)
+    for i, v in [missing, (0, -1), (0, 25), (1347, 0)]:
+        with pytest.raises(BenchError, match="pairs the cache was not filled with"):
+            cache.mean(torch.tensor([i]), torch.tensor([v]), 4.0)
+
+
+def test_a_row_does_not_depend_on_its_batch():
+    """What makes the cache exact: a row's logits are the same in any batch of more than one image."""
+    for arch in ("vgg11", "resnet50", "vit_b32"):
+        (model,) = _teachers(arch, 1, "loop").models
+        x = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+        # Contiguous, and channels-last as the loader's crops are (per layout: the two differ).
+        for x in (x, x.contiguous(memory_format=torch.channels_last)):
+            with torch.no_grad():
+                whole = model(x)
+                for b in (2, 7, 16):
+                    assert torch.equal(torch.cat([model(x[s:s + b]) for s in range(0, 32, b)]), whole), (arch, b)
+                perm = torch.randperm(32, generator=torch.Generator().manual_seed(4))
+                assert torch.equal(model(x[perm][:16]), whole[perm][:16]), arch  # other neighbours
+
+
+def _saved(teachers: BatchedTeachers, root: Path) -> list[Path]:
+    for k, m in enumerate(teachers.models):
+        save_checkpoint(root / f"t{k}" / "model", m.state_dict(), {"arch": "vgg11"})
+    return [root / f"t{k}" / "model.safetensors" for k in range(len(teachers))]
+
+
+def test_cache_files_beside_the_teachers_are_shared_and_extended(tmp_path):
+    teachers = _teachers("vgg11", 3, "loop")
+    files = _saved(teachers, tmp_path)
+    identity = {"dataset": "digits", "split": "train", "image_size": 16, "augmentation": "translate2"}
+    loader, (idx, views) = _drawn()
+    two = BatchedTeachers(teachers.models[:2], mode="loop")
+    first = _cache(two, checkpoints=files[:2], identity=identity)
+    unique = first.fill(idx, views) // 2
+    assert [len(list((tmp_path / f"t{k}").glob("view-logits-*.safetensors"))) for k in range(3)] == [1, 1, 0]
+    # Another job on teachers 1 and 2, drawing more: teacher 1's entries come from its file.
+    _, (more_idx, more_views) = _drawn(steps=6, seed=8)
+    later = _cache(BatchedTeachers(teachers.models[1:], mode="loop"), checkpoints=files[1:], identity=identity)
+    more = len(set(zip(more_idx.tolist(), more_views.tolist())))
+    both = len(set(zip(idx.tolist(), views.tolist())) | set(zip(more_idx.tolist(), more_views.tolist())))
+    assert later.fill(torch.cat([idx, more_idx]), torch.cat([views, more_views])) == (both - unique) + both
+    for _, (x, _, i, v) in zip(range(3), loader):
+        assert torch.equal(later.mean(i, v, 4.0, [0]), first.mean(i, v, 4.0, [1]))
+        assert torch.equal(later.mean(i, v, 4.0), teachers.mean_soft_labels(x, 4.0, [1, 2]))
+    # Another identity (here the image size) is another file; a damaged file is recomputed.
+    other = _cache(two, checkpoints=files[:2], identity={**identity, "image_size": 17})
+    assert other.fill(idx, views) == 2 * unique
+    weights = next((tmp_path / "t0").glob("view-logits-*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"oops")
+    again = _cache(two, checkpoints=files[:2], identity=identity)
+    with pytest.warns(UserWarning, match="recomputing"):
+        assert again.fill(idx, views) == unique  # teacher 0 again, teacher 1 read
+
+
+def test_the_memory_budget_decides_between_the_cache_and_online_teachers(monkeypatch):
+    teachers = _teachers("vgg11", 2, "loop")
+    need = soft_labels.cache_bytes(2, 1347, 25, 10)
+    assert need == 4 * 2 * 1347 * 25 * 10
+    make = lambda: soft_labels.soft_label_cache(teachers, None, "digits", root=None, image_size=16, num_classes=10,
+                                                device=torch.device("cpu"))
+    monkeypatch.delenv(soft_labels.BUDGET_ENV, raising=False)
+    assert soft_labels.cache_budget_bytes() == 2 * 2 ** 30 and make().nbytes == need
+    monkeypatch.setenv(soft_labels.BUDGET_ENV, str(need / 2 ** 30))
+    assert make() is not None
+    monkeypatch.setenv(soft_labels.BUDGET_ENV, str((need - 4) / 2 ** 30))
+    assert make() is None
+    monkeypatch.setenv(soft_labels.BUDGET_ENV, "0")
+    assert make() is None
+    assert soft_labels.soft_label_cache(teachers, None, "imagenet", root=None, image_size=16, num_classes=10,
+                                        device=torch.device("cpu")) is None  # never held in memory
+    monkeypatch.setenv(soft_labels.BUDGET_ENV, "lots")
+    with pytest.raises(BenchError, match="BENCH_SOFT_LABEL_CACHE_GB must be a number of GiB >= 0, got 'lots'"):
+        make()
 
 
 # --- kd and self_distill end to end ----------------------------------------------------------
@@ -174,7 +253,7 @@ def test_kd_trains_a_student_from_the_ensemble(digit_teachers, tmp_path):
     assert all(math.isfinite(rec[m]) for m in ("top1", "top5", "nll", "ece", "train_s"))
     assert rec["top1"] > 50
     assert rec["student_seed"] == 10_000 and rec["infer_forwards"] == 1 and rec["epochs"] == 2
-    assert (rec["temperature"], rec["alpha"], rec["soft_label_cache"]) == (4.0, 0.9, False)  # digits augment
+    assert (rec["temperature"], rec["alpha"], rec["soft_label_cache"]) == (4.0, 0.9, True)  # digits: 25 views
     meta = json.loads((tmp_path / "kd" / "model.json").read_text())
     assert meta["seed"] == 10_000 and meta["config"]["extra"]["teacher_members"] == [0, 1]
     # A finished student is found, not retrained: the same record.
@@ -200,25 +279,29 @@ def test_a_student_needs_a_workdir():
 
 
 def test_distilling_without_augmentation_looks_every_batch_up_in_the_cache(tmp_path, monkeypatch):
-    # multiview trains without augmentation: the teacher runs once over the training split.
+    # multiview trains without augmentation: one view per sample, the teacher runs once per image.
     # (self_distill, so one teacher to train; kd shares the code path.)
     train(TrainConfig(arch="vgg11", dataset="multiview", seed=0, epochs=1), tmp_path / "t0", progress=False)
-    made, rows = [], []
-
-    def counted(*args, **kw):  # a cache whose lookups are counted
-        cache = SoftLabelCache(*args, **kw)
-        lookup = cache.mean
-        cache.mean = lambda idx, members=None: rows.append(len(idx)) or lookup(idx, members)
-        made.append(cache)
-        return cache
-
-    monkeypatch.setattr(distillation, "SoftLabelCache", counted)
+    rows, fills = [], []
+    lookup, fill = SoftLabelCache.mean, SoftLabelCache.fill
+    monkeypatch.setattr(SoftLabelCache, "mean", lambda self, idx, *a: rows.append(len(idx)) or lookup(self, idx, *a))
+    monkeypatch.setattr(SoftLabelCache, "fill", lambda self, *a: fills.append(fill(self, *a)) or fills[-1])
     job = MethodJob(method="self_distill", dataset="multiview", arch="vgg11", seed=1,
               teachers=[tmp_path / "t0" / "model.safetensors"], members=[0], options=DistillOptions(),
               workdir=tmp_path / "sd",
               scale="tiny", recipe={"epochs": 1})
     rec = self_distill.run(job)
     assert rec["soft_label_cache"] and rec["soft_label_s"] > 0 and math.isfinite(rec["top1"])
-    (cache,) = made
-    assert len(cache) == 2000 and sum(rows) == (2000 // 64) * 64  # every training batch, from the cache
-    assert self_distill.run(job) == rec and len(made) == 1  # found finished: no rebuild, same cost
+    assert fills == [(2000 // 64) * 64] and sum(rows) == fills[0]  # every training batch, from the cache
+    assert self_distill.run(job) == rec and len(fills) == 1  # found finished: no fill, same cost
+
+
+def test_a_student_from_the_cache_is_the_student_from_online_teachers(digit_teachers, tmp_path, monkeypatch):
+    monkeypatch.setenv(soft_labels.BUDGET_ENV, "0")
+    online = kd.run(_job("kd", digit_teachers, tmp_path / "online"))
+    monkeypatch.delenv(soft_labels.BUDGET_ENV)
+    cached = kd.run(_job("kd", digit_teachers, tmp_path / "cached"))
+    assert (online["soft_label_cache"], cached["soft_label_cache"]) == (False, True)
+    sha = lambda run: json.loads((tmp_path / run / "model.json").read_text())["sha256"]
+    assert sha("online") == sha("cached")  # the same weights, bit for bit
+    assert {m: online[m] for m in distillation.METRICS} == {m: cached[m] for m in distillation.METRICS}

@@ -16,6 +16,9 @@ import torch
 from bench.errors import BenchError, choose
 
 SPLITS = ("train", "test")
+# The view id loaders yield beside a sample index when its augmentation is not one of a finite set
+# of transforms (FFCV, torchvision files): no cache keyed by (index, view) can serve it.
+UNKNOWN_VIEW = -1
 
 
 @dataclass

@@ -8,7 +8,8 @@ Write:  `python -m bench.data.ffcv --dataset imagenet --root R --out F [--split 
         The file is written under a temporary name and renamed into place: a killed write
         leaves no partial `.beton` behind (at most a hidden `.NAME.PID.tmp`).
 Read:   `make_ffcv_loader(beton, ...)`, or without FFCV `make_file_loader(dataset, ...)`: both
-        yield (normalised float NCHW images on `device`, int64 labels, int64 sample indices) batches, keep every image
+        yield (normalised float NCHW images on `device`, int64 labels, int64 sample indices, view
+        ids: -1, not tracked) batches, keep every image
         when evaluating (`drop_last=False`) and draw the training order from `seed` and the epoch
         (`set_epoch`, as `bench.data.memory.DeviceLoader`).
 
@@ -41,7 +42,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from bench.data import DATASETS, SPLITS, ImageSet, dataset_spec, load_dataset
+from bench.data import DATASETS, SPLITS, UNKNOWN_VIEW, ImageSet, dataset_spec, load_dataset
 from bench.errors import BenchError, choose, cli
 from bench.system import job_cpus
 
@@ -345,7 +346,8 @@ class _EpochLoader:
 
 
 class FFCVLoader(_EpochLoader):
-    """Batches from a `.beton` as (float normalised NCHW images, int64 labels, sample indices) on `device`
+    """Batches from a `.beton` as (float normalised NCHW images, int64 labels, sample indices, view
+    ids -1) on `device`
     (uint8 images when `raw`). Iterating runs epoch `self.epoch` and then advances it;
     `set_epoch(e)` picks the epoch (its order and augmentation) explicitly."""
 
@@ -358,7 +360,7 @@ class FFCVLoader(_EpochLoader):
         self.drop_last = loader.drop_last
         self.epoch = 0
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         from bench.data.memory import AUGMENTATIONS, random_flip
 
         epoch = self._next_epoch()
@@ -371,15 +373,16 @@ class FFCVLoader(_EpochLoader):
             # FFCV reuses its output buffers a few batches later: hand out fresh tensors only.
             labels = labels.to(self.device, non_blocking=True).view(-1).long().clone()
             idx = order[b * self.batch_size:b * self.batch_size + len(labels)].to(self.device)
+            unknown = torch.full_like(idx, UNKNOWN_VIEW)
             if self.raw:
-                yield images.to(self.device).clone(memory_format=torch.contiguous_format), labels, idx
+                yield images.to(self.device).clone(memory_format=torch.contiguous_format), labels, idx, unknown
                 continue
             x = images.to(self.device, non_blocking=True).float()
             if self.train and self.augment == "rrc_flip":
                 x = random_flip(x, gen)
             elif self.train:
                 x = AUGMENTATIONS[self.augment](x, gen)
-            yield (x - self.mean) / self.std, labels, idx
+            yield (x - self.mean) / self.std, labels, idx, unknown
 
 
 def _image_sizes(beton: str) -> tuple[np.ndarray, np.ndarray]:
@@ -504,7 +507,7 @@ def file_transform(train: bool, image_size: int):
 
 class FileLoader(_EpochLoader):
     """A torchvision DataLoader over (image, label) items yielding (normalised float NCHW on
-    `device`, int64 labels, sample indices). Order (and, with workers, augmentation) follow (seed, epoch);
+    `device`, int64 labels, sample indices, view ids -1). Order (and, with workers, augmentation) follow (seed, epoch);
     iterating runs epoch `self.epoch` and advances it, `set_epoch(e)` picks it."""
 
     def __init__(self, dataset: Any, *, train: bool, batch_size: int, seed: int, image_size: int,
@@ -521,13 +524,14 @@ class FileLoader(_EpochLoader):
             pin_memory=self.device.type == "cuda", persistent_workers=False)
         self.drop_last = train
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         epoch = self._next_epoch()
         self.generator.manual_seed(int(_epoch_generator(self.seed, epoch).initial_seed()))
         for images, labels, idx in self.loader:
             x = images.to(self.device, non_blocking=True).float()
-            yield ((x - self.mean) / self.std, labels.to(self.device, non_blocking=True).long(),
-                   idx.to(self.device, non_blocking=True).long())
+            idx = idx.to(self.device, non_blocking=True).long()
+            yield ((x - self.mean) / self.std, labels.to(self.device, non_blocking=True).long(), idx,
+                   torch.full_like(idx, UNKNOWN_VIEW))
 
 
 def make_file_loader(dataset: Any, *, train: bool, batch_size: int, seed: int, image_size: int,

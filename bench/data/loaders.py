@@ -58,7 +58,8 @@ def make_loader(name: str, split: str, *, batch_size: int, train: bool, seed: in
                 device: str | torch.device = "cpu", channels: int = 3,
                 beton: str | Path | None = None, distributed: bool = False, fraction: float = 1.0):
     """Batches of (normalised float NCHW images on `device`, int64 labels, int64 sample indices:
-    each image's row in the whole split).
+    each image's row in the whole split, int64 view ids: which of the augmentation's finite set
+    of transforms made the image, 0 the identity, `UNKNOWN_VIEW` (-1) from FFCV and file loaders).
 
     `fraction` < 1: only that fraction of the split, a fixed subset drawn from `seed` (the same
     every epoch: fine-tuning on a fraction of the training data).

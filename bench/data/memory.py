@@ -9,6 +9,7 @@ ranks' slices together are exactly the batches a single process would see.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -23,27 +24,82 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero-pad by `pad` and cut a random window of the original size out of each image."""
+def crop_at(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by `pad` and cut image i's window of the original size at offset (dy[i], dx[i])."""
     b, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+    rows = (dy.to(x.device)[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+    cols = (dx.to(x.device)[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
     batch = torch.arange(b, device=x.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
+def flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+
+
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero-pad by `pad` and cut a random window of the original size out of each image."""
+    dy = torch.randint(0, 2 * pad + 1, (len(x),), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (len(x),), generator=gen)
+    return crop_at(x, pad, dy, dx)
+
+
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)[:, None, None, None]
-    return torch.where(flip, x.flip(3), x)
+    return flip_where(x, torch.rand(len(x), generator=gen) < 0.5)
+
+
+@dataclass(frozen=True)
+class FiniteAugmentation:
+    """A random choice per image among `n_views` fixed transforms: zero-pad by `pad` and crop at
+    one of (2 pad + 1)^2 offsets, then (`flip`) mirror or not. View 0 is the identity.
+
+    `draw(b, gen)` makes the same generator draws, in the same order, as `random_crop` then
+    `random_flip` (offsets dy, dx, then the flip), so an augmented batch is bit for bit what
+    those functions give; `apply(x, views)` makes any views of any images (a cache of the
+    teachers' outputs per (sample, view) is built from it). A view id is
+    (flip * k + sy) * k + sx with k = 2 pad + 1 and s = (offset - pad) mod k."""
+
+    pad: int = 0
+    flip: bool = False
+
+    @property
+    def k(self) -> int:
+        return 2 * self.pad + 1
+
+    @property
+    def n_views(self) -> int:
+        return self.k * self.k * (2 if self.flip else 1)
+
+    def draw(self, b: int, gen: torch.Generator) -> torch.Tensor:
+        """The view ids of a batch of `b` images, int64 on the CPU."""
+        k = self.k
+        views = torch.zeros(b, dtype=torch.int64)
+        if self.pad:
+            dy = torch.randint(0, k, (b,), generator=gen)
+            dx = torch.randint(0, k, (b,), generator=gen)
+            views = (dy - self.pad) % k * k + (dx - self.pad) % k
+        if self.flip:
+            views = views + (torch.rand(b, generator=gen) < 0.5).long() * k * k
+        return views
+
+    def apply(self, x: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Image i under view views[i]."""
+        k, views = self.k, views.to(x.device)
+        if self.pad:
+            x = crop_at(x, self.pad, (views // k % k + self.pad) % k, (views % k + self.pad) % k)
+        if self.flip:
+            x = flip_where(x, views >= k * k)
+        return x
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return self.apply(x, self.draw(len(x), gen))
 
 
 AUGMENTATIONS = {
-    "none": lambda x, g: x,
-    "translate2": lambda x, g: random_crop(x, 2, g),           # digits: no flips (2 != mirrored 2)
-    "crop4_flip": lambda x, g: random_flip(random_crop(x, 4, g), g),  # the standard CIFAR recipe
+    "none": FiniteAugmentation(),
+    "translate2": FiniteAugmentation(pad=2),              # digits: no flips (2 != mirrored 2)
+    "crop4_flip": FiniteAugmentation(pad=4, flip=True),   # the standard CIFAR recipe
 }
 
 
@@ -54,9 +110,11 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 
 class DeviceLoader:
-    """Batches of (normalised float images, int64 labels, int64 sample indices) from an ImageSet
-    held on `device`. A sample's index is its row in the whole split (`extras["index"]` when the
-    set is a subset of it), so caches keyed by it serve every loader of the split.
+    """Batches of (normalised float images, int64 labels, int64 sample indices, int64 view ids)
+    from an ImageSet held on `device`. A sample's index is its row in the whole split
+    (`extras["index"]` when the set is a subset of it), and its view id names which of the
+    augmentation's `n_views` transforms made the image (0, the identity, when not training), so
+    caches keyed by (index, view) serve every loader of the split.
 
     `batch_size` is the global batch size. With `world_size` > 1 this loader yields rank
     `rank`'s share of every global batch: the global batch is drawn and augmented exactly as
@@ -92,6 +150,11 @@ class DeviceLoader:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
         self.epoch = 0
 
+    @property
+    def n_views(self) -> int:
+        """How many distinct images of one sample the augmentation can make (1: none)."""
+        return self.augment.n_views
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -99,17 +162,48 @@ class DeviceLoader:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _global_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(rows of this loader, view ids on the CPU) of every global batch of the epoch: the order,
+        then each batch's augmentation draws, all from the (seed, epoch) generator."""
         gen = epoch_generator(self.seed, self.epoch)
         n = len(self.labels)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
         order = order.to(self.images.device)
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.images[idx].float()
+            rows = order[i * self.batch_size:(i + 1) * self.batch_size]
+            # The whole global batch's draws: every rank draws the same.
+            views = self.augment.draw(len(rows), gen) if self.train else torch.zeros(len(rows), dtype=torch.int64)
+            yield rows, views
+
+    def _share(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.world_size == 1:
+            return tensors
+        return tuple(t.tensor_split(self.world_size)[self.rank] for t in tensors)
+
+    def draws(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(sample indices, view ids) of this rank's share of every batch of the epoch, without
+        making the images: what iterating yields beside them."""
+        for rows, views in self._global_batches():
+            yield self._share(self.indices[rows], views.to(self.images.device))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for rows, views in self._global_batches():
+            x = self.images[rows].float()
             if self.train:
-                x = self.augment(x, gen)  # the whole global batch: every rank draws the same
-            y, i = self.labels[idx], self.indices[idx]
-            if self.world_size > 1:
-                x, y, i = (t.tensor_split(self.world_size)[self.rank] for t in (x, y, i))
-            yield (x - self.mean) / self.std, y, i
+                x = self.augment.apply(x, views)
+            x, y, i, v = self._share(x, self.labels[rows], self.indices[rows], views.to(self.images.device))
+            yield (x - self.mean) / self.std, y, i, v
+
+    def view_images(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """The normalised images of samples `indices` (rows of the whole split) under the
+        augmentation's views `views`: pixel for pixel what a training batch holds for them."""
+        if not hasattr(self, "_row_of"):
+            self._row_of = torch.full((int(self.indices.max()) + 1,), -1, dtype=torch.int64, device=self.indices.device)
+            self._row_of[self.indices] = torch.arange(len(self.indices), device=self.indices.device)
+        indices = indices.to(self.indices.device)
+        if indices.numel() and (indices.max() >= len(self._row_of) or (self._row_of[indices] < 0).any()):
+            raise BenchError("view_images: a sample index is not one of this loader's samples")
+        if views.numel() and not (0 <= int(views.min()) and int(views.max()) < self.n_views):
+            raise BenchError(f"view_images: view ids must be in [0, {self.n_views})")
+        x = self.augment.apply(self.images[self._row_of[indices]].float(), views)
+        return (x - self.mean) / self.std

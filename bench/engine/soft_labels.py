@@ -1,28 +1,58 @@
-"""Frozen teachers' soft labels: one batched forward of N teachers, and a cache keyed by sample index.
+"""Frozen teachers' soft labels: one batched forward of N teachers, and a cache keyed by
+(sample index, view).
 
 `BatchedTeachers(models)` stacks N teachers of one architecture (eval mode, frozen) with
 `torch.func.stack_module_state` and runs them as ONE forward with `torch.func.functional_call`
 under `torch.vmap`; `mean_soft_labels(x, T)` is the mean over the teachers of softmax(logits / T).
 
-`SoftLabelCache` holds every teacher's softened outputs on every sample of a split, computed once
-and looked up by the sample indices the loaders yield. It serves training without augmentation
-(each batch's images are then exact rows of the split): KD's student, and meta-training's groups
-(any subset of the pool's teachers, averaged on lookup).
+`SoftLabelCache` holds each teacher's logits on the (sample, view) pairs of a split that a run
+draws, where the training augmentation is a finite set of transforms (`bench.data.memory`:
+digits' translations, CIFAR's pad-crop and flip, or none): the loaders yield each image's
+sample index and view id, so a teacher never runs twice on the same image. Logits, not
+probabilities: any temperature and any group of the teachers (meta-training's) reads the same
+entries, softmax(logits / T) and the group mean taken at lookup exactly as `mean_soft_labels`
+takes them. Each teacher's entries live in a file beside its checkpoint, shared by every job
+that uses that teacher on the same data (KD, self-distillation, fine-tuning, meta-training).
+
+Exactness: every cache forward has `CHUNK` images (the last chunk padded), made by the loader's
+own augmentation (`DeviceLoader.view_images`), so they have a training batch's memory layout
+too (a crop's tensor is channels-last strided; a contiguous copy of it gives other last bits).
+On a CPU a row's logits then do not depend on the other rows of its batch nor on the batch size
+(measured, torch 2.14.1, every tiny architecture, batches of 2 to 1024; a batch of ONE image
+differs in the last bit, hence the padding), so a looked-up soft label is bit for bit the
+online one and a student trained from the cache is the same student. On a GPU (bf16 autocast, cuDNN picks its
+algorithms per shape) they agree to bf16 rounding; the device type is part of a file's identity.
+
+`cache_budget_bytes()` (env `BENCH_SOFT_LABEL_CACHE_GB`, default 2 GiB) bounds a cache's
+dense size (teachers x samples x views x classes x 4 bytes); above it the teachers run online.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
+import time
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call, stack_module_state
 
+from bench.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
+from bench.data import dataset_spec
+from bench.data.loaders import make_loader
 from bench.engine.devices import autocast
 from bench.errors import BenchError
+from bench.system import world
 
 MODES = ("vmap", "loop")
+CHUNK = 256  # images per cache forward: any fixed size above one gives the online bits (module doc)
+BUDGET_ENV = "BENCH_SOFT_LABEL_CACHE_GB"
+DEFAULT_BUDGET_GB = 2.0
+KIND = "teacher-view-logits"
 
 
 class BatchedTeachers:
@@ -107,35 +137,178 @@ class BatchedTeachers:
         return (self.logits(x, members) / temperature).softmax(-1).mean(0)
 
 
+def cache_budget_bytes() -> int:
+    """The largest soft-label cache a job builds: `BENCH_SOFT_LABEL_CACHE_GB` GiB (default 2; 0 turns
+    caching off)."""
+    raw = os.environ.get(BUDGET_ENV, "").strip()
+    try:
+        gib = float(raw) if raw else DEFAULT_BUDGET_GB
+    except ValueError:
+        gib = -1.0
+    if not gib >= 0:
+        raise BenchError(f"{BUDGET_ENV} must be a number of GiB >= 0, got {raw!r}")
+    return int(gib * 2 ** 30)
+
+
+def cache_bytes(n_teachers: int, n_samples: int, n_views: int, n_classes: int) -> int:
+    """The dense size of a cache: float32 logits per (teacher, sample, view, class)."""
+    return 4 * n_teachers * n_samples * n_views * n_classes
+
+
+def drawn_views(loader, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sample indices, view ids) of every image that `steps` steps through `loader` draw (step s
+    is batch s mod len(loader) of epoch s // len(loader), as `bench.engine.loop.StepBatches`
+    reads it), without making the images. Leaves the loader at epoch 0."""
+    per_epoch = len(loader)
+    indices, views = [], []
+    for epoch in range(-(-steps // per_epoch)):
+        loader.set_epoch(epoch)
+        for _, (i, v) in zip(range(steps - epoch * per_epoch), loader.draws()):
+            indices.append(i)
+            views.append(v)
+    loader.set_epoch(0)
+    empty = torch.zeros(0, dtype=torch.int64)
+    return torch.cat([empty, *indices]), torch.cat([empty, *views])
+
+
+def _teacher_file(checkpoint: Path, identity: dict) -> tuple[Path, dict]:
+    """Where one teacher's cache entries live (beside its checkpoint), and their full identity."""
+    checkpoint = Path(checkpoint)
+    full = {"kind": KIND, "teacher_sha256": read_meta(checkpoint)["sha256"], **identity}
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]
+    return checkpoint.parent / f"view-logits-{digest}", full
+
+
 class SoftLabelCache:
-    """softmax(logits / T) of every teacher for every sample of a split: (teachers, samples, classes).
+    """Each teacher's float32 logits per (sample index, view) of one split: (teachers, samples,
+    views, classes), with a mask of the entries filled.
 
-    `loader` yields the split's (images, labels, sample indices) exactly as training sees them,
-    without augmentation (e.g. `make_loader(name, "train", train=False, ...)`); it may cover a
-    subset of the split (a fine-tuning fraction): lookups outside it are refused.
-    `mean(indices, members)` is the mean over the teachers `members` (default: all) of their rows."""
+    `loader`: a `bench.data.memory.DeviceLoader` over the whole split with the training
+    augmentation: it gives `n_views` and makes the images (`view_images`) exactly as training
+    batches hold them. `fill(indices, views)` computes the pairs not yet held (e.g. the
+    `drawn_views` of a run); `mean(indices, views, T, members)` is the mean over the teachers
+    `members` (default all) of softmax(logits / T), refusing a pair it does not hold.
 
-    def __init__(self, teachers: BatchedTeachers, loader, temperature: float) -> None:
-        self.temperature = temperature
-        idx, probs = [], []
-        for x, _, i in loader:
-            idx.append(i.cpu())
-            probs.append((teachers.logits(x) / temperature).softmax(-1))
-        idx = torch.cat(idx)
-        probs = torch.cat(probs, dim=1)
-        self.probs = probs.new_zeros(probs.shape[0], int(idx.max()) + 1, probs.shape[2])
-        self.probs[:, idx.to(probs.device)] = probs
-        self.cached = torch.zeros(self.probs.shape[1], dtype=torch.bool)
-        self.cached[idx] = True
+    `checkpoints` (the teachers' checkpoint paths) with `identity` (what else the entries depend
+    on: data set, split, image size, augmentation) keep each teacher's entries in a file beside
+    its checkpoint: `fill` first reads what earlier jobs computed and writes back what it added
+    (rank 0, atomically, merged with the file as it is then; two jobs filling at once at worst
+    redo each other's work, as the entries are the same bits). Nothing is read before `fill`."""
+
+    def __init__(self, teachers: BatchedTeachers, loader, num_classes: int, *,
+                 checkpoints: Sequence[Path] | None = None, identity: dict | None = None) -> None:
+        self.teachers, self.loader = teachers, loader
+        self.shape = (len(teachers), int(loader.indices.max()) + 1, loader.n_views, num_classes)
+        self.checkpoints, self.identity = checkpoints, identity
+        self.logits: torch.Tensor | None = None
+        self.filled: torch.Tensor | None = None
+        self.computed = 0  # pairs this process computed (per teacher, summed)
+        self.seconds = 0.0  # spent reading, computing and writing entries
+
+    @property
+    def nbytes(self) -> int:
+        return cache_bytes(*self.shape)
 
     def __len__(self) -> int:
-        return int(self.cached.sum())
+        """Entries held, summed over the teachers."""
+        return 0 if self.filled is None else int(self.filled.sum())
+
+    def _files(self) -> list[tuple[Path, dict]] | None:
+        if self.checkpoints is None:
+            return None
+        _, samples, views, classes = self.shape
+        facts = {**(self.identity or {}), "samples": samples, "views": views, "classes": classes, "chunk": CHUNK,
+                 "device": self.teachers.device.type, "torch": torch.__version__.split("+")[0]}
+        return [_teacher_file(c, facts) for c in self.checkpoints]
+
+    def _read(self, stem: Path, full: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        try:
+            tensors, _ = load_checkpoint(stem, expect={k: full[k] for k in ("kind", "teacher_sha256")},
+                                         map_location=self.teachers.device)
+        except CheckpointError as err:
+            if stem.with_suffix(".json").exists():  # derived data: a damaged file is recomputed
+                warnings.warn(f"soft-label cache {stem}: {err}; recomputing its entries")
+            return None
+        if tuple(tensors["logits"].shape) != self.shape[1:]:
+            return None
+        return tensors["logits"], tensors["filled"].bool()
+
+    def _load(self) -> None:
+        device = self.teachers.device
+        self.logits = torch.zeros(self.shape, device=device)
+        self.filled = torch.zeros(self.shape[:3], dtype=torch.bool, device=device)
+        for k, (stem, full) in enumerate(self._files() or []):
+            held = self._read(stem, full)
+            if held is not None:
+                self.logits[k], self.filled[k] = held
 
     @torch.no_grad()
-    def mean(self, indices: torch.Tensor, members: Sequence[int] | None = None) -> torch.Tensor:
-        rows = indices.cpu()
-        if rows.numel() and (rows.max() >= len(self.cached) or not self.cached[rows].all()):
-            raise BenchError("soft-label cache: a batch holds samples the cache was not built on "
-                             "(another split or another subset of it)")
-        probs = self.probs if members is None else self.probs[list(members)]
-        return probs[:, rows.to(probs.device)].mean(0).to(indices.device)
+    def fill(self, indices: torch.Tensor, views: torch.Tensor) -> int:
+        """Compute every teacher's logits on the pairs (indices[i], views[i]) it does not hold yet,
+        in forwards of CHUNK images; return the number of entries computed."""
+        t0 = time.perf_counter()
+        if self.logits is None:
+            self._load()
+        device = self.logits.device
+        pairs = torch.unique(indices.to(device) * self.shape[2] + views.to(device))
+        computed = 0
+        for k in range(len(self.teachers)):
+            todo = pairs[~self.filled[k].view(-1)[pairs]]
+            for start in range(0, len(todo), CHUNK):
+                part = todo[start:start + CHUNK]
+                # The last chunk padded with its last pair: every forward has CHUNK images, made
+                # by the loader's own function (the layout of a batch's tensor is its too).
+                padded = torch.cat([part, part[-1:].expand(CHUNK - len(part))])
+                x = self.loader.view_images(padded // self.shape[2], padded % self.shape[2])
+                idx, v = part // self.shape[2], part % self.shape[2]
+                self.logits[k, idx, v] = self.teachers.logits(x.to(self.teachers.device), [k])[0, :len(part)]
+                self.filled[k, idx, v] = True
+            computed += len(todo)
+            if len(todo) and world()[0] == 0:
+                self._write(k)
+        self.computed += computed
+        self.seconds += time.perf_counter() - t0
+        return computed
+
+    def _write(self, k: int) -> None:
+        files = self._files()
+        if files is None:
+            return
+        stem, full = files[k]
+        logits, filled = self.logits[k], self.filled[k]
+        held = self._read(stem, full)  # what other jobs added since this one read the file
+        if held is not None:
+            logits = torch.where(filled[..., None], logits, held[0])
+            filled = filled | held[1]
+        save_checkpoint(stem, {"logits": logits, "filled": filled}, full)
+
+    @torch.no_grad()
+    def mean(self, indices: torch.Tensor, views: torch.Tensor, temperature: float,
+             members: Sequence[int] | None = None) -> torch.Tensor:
+        """(B, C): the mean over the teachers `members` of softmax(logits / T) of each pair."""
+        if self.logits is None:
+            self._load()
+        device = self.logits.device
+        k = torch.arange(self.shape[0], device=device) if members is None else torch.tensor(list(members), device=device)
+        idx, v = indices.to(device), views.to(device)
+        inside = (idx >= 0) & (idx < self.shape[1]) & (v >= 0) & (v < self.shape[2])
+        if not inside.all() or not self.filled[k[:, None], idx[None], v[None]].all():
+            raise BenchError("soft-label cache: a batch holds (sample, view) pairs the cache was not filled "
+                             "with (another split, an augmentation outside its views, or draws it was not given)")
+        z = self.logits[k[:, None], idx[None], v[None]]  # (N, B, C), as BatchedTeachers.logits gives it
+        return (z / temperature).softmax(-1).mean(0).to(indices.device)
+
+
+def soft_label_cache(teachers: BatchedTeachers, checkpoints, dataset: str, *, root, image_size: int,
+                     num_classes: int, device: torch.device) -> SoftLabelCache | None:
+    """The cache of these teachers' logits on the training split's views, or None where the teachers
+    must run online: the split is not held in memory, or the cache would exceed the budget."""
+    spec = dataset_spec(dataset)
+    if not spec.in_memory:
+        return None
+    # The whole split with its training augmentation: it makes any (sample, view)'s image.
+    views = make_loader(dataset, "train", batch_size=1, train=True, root=root, image_size=image_size, device=device)
+    if cache_bytes(len(teachers), int(views.indices.max()) + 1, views.n_views, num_classes) > cache_budget_bytes():
+        return None
+    return SoftLabelCache(teachers, views, num_classes, checkpoints=checkpoints, identity={
+        "dataset": dataset, "split": "train", "image_size": image_size, "augmentation": spec.augment})

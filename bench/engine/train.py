@@ -40,8 +40,8 @@ from bench.models import ARCH_SPECS, build_model
 from bench.recipes import TrainConfig, same_run
 from bench.system import world
 
-# `criterion(logits, images, labels, indices) -> loss` replaces cross-entropy (distillation).
-Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# `criterion(logits, images, labels, indices, views) -> loss` replaces cross-entropy (distillation).
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 LOG_ONLY = ("epoch", "lr", "time")  # row fields that are not the run's metrics
 
 
@@ -63,11 +63,11 @@ class SupervisedTask:
         self.batches = StepBatches(train_loader)
 
     def loss(self, step: int) -> dict[str, torch.Tensor]:
-        (x, y, idx), restarted = self.batches(step)
+        (x, y, idx, views), restarted = self.batches(step)
         if restarted:  # an epoch begins (after the last one's evaluation) or the run resumes
             self.net.train()
         with autocast(self.device):
-            return {"loss": self.criterion(self.net(x), x, y, idx)}
+            return {"loss": self.criterion(self.net(x), x, y, idx, views)}
 
     def log_row(self, step: int, means: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]:
         loss = means["loss"]
@@ -102,8 +102,10 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
           progress: bool | None = None) -> dict[str, Any]:
     """Train (or resume, or find finished) the run in `out`; return the final sidecar.
 
-    `criterion(logits, images, labels, indices) -> loss` replaces cross-entropy; it must be a pure
-    function of its inputs for resumes to stay exact. With torch.distributed initialised (world
+    `criterion(logits, images, labels, indices, views) -> loss` replaces cross-entropy; it must be
+    a pure function of its inputs for resumes to stay exact. A criterion with a
+    `prepare(train_loader, steps)` method has it called once before training (not when the run
+    is found finished): e.g. to cache its teachers' outputs on the views the run will draw. With torch.distributed initialised (world
     size > 1) every rank calls this with the same arguments; `cfg.batch_size` is the global batch
     size and must divide by the world size."""
     cfg = cfg.resolved()
@@ -141,10 +143,12 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
     # (keys without "module.") is what every file holds. The optimizer holds the same parameters.
     net = model if world_size == 1 else DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
-    criterion = criterion or (lambda logits, x, y, idx: F.cross_entropy(logits, y,
-                                                                        label_smoothing=cfg.label_smoothing))
+    criterion = criterion or (lambda logits, x, y, idx, views: F.cross_entropy(
+        logits, y, label_smoothing=cfg.label_smoothing))
     task = SupervisedTask(cfg, model, net, optimizer, train_loader, test_loader, criterion, device)
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    if hasattr(criterion, "prepare"):
+        criterion.prepare(train_loader, total)
     milestones = [m * steps_per_epoch for m in cfg.milestones]
     base = {**model_meta(cfg, spec.num_classes), "config": config, **({"world_size": world_size} if world_size > 1 else {})}
     history, seconds = fit(

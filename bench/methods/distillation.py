@@ -12,16 +12,19 @@ The student's run lives in `job.workdir` (an engine run folder, bench.engine.che
 from its last epoch; finished, it is found). Its config carries the method, T, alpha and the
 teacher members in `extra`, so a folder of another distillation is refused, not resumed.
 
-When the data set trains without augmentation (spec augment "none") the teachers' soft labels
-for the whole training split are computed once (`SoftLabelCache`) and looked up per batch by
-sample index;
-otherwise the teachers run on every batch (one batched forward, `BatchedTeachers`).
+When the training set is held in memory (digits, multiview, CIFAR; not a `.beton`) its
+augmentation is a finite set of views, and the teachers' logits on every (sample, view) the run
+draws are looked up in a `SoftLabelCache` (bench.engine.soft_labels): filled before the first
+step with the pairs earlier jobs on these teachers have not computed, kept beside the teachers.
+The student is bit for bit the one online teachers give (on a CPU; see that module). When the
+cache would exceed `cache_budget_bytes()` (env BENCH_SOFT_LABEL_CACHE_GB) or the data is not in
+memory (ImageNet, FFCV), the teachers run on every batch (one batched forward, `BatchedTeachers`).
+`soft_label_s` is what this job spent reading and filling the cache (part of `train_s`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,11 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.checkpoint import paths
-from bench.data import dataset_spec
-from bench.data.loaders import make_loader
 from bench.engine import train
-from bench.engine.soft_labels import BatchedTeachers, SoftLabelCache
+from bench.engine.soft_labels import BatchedTeachers, SoftLabelCache, drawn_views, soft_label_cache
 from bench.errors import BenchError
 from bench.io import atomic_write_json
 from bench.methods.base import MethodJob
@@ -65,22 +65,29 @@ def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: t
 
 
 class KDCriterion:
-    """`criterion(logits, images, labels, indices)` for the engine's training run: the teachers'
-    mean soft labels of `images` (looked up by sample index in the cache when there is one)
-    against the student's `logits`. Pure: frozen eval-mode teachers, no state."""
+    """`criterion(logits, images, labels, indices, views)` for the engine's training run: the
+    teachers' mean soft labels of `images` (looked up by (sample, view) in the cache when there is
+    one) against the student's `logits`. Pure: frozen eval-mode teachers; the cache is filled
+    once, in `prepare`, before the first step."""
 
     def __init__(self, teachers: BatchedTeachers, temperature: float, alpha: float,
                  cache: SoftLabelCache | None = None) -> None:
         self.teachers, self.temperature, self.alpha, self.cache = teachers, temperature, alpha, cache
+        self.prepared = False
 
-    def soft_labels(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def prepare(self, train_loader, steps: int) -> None:
+        self.prepared = True
         if self.cache is not None:
-            return self.cache.mean(indices)
+            self.cache.fill(*drawn_views(train_loader, steps))
+
+    def soft_labels(self, images: torch.Tensor, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        if self.cache is not None:
+            return self.cache.mean(indices, views, self.temperature)
         return self.teachers.mean_soft_labels(images, self.temperature)
 
     def __call__(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-                 indices: torch.Tensor) -> torch.Tensor:
-        return kd_loss(logits, self.soft_labels(images, indices), labels, self.temperature, self.alpha)
+                 indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        return kd_loss(logits, self.soft_labels(images, indices, views), labels, self.temperature, self.alpha)
 
 
 def student_config(job: MethodJob[Any], seed: int, epochs: int | None, extra: dict[str, Any],
@@ -121,30 +128,23 @@ def distill(job: MethodJob[Any], *, student_seed: int, temperature: float, alpha
             raise BenchError(f"{job.method}: the student would have {key} {mine!r} but the teachers "
                              f"have {meta[key]!r}")
 
-    spec = dataset_spec(job.dataset)
     workdir = Path(job.workdir)
-    use_cache = spec.augment == "none" and spec.in_memory and resolved.beton_train is None
-    cache, timing = None, workdir / "soft_labels.json"
-    # Without augmentation every training batch is rows of the training split: compute the
-    # teachers' soft labels once. (A finished student needs none: train() just finds it.)
-    if use_cache and not paths(workdir / "model")[1].exists():
-        t0 = time.perf_counter()
-        # The rows the student trains on (a fine-tuning run may use a fraction of the split).
-        loader = make_loader(job.dataset, "train", batch_size=512, train=False, root=job.data_root,
-                             image_size=resolved.image_size, device=job.torch_device(),
-                             fraction=resolved.train_fraction, seed=resolved.seed)
-        cache = SoftLabelCache(teachers, loader, temperature)
-        if world()[0] == 0:  # kept so that a finished run found later reports the same cost
-            workdir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(timing, {"seconds": time.perf_counter() - t0, "rows": len(cache)})
+    cache = None if resolved.beton_train is not None else soft_label_cache(
+        teachers, teacher_job.teachers, job.dataset, root=job.data_root, image_size=resolved.image_size,
+        num_classes=meta["num_classes"], device=job.torch_device())
     criterion = KDCriterion(teachers, temperature, alpha, cache)
     out = train(cfg, workdir, criterion=criterion, progress=False)
-    cache_s = json.loads(timing.read_text())["seconds"] if use_cache and timing.exists() else 0.0
+    timing = workdir / "soft_labels.json"
+    if criterion.prepared and world()[0] == 0:  # kept so that a finished run found later reports the same cost
+        atomic_write_json(timing, {"seconds": cache.seconds if cache else 0.0,
+                                   "computed": cache.computed if cache else 0})
+    cache_s = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
 
     record: dict[str, Any] = {m: out["metrics"][m] for m in METRICS}
     record.update({
         # The student's training (its forwards, backwards and the teachers' forwards on its
-        # batches) plus building the soft-label cache; the teachers' own training is not counted.
+        # batches) plus reading and filling the soft-label cache (entries earlier jobs left in the
+        # teachers' files cost only their reading); the teachers' own training is not counted.
         "train_s": out["train_s"] + cache_s,
         "soft_label_s": cache_s,
         "infer_forwards": 1,
@@ -152,7 +152,7 @@ def distill(job: MethodJob[Any], *, student_seed: int, temperature: float, alpha
         "temperature": temperature,
         "alpha": alpha,
         "epochs": out["epochs"],
-        "soft_label_cache": use_cache,
+        "soft_label_cache": cache is not None,
         "teacher_forward": teachers.mode,
     })
     return record

@@ -6,10 +6,11 @@ predicts the group's student, and takes one AdamW step on eq. 1 (+ shift consist
 batch of training images; warm-up + cosine learning rate, gradient clipping. The draws come from
 generators seeded by (seed, step), so a resumed run makes the same steps as an uninterrupted one.
 
-Soft labels: when the data set trains without augmentation and fits in memory (digits, multiview),
-every teacher's softened outputs on the whole training split are computed once, so a group's
-soft labels cost no teacher forward pass; otherwise the group's teachers run on each (augmented)
-batch.
+Soft labels: for data sets held in memory (digits, multiview, CIFAR) every teacher's logits on
+each (sample, view) of the training split the run draws are computed once, or read from the
+files earlier jobs on these teachers left (`bench.engine.soft_labels.SoftLabelCache`), so a
+group's soft labels cost no teacher forward pass; over the cache budget, or for ImageNet, the
+group's teachers run on each (augmented) batch.
 
 `align: weight_matching`: every teacher is permuted onto the group's anchor (the one weight
 matching of `bench.weights.permutation`, as `aligned_soup` uses) before it is tokenised, so that row
@@ -40,7 +41,7 @@ from bench.engine.checkpointer import RunFolder
 from bench.engine.loop import StepBatches, fit
 from bench.engine.optim import make_optimizer
 from bench.engine.schedule import lr_factor
-from bench.engine.soft_labels import BatchedTeachers, SoftLabelCache
+from bench.engine.soft_labels import BatchedTeachers, drawn_views, soft_label_cache
 from bench.options import WFConfig
 from bench.weightformer.losses import ensemble_kl, shift_consistency, student_logits
 from bench.weightformer.model import WeightFormer, column_stats
@@ -93,30 +94,46 @@ class TeacherTokens:
 class SoftLabels:
     """Batches of training images with the mean softened outputs of any group of the teachers.
 
-    Without augmentation every teacher's outputs on the whole split are computed once
-    (`SoftLabelCache`, by sample index); with it the group's teachers run on each batch."""
+    In-memory sets look the group's soft labels up in a `SoftLabelCache` of every teacher's logits
+    on the (sample, view) pairs the run draws (filled once, here, with what earlier jobs on these
+    teachers left undone; bit for bit the online soft labels on a CPU); over the cache budget, or
+    for data not held in memory, the group's teachers run on each batch. Without augmentation a
+    step's batch is a random draw of the split's images; with it, the loader's augmented batch.
+    `steps`: how many steps the run takes (`batch(step)` serves steps 0 to steps - 1 from the
+    cache); `checkpoints`: the teachers' files, which keep the cache's entries for later jobs."""
 
     def __init__(self, models: Sequence[nn.Module], dataset: str, root: str | None, image_size: int,
-                 device: torch.device, batch_size: int, seed: int, temperature: float) -> None:
+                 device: torch.device, batch_size: int, seed: int, temperature: float,
+                 steps: int, checkpoints: Sequence[Path] | None = None) -> None:
         self.temperature, self.batch_size, self.seed = temperature, batch_size, seed
         self.teachers = BatchedTeachers(list(models), mode="loop")  # the group changes every step
         spec = dataset_spec(dataset)
-        self.cached = spec.augment == "none" and spec.in_memory
         common = dict(root=root, image_size=image_size, device=device)
-        if self.cached:
-            loader = make_loader(dataset, "train", batch_size=512, train=False, **common)
-            self.images = torch.cat([x for x, _, _ in loader])
-            self.cache = SoftLabelCache(self.teachers, loader, temperature)
+        self.augmented = not (spec.augment == "none" and spec.in_memory)
+        loader = make_loader(dataset, "train", batch_size=batch_size, train=True, seed=seed, **common)
+        self.cache = soft_label_cache(self.teachers, checkpoints, dataset, root=root, image_size=image_size,
+                                      num_classes=spec.num_classes, device=device)
+        self.cached = self.cache is not None
+        if not self.augmented:
+            self.images = torch.cat([x for x, *_ in make_loader(dataset, "train", batch_size=512, train=False,
+                                                               **common)])
+            if self.cached:
+                self.cache.fill(torch.arange(len(self.images)), torch.zeros(len(self.images), dtype=torch.int64))
         else:
-            self.batches = StepBatches(make_loader(dataset, "train", batch_size=batch_size, train=True, seed=seed,
-                                                   **common))
+            self.batches = StepBatches(loader)
+            if self.cached:
+                self.cache.fill(*drawn_views(loader, steps))
 
     def batch(self, step: int, group: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cached:
+        if not self.augmented:
             n = len(self.images)
             idx = torch.randperm(n, generator=_generator(self.seed, step))[:min(self.batch_size, n)]
-            return self.images[idx.to(self.images.device)], self.cache.mean(idx, group).to(self.images.device)
-        (x, _, _), _ = self.batches(step)
+            x = self.images[idx.to(self.images.device)]
+            views = torch.zeros_like(idx)
+        else:
+            (x, _, idx, views), _ = self.batches(step)
+        if self.cached:
+            return x, self.cache.mean(idx, views, self.temperature, group).to(x.device)
         return x, self.teachers.mean_soft_labels(x, self.temperature, members=group)
 
 
@@ -181,7 +198,7 @@ def meta_train(out: str | Path, *, teachers: Sequence[Path], members: Sequence[i
     wf = WeightFormer(layers, cfg, n_teachers, column_stats(pool_tokens.tokens)).to(device)
     optimizer = make_optimizer(wf, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     data = SoftLabels(models, dataset, data_root, tmeta["image_size"], device, cfg.batch_size, cfg.seed,
-                      cfg.temperature)
+                      cfg.temperature, checkpoints=teachers, steps=cfg.steps)
     # The architecture run with the predicted weights; train mode: BatchNorm on batch statistics.
     student = copy.deepcopy(models[0]).train()
     task = MetaTrainTask(wf, optimizer, student, layers, pool_tokens, data, len(members), n_teachers, cfg, device)
