@@ -113,6 +113,71 @@ def gemm_peak_fp32(quick: bool = True) -> float:
     return statistics.median(measure() for _ in range(3))
 
 
+# -- teacher_pool_training -------------------------------------------------------------------
+
+def teacher_pool_rows(quick: bool, repeat: int, members_list: tuple[int, ...] = (8, 16),
+                      steps: int | None = None, batch: int = 64) -> list[Row]:
+    """M tiny members trained side by side: one packed network (bench.engine.stacked) against the
+    M networks one at a time, AdamW steps on random digits-shaped batches (64 x 3 x 16 x 16) on
+    the CPU; images/s of all members together. `gemm_fraction`: the stack's FLOP rate (3 x
+    forward FLOPs counted with torch.utils.flop_counter, per image) over this machine's fp32
+    GEMM rate measured in the same run."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.engine.optim import make_optimizer
+    from bench.engine.stacked import stack_models
+    from bench.models import build_model
+
+    peak = gemm_peak_fp32(quick)
+    steps = steps or (5 if quick else 10)
+    rows = []
+    for arch in ("vgg11",) if quick else ("vgg11", "resnet50"):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            torch.manual_seed(0)
+            build_model(arch, 10, 16, "tiny").eval()(torch.zeros(1, 3, 16, 16))
+        train_flops_per_image = 3 * counter.get_total_flops()
+        for members in members_list:
+            models = []
+            for seed in range(members):
+                torch.manual_seed(seed)
+                models.append(build_model(arch, 10, 16, "tiny"))
+            net = stack_models(models)
+            gen = torch.Generator().manual_seed(0)
+            xs = torch.randn(members, batch, 3, 16, 16, generator=gen)
+            ys = torch.randint(0, 10, (members, batch), generator=gen)
+            x_packed = xs.transpose(0, 1).reshape(batch, members * 3, 16, 16)
+            stacked_opt = make_optimizer(net, "adamw", lr=1e-3, weight_decay=5e-4)
+            alone_opts = [make_optimizer(m, "adamw", lr=1e-3, weight_decay=5e-4) for m in models]
+
+            def stacked() -> float:
+                for _ in range(steps):
+                    logits = net(x_packed).view(batch, members, -1)
+                    loss = sum(F.cross_entropy(logits[:, i], ys[i]) for i in range(members))
+                    stacked_opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    stacked_opt.step()
+                return steps * batch * members
+
+            def alone() -> float:
+                for _ in range(steps):
+                    for model, opt, x, y in zip(models, alone_opts, xs, ys):
+                        loss = F.cross_entropy(model(x), y)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                return steps * batch * members
+
+            row = paired(f"teacher_pool_training/{arch}/M={members}", ("one at a time", rate(alone)),
+                         ("stacked", rate(stacked)), unit="images/s", repeat=repeat,
+                         settings={"members": members, "steps": steps, "batch_size": batch,
+                                   "train_gflop_per_image": train_flops_per_image / 1e9, "gemm_fp32_gflops": peak})
+            fraction = row.median * train_flops_per_image / 1e9 / peak
+            rows.append(Row(**{**asdict(row), "settings": {**row.settings, "gemm_fraction": fraction,
+                                                           "gemm_fraction_alone": fraction / row.ratio}}))
+    return rows
+
+
 # -- loader ----------------------------------------------------------------------------------
 
 def write_jpeg_folder(root: Path, classes: int, per_class: int, size: int, seed: int = 0) -> Path:
@@ -296,6 +361,7 @@ def time_to_student_rows(records: Path) -> list[Row]:
 # name -> rows(quick, repeat, args): the order is the order they run in.
 BENCHMARKS: dict[str, Callable[[bool, int, argparse.Namespace], list[Row]]] = {
     "gemm_peak": lambda quick, repeat, a: gemm_peak_rows(quick, repeat),
+    "teacher_pool_training": lambda quick, repeat, a: teacher_pool_rows(quick, repeat),
     "loader": lambda quick, repeat, a: loader_rows(quick, repeat),
     "kd_student": lambda quick, repeat, a: kd_student_rows(quick, repeat),
     "time_to_student": lambda quick, repeat, a: time_to_student_rows(Path(a.results_root) / "records"),

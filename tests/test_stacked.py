@@ -15,7 +15,7 @@ from bench.checkpoint import read_meta
 from bench.engine import train
 from bench.engine.checkpointer import RunFolder
 from bench.engine.optim import make_optimizer
-from bench.engine.stacked import (StackFolder, Unstackable, benchmark_stacking, pack_state, stack_models,
+from bench.engine.stacked import (StackFolder, Unstackable, pack_state, stack_models,
                                   train_stack, unpack_state)
 from bench.models import ARCH_SPECS, build_model
 from bench.recipes import TrainConfig
@@ -253,7 +253,10 @@ def test_differing_configs_do_not_stack():
         check_stackable([TrainConfig(seed=0, **FEW), TrainConfig(seed=1, lr=0.1, **FEW)])
 
 
-def test_benchmark_reports_both_timings_and_the_flops():
-    out = benchmark_stacking("vgg11", members=2, steps=1, repeat=1, batch_size=4)
-    assert out["stacked_s"] > 0 and out["alone_s"] > 0 and out["ratio"] == out["alone_s"] / out["stacked_s"]
-    assert out["flops_per_step"] > 0 and out["members"] == 2
+def test_benchmark_row_reports_both_rates_and_the_gemm_fraction():
+    from bench.perf import teacher_pool_rows
+
+    (row,) = teacher_pool_rows(True, 1, members_list=(2,), steps=1, batch=4)
+    assert row.name == "teacher_pool_training/vgg11/M=2" and row.unit == "images/s"
+    assert row.ratio == pytest.approx(row.median / row.settings["baseline_median"])
+    assert row.settings["gemm_fraction"] > 0 and row.settings["train_gflop_per_image"] > 0

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -436,66 +435,3 @@ def train_stack(cfgs: Sequence[TrainConfig], outs: Sequence[str | Path], *, prog
 
 
 # --- measuring -----------------------------------------------------------------------------------
-
-def benchmark_stacking(arch: str = "vgg11", members: int = 16, steps: int = 20, repeat: int = 3,
-                       batch_size: int = 64, image_size: int = 16, num_classes: int = 10,
-                       scale: str = "tiny", device: str = "cpu", channels_last: bool | None = None) -> dict[str, Any]:
-    """Seconds of `steps` AdamW training steps of `members` networks, stacked vs one at a time
-    (the best of `repeat`, measured side by side on random digits-shaped batches), and the
-    forward+backward FLOPs of one step of all members (torch.utils.flop_counter).
-    `channels_last` (the stack's memory format): default as `train_stack`, on GPUs only."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    dev = torch.device(device)
-    if channels_last is None:
-        channels_last = dev.type == "cuda" and ARCH_SPECS[arch].channels_last
-    models = []
-    for seed in range(members):
-        torch.manual_seed(seed)
-        models.append(build_model(arch, num_classes, image_size, scale).to(dev))
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = stack_models(models, image_size=image_size).to(memory_format=fmt)
-    gen = torch.Generator().manual_seed(0)
-    xs = torch.randn(members, batch_size, 3, image_size, image_size, generator=gen).to(dev)
-    ys = torch.randint(0, num_classes, (members, batch_size), generator=gen).to(dev)
-    x_packed = xs.transpose(0, 1).reshape(batch_size, members * 3, image_size, image_size) \
-        .contiguous(memory_format=fmt)
-    y_packed = ys.T
-
-    def stacked_step(opt):
-        logits = net(x_packed).view(batch_size, members, -1)
-        loss = sum(F.cross_entropy(logits[:, i], y_packed[:, i]) for i in range(members))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def alone_steps(opts):
-        for model, opt, x, y in zip(models, opts, xs, ys):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    def timed(fn, arg) -> float:
-        fn(arg)  # warm-up (allocations, kernel choice)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            fn(arg)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return time.perf_counter() - t0
-
-    stacked_opt = make_optimizer(net, "adamw", lr=1e-3, weight_decay=5e-4)
-    alone_opts = [make_optimizer(m, "adamw", lr=1e-3, weight_decay=5e-4) for m in models]
-    stacked_s, alone_s = [], []
-    for _ in range(repeat):  # interleaved, so a change of load on the machine hits both
-        stacked_s.append(timed(stacked_step, stacked_opt))
-        alone_s.append(timed(alone_steps, alone_opts))
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(models[0](xs[0]), ys[0]).backward()
-    best_stacked, best_alone = min(stacked_s), min(alone_s)
-    return {"arch": arch, "members": members, "steps": steps, "batch_size": batch_size, "device": str(dev),
-            "threads": torch.get_num_threads(), "stacked_s": best_stacked, "alone_s": best_alone,
-            "ratio": best_alone / best_stacked, "flops_per_step": counter.get_total_flops() * members}
