@@ -12,8 +12,11 @@ packing and unpacking a state dict is `cat` / `chunk`, and the optimizer's weigh
 Exactness: each member keeps its own seed (initial weights built as `train` builds them, its own
 data order and augmentation); the loss is the sum of the members' mean losses, so each member's
 gradient is its own; AdamW and SGD update element by element with one learning rate, so each
-member's update is its own. What differs from training alone is float rounding (grouped
-convolution and batched matmul kernels), not the computation. Gradient clipping by a global norm
+member's update is its own. What may differ from training alone is float rounding, not the
+computation: a 3-channel stem and the head run member by member, the stack keeps the members'
+memory format, and with one CPU thread the tiny VGG's stack gives the bits training alone gives
+(14 members, 20 epochs); elsewhere kernels round differently, as train() itself does on another
+thread count, and the tiny recipes amplify that (~1e-3 in the loss within three steps). Gradient clipping by a global norm
 would couple the members; `train` does not clip, so neither does this.
 
 Files: each member's run folder gets what `train` writes (config.json, log.jsonl, a checkpoint
@@ -439,27 +442,28 @@ def train_stack(cfgs: Sequence[TrainConfig], outs: Sequence[str | Path], *, prog
 
 def benchmark_stacking(arch: str = "vgg11", members: int = 16, steps: int = 20, repeat: int = 3,
                        batch_size: int = 64, image_size: int = 16, num_classes: int = 10,
-                       scale: str = "tiny", device: str = "cpu", channels_last: bool | None = None) -> dict[str, Any]:
+                       scale: str = "tiny", device: str = "cpu", channels_last: bool = True) -> dict[str, Any]:
     """Seconds of `steps` AdamW training steps of `members` networks, stacked vs one at a time
     (the best of `repeat`, measured side by side on random digits-shaped batches), and the
     forward+backward FLOPs of one step of all members (torch.utils.flop_counter).
-    `channels_last` (the stack's memory format): default as `train_stack`, on GPUs only."""
+    `channels_last`: the batches' memory format, for both; the loaders' augmented batches come
+    channels-last strided (random_crop's permute), and the convolutions follow their input."""
     from torch.utils.flop_counter import FlopCounterMode
 
     dev = torch.device(device)
-    if channels_last is None:
-        channels_last = dev.type == "cuda" and ARCH_SPECS[arch].channels_last
     models = []
     for seed in range(members):
         torch.manual_seed(seed)
         models.append(build_model(arch, num_classes, image_size, scale).to(dev))
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = stack_models(models, image_size=image_size).to(memory_format=fmt)
+    net = stack_models(models, image_size=image_size)
+    if dev.type == "cuda" and ARCH_SPECS[arch].channels_last:  # as train_stack
+        net = net.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(0)
-    xs = torch.randn(members, batch_size, 3, image_size, image_size, generator=gen).to(dev)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    xs = [x.contiguous(memory_format=fmt) for x in
+          torch.randn(members, batch_size, 3, image_size, image_size, generator=gen).to(dev)]
     ys = torch.randint(0, num_classes, (members, batch_size), generator=gen).to(dev)
-    x_packed = xs.transpose(0, 1).reshape(batch_size, members * 3, image_size, image_size) \
-        .contiguous(memory_format=fmt)
+    x_packed = torch.cat(xs, 1)  # as StackedTask builds it
     y_packed = ys.T
 
     def stacked_step(opt):
