@@ -144,9 +144,12 @@ def teacher_pool_rows(quick: bool, repeat: int, members_list: tuple[int, ...] = 
                 models.append(build_model(arch, 10, 16, "tiny"))
             net = stack_models(models)
             gen = torch.Generator().manual_seed(0)
-            xs = torch.randn(members, batch, 3, 16, 16, generator=gen)
+            # Channels-last strided, as the loaders' augmented batches come (random_crop's permute):
+            # the convolutions follow their input's format, alone and stacked.
+            xs = [x.contiguous(memory_format=torch.channels_last)
+                  for x in torch.randn(members, batch, 3, 16, 16, generator=gen)]
             ys = torch.randint(0, 10, (members, batch), generator=gen)
-            x_packed = xs.transpose(0, 1).reshape(batch, members * 3, 16, 16)
+            x_packed = torch.cat(xs, 1)  # as StackedTask builds it
             stacked_opt = make_optimizer(net, "adamw", lr=1e-3, weight_decay=5e-4)
             alone_opts = [make_optimizer(m, "adamw", lr=1e-3, weight_decay=5e-4) for m in models]
 

@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init", default="scratch", help=f"one of {', '.join(INITS)}")
     p.add_argument("--members", type=int, default=4, help="pool size K")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--stack", type=int, default=16,
+                   help="train up to this many members as one stacked network (1: one at a time)")
     p.add_argument("--grid", default="teachers", help="records go to <results>/<grid>/records")
     p.add_argument("--data-root")
     p.add_argument("--teachers-root")
@@ -146,8 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     root = data_root(a.data_root)
     if root:
         overrides["data_root"] = str(root)
-    records = [train_member(pool, k, teachers=a.teachers_root, results=a.results_root, grid=a.grid, **overrides)
-               for pool in pools for k in range(a.members)]
+    if a.stack < 1:
+        raise BenchError(f"--stack must be at least 1, got {a.stack}")
+    chunks = [list(range(a.members))[i:i + a.stack] for i in range(0, a.members, a.stack)]
+    records = [r for pool in pools for ks in chunks
+               for r in train_members(pool, ks, teachers=a.teachers_root, results=a.results_root, grid=a.grid,
+                                      **overrides)]
     table = pd.DataFrame(records)
     cols = ["pool", "member", "top1", "top5", "nll", "ece", "train_s"]
     with pd.option_context("display.width", 160, "display.max_columns", 20):

@@ -137,7 +137,8 @@ def test_teachers_are_grouped_into_stacks_that_keep_every_members_job():
     for u in stacks:
         assert len({(j.spec["pool"], json.dumps(j.spec["recipe"])) for j in u}) == 1 and len(u) <= 5
         by_arch.setdefault(u[0].spec["arch"], []).append(len(u))
-    assert by_arch == {"vgg11": [5, 5, 4], "resnet50": [5, 5, 4], "vit_b32": [1] * 14}  # ViT does not stack
+    # ViT does not pack; ResNet packs but runs slower stacked on a CPU (ArchSpec.stacks).
+    assert by_arch == {"vgg11": [5, 5, 4], "resnet50": [1] * 14, "vit_b32": [1] * 14}
     assert all(len(u) == 1 for u in units("teachers", jobs, 1))
     spec = unit_spec(stacks[0])
     assert spec["stage"] == "teachers" and [run_id(s) for s in spec["stack"]] == [j.run_id for j in stacks[0]]

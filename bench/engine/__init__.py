@@ -4,6 +4,7 @@ meta-training), its run-folder checkpointer, optimizers, schedules, evaluation a
     loop.py          fit(task, folder, ...): the step, the schedule, the finite check, the log
     checkpointer.py  RunFolder: config.json, log.jsonl, versioned checkpoints, resume, identity
     train.py         train(cfg, out): a network on a data set (cross-entropy or a given criterion)
+    stacked.py       train_stack(cfgs, outs): runs differing only in the seed as one packed network
     optim.py, schedule.py, evaluate.py, devices.py
 """
 from bench.engine.devices import autocast, barrier, pick_device, rank_device

@@ -12,8 +12,11 @@ packing and unpacking a state dict is `cat` / `chunk`, and the optimizer's weigh
 Exactness: each member keeps its own seed (initial weights built as `train` builds them, its own
 data order and augmentation); the loss is the sum of the members' mean losses, so each member's
 gradient is its own; AdamW and SGD update element by element with one learning rate, so each
-member's update is its own. What differs from training alone is float rounding (grouped
-convolution and batched matmul kernels), not the computation. Gradient clipping by a global norm
+member's update is its own. What may differ from training alone is float rounding, not the
+computation: a 3-channel stem and the head run member by member, the stack keeps the members'
+memory format, and with one CPU thread the tiny VGG's stack gives the bits training alone gives
+(14 members, 20 epochs); elsewhere kernels round differently, as train() itself does on another
+thread count, and the tiny recipes amplify that (~1e-3 in the loss within three steps). Gradient clipping by a global norm
 would couple the members; `train` does not clip, so neither does this.
 
 Files: each member's run folder gets what `train` writes (config.json, log.jsonl, a checkpoint
@@ -432,6 +435,3 @@ def train_stack(cfgs: Sequence[TrainConfig], outs: Sequence[str | Path], *, prog
             except Exception as err:  # this member's own failure; the others still train
                 results[i] = err
     return results  # type: ignore[return-value]
-
-
-# --- measuring -----------------------------------------------------------------------------------
