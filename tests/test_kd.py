@@ -189,7 +189,6 @@ def test_cache_files_beside_the_teachers_are_shared_and_extended(tmp_path):
     # Another job on teachers 1 and 2, drawing more: teacher 1's entries come from its file.
     _, (more_idx, more_views) = _drawn(steps=6, seed=8)
     later = _cache(BatchedTeachers(teachers.models[1:], mode="loop"), checkpoints=files[1:], identity=identity)
-    more = len(set(zip(more_idx.tolist(), more_views.tolist())))
     both = len(set(zip(idx.tolist(), views.tolist())) | set(zip(more_idx.tolist(), more_views.tolist())))
     assert later.fill(torch.cat([idx, more_idx]), torch.cat([views, more_views])) == (both - unique) + both
     for _, (x, _, i, v) in zip(range(3), loader):

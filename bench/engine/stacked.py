@@ -31,7 +31,6 @@ Architectures with a module the packer does not know (ViT: LayerNorm, attention)
 from __future__ import annotations
 
 import copy
-import dataclasses
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
