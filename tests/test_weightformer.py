@@ -305,3 +305,59 @@ def test_a_grid_meta_trains_once_per_config_and_records_seen_and_unseen_groups(t
     ft = methods.loc["weightformer_ft"]
     assert (ft.train_s > 0).all() and (ft.wf_ft_fraction == 0.5).all() and (ft.epochs == 1).all()
     assert all(0 <= v <= 100 for v in methods.top1)
+
+
+def _plain_forward(wf, tokens):
+    """The WeightFormer's math written out layer by layer, every block on every row (no row pruning,
+    no batching of layers, no checkpointing): what the model's forward must equal."""
+    n, ids, out, cross = tokens[0].shape[0], wf.model_id.weight, [], wf.cross0
+    for i, (layer, t) in enumerate(zip(wf.layers, tokens)):
+        key = layer.kind_key.replace(":", "_")
+        mean, std = wf.column_stats(i)
+        x = wf.embed[key]((t - mean) / std) + ids[1:n + 1, None] + wf.position.weight[None, :layer.n_tokens]
+        x = x.reshape(n * layer.n_tokens, -1) + wf.layer_id.weight[i]
+        if wf.cfg.cross:
+            x = torch.cat([(cross + ids[0] + wf.layer_id.weight[i])[None], x])
+        for block in wf.blocks:
+            b, s, d = x[None].shape
+            h = block.norm1(x[None])
+            q, k, v = block.qkv(h).view(b, s, 3, block.heads, d // block.heads).permute(2, 0, 3, 1, 4)
+            a = torch.softmax(q @ k.transpose(-1, -2) / (d // block.heads) ** 0.5, -1) @ v
+            y = x[None] + block.proj(a.transpose(1, 2).reshape(b, s, d))
+            x = (y + block.mlp(block.norm2(y)))[0]
+        x = wf.norm(x)
+        if wf.cfg.cross:
+            cross, x = x[0], x[1:]
+        out.append(mean + wf.head[key](x[:layer.n_tokens]) * std)  # direct output
+    return out
+
+
+@pytest.mark.parametrize("arch, cross", [("vgg11", True), ("vgg11", False), ("vit_b32", False)])
+def test_the_forward_is_the_plain_layer_by_layer_computation(arch, cross):
+    teachers = [untrained(arch, s) for s in range(3)]
+    wf, layers = make_wf(teachers, arch, output="direct", depth=2, cross=cross)
+    tokens = stack_tokens(layers, [m.state_dict() for m in teachers])
+    with torch.no_grad():
+        for got, want in zip(wf(tokens), _plain_forward(wf, tokens)):
+            assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+        cut = [t[:2] for t in tokens]  # fewer teachers than meta-trained for: the same computation
+        for got, want in zip(wf(cut), _plain_forward(wf, cut)):
+            assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cross", [True, False])
+def test_checkpointing_gives_the_same_loss_and_gradients(cross):
+    teachers = [untrained("vgg11", s) for s in range(3)]
+    images = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (False, True):
+        wf, layers = make_wf(teachers, "vgg11", output="direct", depth=2, cross=cross, checkpointing=checkpointing)
+        loss = _kl_loss(wf, layers, teachers, images)
+        loss.backward()
+        grads.append((loss.detach(), {k: p.grad for k, p in wf.named_parameters()}))
+    (plain_loss, plain), (ckpt_loss, ckpt) = grads
+    assert torch.equal(plain_loss, ckpt_loss) and plain.keys() == ckpt.keys()
+    assert all(plain[k].abs().sum() > 0 for k in plain if k.startswith(("embed", "head", "blocks")))
+    assert (plain["cross0"] is not None) == cross  # the chain's start gets a gradient only through the chain
+    for k in plain:
+        assert (plain[k] is None and ckpt[k] is None) or torch.allclose(plain[k], ckpt[k], atol=1e-7, rtol=1e-5), k

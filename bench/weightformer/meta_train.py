@@ -36,6 +36,7 @@ from bench.checkpoint import load_checkpoint, paths, read_meta
 from bench.data import dataset_spec
 from bench.data.loaders import make_loader
 from bench.errors import BenchError
+from bench.models import ARCH_SPECS
 from bench.engine import autocast, load_model
 from bench.engine.checkpointer import RunFolder
 from bench.engine.loop import StepBatches, fit
@@ -73,6 +74,11 @@ class TeacherTokens:
         # device): an aligned copy per (anchor, member) pair would not fit beside a GPU's models.
         self.state_dicts = [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in self.models]
         self.tokens = [to_tokens(self.layers, sd) for sd in self.state_dicts]
+        # Unaligned, a group is rows of one (members, n_l, w_l) tensor per layer: stacked once and
+        # kept on the step's device (one pool copy, as big as the teachers themselves), so a step
+        # neither re-stacks nor copies tokens from the host.
+        self._stacked = [torch.stack(ts) for ts in zip(*self.tokens)]
+        self._on_device: dict[torch.device, list[torch.Tensor]] = {}
         self.spec = permutation.permutation_spec(self.models[0], arch) if align == "weight_matching" else None
         self._aligned: dict[tuple[int, int], list[torch.Tensor]] = {}
 
@@ -85,10 +91,16 @@ class TeacherTokens:
                 self.spec, self.state_dicts[k], perms))
         return self._aligned[anchor, k]
 
-    def group(self, members: Sequence[int]) -> list[torch.Tensor]:
-        """Per layer (N, n_l, w_l): the members in the given order, the first being the anchor."""
+    def group(self, members: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        """Per layer (N, n_l, w_l) on `device`: the members in the given order, the first being the anchor."""
+        device = torch.device(device)
+        if self.spec is None:
+            if device not in self._on_device:
+                self._on_device[device] = [t.to(device) for t in self._stacked]
+            idx = torch.tensor(list(members), device=device)
+            return [t.index_select(0, idx) for t in self._on_device[device]]
         per_member = [self.member(k, members[0]) for k in members]
-        return [torch.stack(ts) for ts in zip(*per_member)]
+        return [torch.stack(ts).to(device) for ts in zip(*per_member)]
 
 
 class SoftLabels:
@@ -104,8 +116,10 @@ class SoftLabels:
 
     def __init__(self, models: Sequence[nn.Module], dataset: str, root: str | None, image_size: int,
                  device: torch.device, batch_size: int, seed: int, temperature: float,
-                 steps: int, checkpoints: Sequence[Path] | None = None) -> None:
+                 steps: int, checkpoints: Sequence[Path] | None = None, channels_last: bool = False) -> None:
         self.temperature, self.batch_size, self.seed = temperature, batch_size, seed
+        # Convolutions run faster on channels-last images, on a CPU too (the teachers and the student).
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.teachers = BatchedTeachers(list(models), mode="loop")  # the group changes every step
         spec = dataset_spec(dataset)
         common = dict(root=root, image_size=image_size, device=device)
@@ -115,8 +129,8 @@ class SoftLabels:
                                       num_classes=spec.num_classes, device=device)
         self.cached = self.cache is not None
         if not self.augmented:
-            self.images = torch.cat([x for x, *_ in make_loader(dataset, "train", batch_size=512, train=False,
-                                                               **common)])
+            whole = make_loader(dataset, "train", batch_size=512, train=False, **common)
+            self.images = torch.cat([x for x, *_ in whole]).contiguous(memory_format=self.memory_format)
             if self.cached:
                 self.cache.fill(torch.arange(len(self.images)), torch.zeros(len(self.images), dtype=torch.int64))
         else:
@@ -132,6 +146,7 @@ class SoftLabels:
             views = torch.zeros_like(idx)
         else:
             (x, _, idx, views), _ = self.batches(step)
+            x = x.contiguous(memory_format=self.memory_format)
         if self.cached:
             return x, self.cache.mean(idx, views, self.temperature, group).to(x.device)
         return x, self.teachers.mean_soft_labels(x, self.temperature, members=group)
@@ -157,7 +172,7 @@ class MetaTrainTask:
     def loss(self, step: int) -> dict[str, torch.Tensor]:
         order = torch.randperm(self.n_part, generator=_generator(self.cfg.seed + 7919, step))[:self.n_teachers].tolist()
         x, probs = self.data.batch(step, order)
-        tokens = [t.to(self.device) for t in self.pool_tokens.group(order)]
+        tokens = self.pool_tokens.group(order, self.device)
         # bf16 autocast on GPUs (the paper-scale models); the losses are computed in float32.
         with autocast(self.device):
             logits = self._logits(tokens, x)
@@ -190,15 +205,23 @@ def meta_train(out: str | Path, *, teachers: Sequence[Path], members: Sequence[i
     if n_teachers > len(members):
         raise BenchError(f"weightformer: N = {n_teachers} but the pool {pool} has {len(members)} meta-train members")
     loaded = [load_model(p, device, arch=arch) for p in teachers]
+    channels_last = ARCH_SPECS[arch].channels_last
     models = [m.eval().requires_grad_(False) for m, _ in loaded]
+    if channels_last:  # the teachers' convolutions (tokens are read from the state dicts, any layout)
+        models = [m.to(memory_format=torch.channels_last) for m in models]
     tmeta = loaded[0][1]
     pool_tokens = TeacherTokens(models, arch, cfg.align)
     layers = pool_tokens.layers
     torch.manual_seed(cfg.seed)
     wf = WeightFormer(layers, cfg, n_teachers, column_stats(pool_tokens.tokens)).to(device)
+    if cfg.compile and device.type == "cuda":
+        # The blocks only: one graph for every layer's sequence length (dynamic), while the loop over
+        # layers, the embedders and heads stay eager. In place, so the state dict's names do not change.
+        for block in wf.blocks:
+            block.compile(dynamic=True)
     optimizer = make_optimizer(wf, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     data = SoftLabels(models, dataset, data_root, tmeta["image_size"], device, cfg.batch_size, cfg.seed,
-                      cfg.temperature, checkpoints=teachers, steps=cfg.steps)
+                      cfg.temperature, checkpoints=teachers, steps=cfg.steps, channels_last=channels_last)
     # The architecture run with the predicted weights; train mode: BatchNorm on batch statistics.
     student = copy.deepcopy(models[0]).train()
     task = MetaTrainTask(wf, optimizer, student, layers, pool_tokens, data, len(members), n_teachers, cfg, device)
@@ -238,7 +261,7 @@ def predict_student(wf: WeightFormer, model: nn.Module, arch: str, teacher_model
     prediction; re-estimate them on training data before evaluating (`bench.weights.averaging`)."""
     pool = TeacherTokens(teacher_models, arch, wf.cfg.align)
     device = next(wf.parameters()).device
-    tokens = [t.to(device) for t in pool.group(range(len(teacher_models)))]
+    tokens = pool.group(range(len(teacher_models)), device)
     model.load_state_dict(from_tokens(pool.layers, wf(tokens), passthrough(teacher_models[0].state_dict())))
     return model
 

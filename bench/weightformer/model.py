@@ -25,6 +25,11 @@ token width; the output parameterisation is
 with zero-initialised heads in the residual forms, so that step 0 reproduces the anchor teacher
 (scratch pools) or the uniform soup (shared pools) exactly. Tokens are standardised per column
 with the meta-train pool's mean and std (stored as buffers, so a checkpoint carries them).
+
+Cost: the last block of a layer computes only the rows that are read out ([cross] and the anchor's:
+1 + n_l of 1 + N n_l queries; every row is still a key and a value); with `cross=False` the layers
+with the same number of tokens go through the blocks as one batch (with the chain they cannot: each
+waits for the previous one's [cross]). `checkpointing` recomputes a layer in the backward pass.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from bench.errors import BenchError
 from bench.options import WFConfig
@@ -49,9 +55,20 @@ class Block(nn.Module):
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, d)
+    def forward(self, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:  # (B, S, d)
+        """`rows`: only the first `rows` positions' outputs are wanted (every position is still
+        attended to). The last block of a layer is asked only for the rows that are read out:
+        the other teachers' rows would be computed and thrown away."""
         b, s, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        h = self.norm1(x)
+        if rows is None or rows >= s:
+            q, k, v = self.qkv(h).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        else:
+            # The same projection, its query third on the wanted rows only.
+            w, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(h[:, :rows], w[:d], bias[:d]).view(b, rows, self.heads, d // self.heads).transpose(1, 2)
+            k, v = F.linear(h, w[d:], bias[d:]).view(b, s, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            x, s = x[:, :rows], rows
         x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, d))
         return x + self.mlp(self.norm2(x))
 
@@ -97,31 +114,67 @@ class WeightFormer(nn.Module):
         n = tokens[0].shape[0]
         if not 1 <= n <= self.n_teachers:
             raise BenchError(f"weightformer: meta-trained for N = {self.n_teachers} teachers, given {n}")
-        ids = self.model_id.weight
-        cross = self.cross0
-        out = []
-        for i, (layer, t) in enumerate(zip(self.layers, tokens)):
+        for layer, t in zip(self.layers, tokens):
             if t.shape != (n, layer.n_tokens, layer.token_width):
                 raise BenchError(f"weightformer: layer {layer.name} wants ({n}, {layer.n_tokens}, "
                                  f"{layer.token_width}) tokens, got {tuple(t.shape)}")
-            key = _key(layer.kind_key)
-            mean, std = self.column_stats(i)
-            z = (t - mean) / std if self.cfg.standardize else t
-            x = self.embed[key](z) + ids[1:n + 1, None] + self.position.weight[None, :layer.n_tokens]
-            x = x.reshape(n * layer.n_tokens, -1) + self.layer_id.weight[i]
-            if self.cfg.cross:
-                x = torch.cat([(cross + ids[0] + self.layer_id.weight[i])[None], x])
-            for block in self.blocks:
-                x = block(x[None])[0]
-            x = self.norm(x)
-            if self.cfg.cross:
-                cross, x = x[0], x[1:]
-            delta = self.head[key](x[:layer.n_tokens])  # the anchor's positions
-            scale = std if self.cfg.standardize else torch.ones_like(std)
-            base = {"direct": mean.expand_as(t[0]) if self.cfg.standardize else torch.zeros_like(t[0]),
-                    "residual_anchor": t[0], "residual_mean": t.mean(0)}[self.cfg.output]
-            out.append(base + delta * scale)
+        # Checkpointing keeps only each layer's inputs and outputs for the backward pass and
+        # recomputes the layer's blocks there (the [cross] token in and out of a layer is one of
+        # its inputs and outputs, so the chain's gradient is the same).
+        run = ((lambda f, *a: checkpoint(f, *a, use_reentrant=False))
+               if self.cfg.checkpointing and torch.is_grad_enabled() else (lambda f, *a: f(*a)))
+        out: list[torch.Tensor | None] = [None] * len(self.layers)
+        if self.cfg.cross:  # a chain: layer l + 1 waits for layer l's [cross] output
+            cross = self.cross0
+            for i, t in enumerate(tokens):
+                cross, out[i] = run(self._chained_layer, i, cross, t)
+            return out
+        # Independent layers: those with the same number of tokens go through the blocks as one batch.
+        by_rows: dict[int, list[int]] = {}
+        for i, layer in enumerate(self.layers):
+            by_rows.setdefault(layer.n_tokens, []).append(i)
+        for idx in by_rows.values():
+            for i, o in zip(idx, run(self._independent_layers, idx, *(tokens[i] for i in idx))):
+                out[i] = o
         return out
+
+    def _embedded(self, i: int, t: torch.Tensor) -> torch.Tensor:
+        """Layer i's teacher tokens (n, n_l, w_l) as one sequence (n * n_l, d): weight embedder,
+        model id, relative position and layer embedding."""
+        layer, n = self.layers[i], t.shape[0]
+        mean, std = self.column_stats(i)
+        z = (t - mean) / std if self.cfg.standardize else t
+        x = (self.embed[_key(layer.kind_key)](z) + self.model_id.weight[1:n + 1, None]
+             + self.position.weight[None, :layer.n_tokens])
+        return x.reshape(n * layer.n_tokens, -1) + self.layer_id.weight[i]
+
+    def _blocks(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """(B, S, d) through the blocks and the final norm; the first `rows` positions' outputs."""
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return self.norm(self.blocks[-1](x, rows))
+
+    def _student(self, i: int, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Layer i's student tokens from the outputs `h` (n_l, d) at the anchor's positions."""
+        key = _key(self.layers[i].kind_key)
+        mean, std = self.column_stats(i)
+        delta = self.head[key](h)
+        scale = std if self.cfg.standardize else torch.ones_like(std)
+        base = {"direct": mean.expand_as(t[0]) if self.cfg.standardize else torch.zeros_like(t[0]),
+                "residual_anchor": t[0], "residual_mean": t.mean(0)}[self.cfg.output]
+        return base + delta * scale
+
+    def _chained_layer(self, i: int, cross: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[cross_i] and layer i's teacher tokens -> ([cross_{i+1}], layer i's student tokens)."""
+        n_l = self.layers[i].n_tokens
+        x = torch.cat([(cross + self.model_id.weight[0] + self.layer_id.weight[i])[None], self._embedded(i, t)])
+        h = self._blocks(x[None], 1 + n_l)[0]
+        return h[0], self._student(i, t, h[1:])
+
+    def _independent_layers(self, idx: list[int], *ts: torch.Tensor) -> list[torch.Tensor]:
+        """Layers `idx` (the same number of tokens, no [cross] token): the student tokens of each."""
+        h = self._blocks(torch.stack([self._embedded(i, t) for i, t in zip(idx, ts)]), self.layers[idx[0]].n_tokens)
+        return [self._student(i, t, h[j]) for j, (i, t) in enumerate(zip(idx, ts))]
 
 
 def column_stats(tokens: Sequence[Sequence[torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
