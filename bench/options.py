@@ -164,10 +164,18 @@ class WFConfig(Options):
         if self.d_model % self.heads:
             raise BenchError(f"{where}.d_model: {self.d_model} is not divisible by heads = {self.heads}")
 
+    def identity(self) -> dict[str, Any]:
+        """The fields a run id, a WeightFormer's folder and its record carry: every field, but the
+        ones that say how a step runs (HOW_FIELDS) only where they are on, so the configs written
+        before those fields existed keep their run ids and their WeightFormers are found."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in HOW_FIELDS or v}
+
     def validate(self) -> WFConfig:
         """This config, every field checked (one read back from a job spec or a checkpoint)."""
         return WFConfig.from_mapping(dataclasses.asdict(self), "weightformer")
 
+
+HOW_FIELDS = ("checkpointing", "compile")  # off by default; neither changes the model or the loss
 
 SCALE_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {},

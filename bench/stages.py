@@ -68,7 +68,6 @@ def _write_failed(records: Path | None, base: dict[str, Any], err: Exception, t0
 
 
 def run_meta_train(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
-    from dataclasses import asdict
 
     from bench.engine import pick_device
     from bench.options import WFConfig
@@ -79,7 +78,7 @@ def run_meta_train(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, A
     cfg = WFConfig(**spec["wf"]).validate()
     base = {"run_id": run_id(spec), "grid": grid, "stage": "meta_train", "method": "weightformer",
             **_pool_fields(teacher), "seed": cfg.seed, "n_teachers": spec["n_teachers"],
-            "wf_n_teachers": spec["n_teachers"], **{f"wf_{k}": v for k, v in asdict(cfg).items()}}
+            "wf_n_teachers": spec["n_teachers"], **{f"wf_{k}": v for k, v in cfg.identity().items()}}
     records = roots.results / grid / "records" if world()[0] == 0 else None
     if world()[1] > 1:  # every rank would run the whole meta-training into one folder
         raise BenchError(f"meta_train runs on one device, not {world()[1]} tasks: give the meta_train stage "

@@ -23,3 +23,18 @@ def test_report_reproduces_committed_tables(grid, tmp_path):
         committed = RESULTS / grid / "report" / name
         assert committed.is_file(), f"{committed} is not committed"
         assert (tmp_path / grid / name).read_bytes() == committed.read_bytes(), f"{grid}/report/{name} differs"
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_every_committed_record_is_a_job_the_grid_still_plans(grid, tmp_path):
+    """A change to a spec (a new option, a new default) must keep the committed records' run ids:
+    otherwise a rerun would redo them and the report would mix two generations."""
+    from bench.config import grid_path, load_grid
+    from bench.plan import Roots
+    from bench.store import load_records
+    from bench.sweep import make_plan
+
+    plan = make_plan(load_grid(grid_path(grid), "tiny"), Roots.resolve(tmp_path / "t", tmp_path / "r"))
+    planned = {j.run_id for jobs in plan.stages.values() for j in jobs}
+    records = set(load_records(RESULTS / grid / "records")["run_id"])
+    assert records and not records - planned, sorted(records - planned)[:5]

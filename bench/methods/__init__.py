@@ -7,7 +7,6 @@ meta-trained WeightFormer from `METHODS`; `load_method` imports the method's mod
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,4 +61,4 @@ def meta_train_config(name: str, options: Mapping[str, Any], scale: str) -> dict
     """The resolved WeightFormer config (a WFConfig as a dict: what its meta-training depends on)
     for a method that needs one, else None."""
     typed = method_options(name, options, f"methods.{name}")
-    return dataclasses.asdict(typed.wf_config(scale)) if isinstance(typed, WeightFormerOptions) else None
+    return typed.wf_config(scale).identity() if isinstance(typed, WeightFormerOptions) else None

@@ -10,7 +10,6 @@ one-off cost of meta-training the WeightFormer used.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from typing import Any
 
@@ -39,7 +38,7 @@ def predict(job: MethodJob[WeightFormerOptions]) -> tuple[torch.nn.Module, list,
     layers = weight_layers(models[0], job.arch)
     wf, wf_meta = load_weightformer(job.weightformer, layers, arch=job.arch, n_teachers=len(models),
                                     pool=job.pool, device=device)
-    if wf_meta["config"] != dataclasses.asdict(cfg):
+    if wf_meta["config"] != cfg.identity():
         raise BenchError(f"{job.method}: the WeightFormer at {job.weightformer} was meta-trained with "
                          f"another config than this job's options")
     train_batches = make_loader(job.dataset, "train", batch_size=128, train=False, root=job.data_root,
@@ -53,5 +52,5 @@ def predict(job: MethodJob[WeightFormerOptions]) -> tuple[torch.nn.Module, list,
     predict_s = time.perf_counter() - t0
     fields = {"predict_s": predict_s, "meta_train_s": wf_meta["meta_train_s"], "bn_batches": used,
               "infer_forwards": 1, "wf_n_teachers": len(models),
-              **{f"wf_{k}": v for k, v in dataclasses.asdict(cfg).items()}}
+              **{f"wf_{k}": v for k, v in cfg.identity().items()}}
     return student, teachers, fields

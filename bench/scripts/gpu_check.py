@@ -166,7 +166,7 @@ def ffcv(device: torch.device, tiny: bool) -> dict[str, Any]:
 
         def epoch() -> None:
             nonlocal images
-            for x, _, _ in loader:
+            for x, *_ in loader:
                 images += len(x)
 
         seconds = _timed(epoch, device)

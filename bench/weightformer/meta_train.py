@@ -24,7 +24,6 @@ at once naming the step and the term; the last good checkpoint is kept.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -195,7 +194,7 @@ def meta_train(out: str | Path, *, teachers: Sequence[Path], members: Sequence[i
     `teachers`: the checkpoints of the pool's meta-train members `members` (same order)."""
     device = torch.device(device)
     identity = {"kind": KIND, "arch": arch, "dataset": dataset, "scale": scale, "pool": pool,
-                "n_teachers": n_teachers, "members": list(members), "config": dataclasses.asdict(cfg)}
+                "n_teachers": n_teachers, "members": list(members), "config": cfg.identity()}
     flat = {**{k: v for k, v in identity.items() if k != "config"}, **identity["config"]}
     folder = RunFolder(out, flat, what="WeightFormer", expect={"kind": KIND},
                        matches=lambda meta: {k: meta.get(k) for k in identity} == identity)
