@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -178,6 +179,44 @@ def teacher_pool_rows(quick: bool, repeat: int, members_list: tuple[int, ...] = 
             fraction = row.median * train_flops_per_image / 1e9 / peak
             rows.append(Row(**{**asdict(row), "settings": {**row.settings, "gemm_fraction": fraction,
                                                            "gemm_fraction_alone": fraction / row.ratio}}))
+    return rows
+
+
+# -- meta_train_step -------------------------------------------------------------------------
+
+def meta_train_step_rows(quick: bool, repeat: int, archs: tuple[str, ...] | None = None) -> list[Row]:
+    """WeightFormer's meta-training step (bench/perf_meta.py). Tiny (digits, N = 4, the tiny
+    defaults; the step `meta_train` runs): steps/s with per-layer activation checkpointing
+    against without (what recomputing every layer's blocks costs). Paper shapes (ResNet-50 /
+    CIFAR-100, ViT-B/32 / ImageNet, N = 4, d_model 512, 6 blocks, batch 8), counted on fake
+    tensors (nothing allocated): the step's peak memory in float32 (what autograd keeps for the
+    backward pass, plus the teachers, WeightFormer's weights, gradients and AdamW's states) and
+    its FLOPs, with checkpointing against without; the ratio is the memory saved (without / with)."""
+    from bench import perf_meta
+
+    rows = []
+    for arch in archs or (("vgg11",) if quick else ("vgg11", "resnet50", "vit_b32")):
+        def step_rate(checkpointing: bool) -> Callable[[], float]:
+            step, counter = perf_meta.tiny_step(arch, checkpointing=checkpointing), itertools.count()
+
+            def one() -> float:
+                step(next(counter))
+                return 1.0
+
+            return rate(one)
+
+        rows.append(paired(f"meta_train_step/tiny/{arch}", ("no checkpointing", step_rate(False)),
+                           ("checkpointing", step_rate(True)), unit="steps/s", repeat=repeat,
+                           settings={"n_teachers": 4, "pool": 6}))
+    for arch in ("resnet50",) if quick else ("resnet50", "vit_b32"):
+        without, with_ = (perf_meta.count_step(arch, checkpointing=c) for c in (False, True))
+        gb = 2 ** 30
+        rows.append(Row(f"meta_train_step/paper/{arch}", without["peak_bytes"] / with_["peak_bytes"],
+                        "no checkpointing", "checkpointing", "GiB counted", with_["peak_bytes"] / gb,
+                        with_["peak_bytes"] / gb, with_["peak_bytes"] / gb,
+                        {"baseline_median": without["peak_bytes"] / gb, "flops": with_["flops"],
+                         "flops_without": without["flops"], "n_teachers": 4, "batch": 8,
+                         "how": "fake tensors (torch._subclasses.FakeTensorMode): counted, not measured"}))
     return rows
 
 
@@ -365,6 +404,7 @@ def time_to_student_rows(records: Path) -> list[Row]:
 BENCHMARKS: dict[str, Callable[[bool, int, argparse.Namespace], list[Row]]] = {
     "gemm_peak": lambda quick, repeat, a: gemm_peak_rows(quick, repeat),
     "teacher_pool_training": lambda quick, repeat, a: teacher_pool_rows(quick, repeat),
+    "meta_train_step": lambda quick, repeat, a: meta_train_step_rows(quick, repeat),
     "loader": lambda quick, repeat, a: loader_rows(quick, repeat),
     "kd_student": lambda quick, repeat, a: kd_student_rows(quick, repeat),
     "time_to_student": lambda quick, repeat, a: time_to_student_rows(Path(a.results_root) / "records"),

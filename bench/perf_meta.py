@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from bench.engine.optim import make_optimizer
 from bench.errors import BenchError, cli
@@ -126,7 +127,9 @@ def _paper_parts(arch: str, checkpointing: bool, device: torch.device, n_teacher
         raise BenchError(f"paper_step: arch {arch!r} has no paper shape; one of {', '.join(PAPER_SHAPES)}")
     num_classes, image_size = PAPER_SHAPES[arch] if scale == "paper" else (10, 16)
     cfg = wf_config({"checkpointing": checkpointing}, scale)
-    with torch.device(device):
+    # Real networks even when counting on fake tensors: timm's ViT reads a value (.item()) while
+    # it is built, which fake tensors cannot give.
+    with torch.device(device), unset_fake_temporarily():
         teachers = [build_model(arch, num_classes, image_size, scale).eval().requires_grad_(False)
                     for _ in range(n_teachers)]
     layers = weight_layers(teachers[0], arch)
@@ -135,7 +138,7 @@ def _paper_parts(arch: str, checkpointing: bool, device: torch.device, n_teacher
     with torch.device(device):
         wf = WeightFormer(layers, cfg, n_teachers, stats)
     optimizer = make_optimizer(wf, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
-    with torch.device(device):  # its weights come from WeightFormer: a fresh instance is enough
+    with torch.device(device), unset_fake_temporarily():  # its weights come from WeightFormer: a fresh one will do
         student = build_model(arch, num_classes, image_size, scale).train()
     extra = passthrough(student.state_dict())
     x = torch.randn(batch, 3, image_size, image_size, device=device)
@@ -201,7 +204,7 @@ def count_step(arch: str, *, checkpointing: bool, n_teachers: int = 4, batch: in
     # Fake CPU tensors (shapes, no storage): unlike the meta device, they take the CPU's attention
     # kernel (flash: it keeps no S x S attention matrix), so the count matches what runs.
     cpu = torch.device("cpu")
-    with FakeTensorMode():
+    with FakeTensorMode(allow_non_fake_inputs=True):
         step, wf, _ = _paper_parts(arch, checkpointing, cpu, n_teachers, batch, scale, optimize=False)
         params = sum(p.numel() * p.element_size() for p in wf.parameters())
         with FlopCounterMode(display=False) as counter:
@@ -216,7 +219,7 @@ def count_step(arch: str, *, checkpointing: bool, n_teachers: int = 4, batch: in
                 saved[id(base)] = base
             return t
 
-        with FakeTensorMode():
+        with FakeTensorMode(allow_non_fake_inputs=True):
             step, wf, models = _paper_parts(arch, checkpointing, cpu, n_teachers, batch, scale, optimize=False)
             leaves = {id(p) for m in [wf, *models] for p in [*m.parameters(), *m.buffers()]}
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
