@@ -111,13 +111,13 @@ def _layer_flops(layer: Any, cfg: WFConfig, n_teachers: int, n_given: int) -> tu
 
     Counting on the meta device costs about a millisecond per operator, so two things keep it
     short: the count is cached by the layer's shape (ResNet-50's 54 layers have 21 shapes,
-    ViT-B/32's 77 have 11), and it is made at depth 0 (embedder, norm and head) and depth 1:
-    the blocks are identical, so a layer's FLOPs are exactly affine in the depth."""
+    ViT-B/32's 77 have 11), and it is made at depth 1 and depth 2: the last block computes only
+    the rows read out and every block before it is the same, so from depth 1 on a layer's FLOPs
+    are exactly affine in the depth."""
     key = (layer.kind_key, layer.n_tokens, layer.token_width, cfg, n_teachers, n_given)
     if key not in _LAYER_FLOPS:
-        # depth 0 is no valid config, but the module builds with no blocks: what is not a block.
-        rest, one = (_counted(layer, dataclasses.replace(cfg, depth=d), n_teachers, n_given) for d in (0, 1))
-        _LAYER_FLOPS[key] = tuple(r + cfg.depth * (o - r) for r, o in zip(rest, one))
+        one, two = (_counted(layer, dataclasses.replace(cfg, depth=d), n_teachers, n_given) for d in (1, 2))
+        _LAYER_FLOPS[key] = tuple(a + (cfg.depth - 1) * (b - a) for a, b in zip(one, two))
     return _LAYER_FLOPS[key]
 
 
