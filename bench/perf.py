@@ -449,14 +449,22 @@ def main(argv: list[str] | None = None) -> None:
             failed[name] = str(err)
             print(f"{name}: not run: {err}")
             continue
+        finally:
+            if a.out:  # after every benchmark: a crash later loses none of the rows measured
+                write_rows(Path(a.out), rows, failed)
         rows += got
         print(f"{name} ({time.perf_counter() - t0:.0f} s)\n{table(got)}\n", flush=True)
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"rows": [asdict(r) for r in rows], "not_run": failed,
-                                           "torch": torch.__version__, "threads": torch.get_num_threads()},
-                                          indent=1) + "\n")
+        write_rows(Path(a.out), rows, failed)
         print(f"wrote {a.out}")
+
+
+def write_rows(out: Path, rows: list[Row], failed: dict[str, str]) -> None:
+    from bench.io import atomic_write_json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, {"rows": [asdict(r) for r in rows], "not_run": failed,
+                            "torch": torch.__version__, "threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":

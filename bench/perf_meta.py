@@ -77,7 +77,7 @@ def tiny_step(arch: str, *, n_teachers: int = 4, pool: int = 6, device: torch.de
     wf = WeightFormer(tokens.layers, cfg, n_teachers, column_stats(tokens.tokens)).to(device)
     optimizer = make_optimizer(wf, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     data = mt.SoftLabels(models, "digits", None, 16, device, cfg.batch_size, cfg.seed, cfg.temperature,
-                         channels_last=channels_last)
+                         steps=cfg.steps, channels_last=channels_last)
     task = mt.MetaTrainTask(wf, optimizer, copy.deepcopy(models[0]).train(), tokens.layers, tokens, data, pool,
                             n_teachers, cfg, device)
 
