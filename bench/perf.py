@@ -377,8 +377,9 @@ def time_to_student_rows(records: Path) -> list[Row]:
     from bench.store import load_records
 
     table = load_records(records)
-    table = table[(table["status"] == "done") & (table["stage"] == "methods") & ~table["variant"].str.contains("/")]
-    if table.empty:
+    if "variant" in table:
+        table = table[(table["status"] == "done") & (table["stage"] == "methods") & ~table["variant"].str.contains("/")]
+    if table.empty or "variant" not in table:
         raise BenchError(f"time_to_student: no finished method records under {records}; run `make demo` first "
                          f"(or pass --results-root)")
     rows = []
@@ -407,8 +408,8 @@ BENCHMARKS: dict[str, Callable[[bool, int, argparse.Namespace], list[Row]]] = {
     "meta_train_step": lambda quick, repeat, a: meta_train_step_rows(quick, repeat),
     "loader": lambda quick, repeat, a: loader_rows(quick, repeat),
     "kd_student": lambda quick, repeat, a: kd_student_rows(quick, repeat),
-    "time_to_student": lambda quick, repeat, a: time_to_student_rows(Path(a.results_root) / "records"),
-    "tiny_main_table": lambda quick, repeat, a: tiny_main_table_rows(Path(a.results_root) / "records",
+    "time_to_student": lambda quick, repeat, a: time_to_student_rows(Path(a.results_root) / "main_table" / "records"),
+    "tiny_main_table": lambda quick, repeat, a: tiny_main_table_rows(Path(a.results_root) / "main_table" / "records",
                                                                      Path("results/main_table/records")),
 }
 
