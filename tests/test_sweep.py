@@ -95,7 +95,8 @@ def test_local_executor_respects_its_parallelism_cap(mini, tmp_path):
 
 def test_a_bundle_runs_every_job_whatever_fails(tmp_path):
     bad = {"stage": "nope"}
-    outcome = BundleRunner()([("a", bad), ("b", bad)], "mini", roots(tmp_path), 1)
+    # cpus None: run_job sets this process's torch threads from it, and later tests train in-process.
+    outcome = BundleRunner()([("a", bad), ("b", bad)], "mini", roots(tmp_path))
     assert list(outcome) == ["a", "b"]
     assert all(o["state"] == "failed" and "nope" in o["reason"] and o["ended"] >= o["started"]
                for o in outcome.values())
