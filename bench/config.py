@@ -6,7 +6,8 @@ error names the file, the key and the allowed values, and is raised before any j
 
     description: what the grid reproduces
     n_teachers: 4            # N, teachers per ensemble
-    seeds: 3                 # method runs per (pool, method); seed s uses teacher group s
+    seeds: 5                 # method runs per (pool, method): seeds 0..4, or a list ([5, 6, 7, 8, 9]);
+                             # seed s draws its own group of teachers (bench.plan.teacher_group)
     teacher_part: meta_train # where groups are drawn from: meta_train, or held_out (unseen teachers)
     pools:
       - name: vgg                       # optional; default <arch>-<dataset>-<scale>-<init>
@@ -87,7 +88,7 @@ class Grid:
     scale: str
     description: str
     n_teachers: int
-    seeds: int
+    seeds: tuple[int, ...]
     teacher_part: str
     pools: tuple[PoolSpec, ...]
     methods: tuple[MethodSpec, ...]
@@ -157,6 +158,16 @@ class _Reader:
             raise self.fail(where, f"unknown value {value!r}; valid: {', '.join(sorted(valid))}")
         return value
 
+    def seeds(self, value: Any, where: str) -> tuple[int, ...]:
+        """A count n (seeds 0..n-1) or a list of distinct seeds >= 0."""
+        if isinstance(value, list):
+            if not value or len(set(value)) != len(value) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+                raise self.fail(where, f"expected a count or a non-empty list of distinct whole numbers >= 0, "
+                                       f"got {value!r}")
+            return tuple(value)
+        return tuple(range(self.count(value, where, 1)))
+
     def count(self, value: Any, where: str, minimum: int) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise self.fail(where, f"expected a whole number >= {minimum}, got {value!r}")
@@ -176,7 +187,7 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
     raw = read_yaml(path)
     top = r.mapping(raw if raw is not None else {}, "top level", GRID_KEYS, ("pools", "methods"))
     n_teachers = r.count(top.get("n_teachers", 4), "n_teachers", 1)
-    seeds = r.count(top.get("seeds", 3), "seeds", 1)
+    seeds = r.seeds(top.get("seeds", 3), "seeds")
     part = r.choice(top.get("teacher_part", "meta_train"), "teacher_part", TEACHER_PARTS)
 
     if not isinstance(top["pools"], list) or not top["pools"]:

@@ -29,3 +29,11 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, bins: int 
             ece += in_bin.double().mean() * (correct[in_bin].mean() - conf[in_bin].mean()).abs()
     return {"top1": 100 * correct.mean().item(), "top5": 100 * top5.mean().item(),
             "nll": nll.mean().item(), "ece": 100 * ece.item(), "n_test": n}
+
+
+def for_split(metrics: dict[str, float], split: str) -> dict[str, float]:
+    """A split's metrics under the record's names: test's as they are (`top1`, ..., `n_test`), every
+    other split's prefixed (`val_top1`, ..., `n_val`)."""
+    if split == "test":
+        return dict(metrics)
+    return {(f"n_{split}" if k == "n_test" else f"{split}_{k}"): v for k, v in metrics.items()}

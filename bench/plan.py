@@ -7,13 +7,16 @@ runs with it, so it holds no training code.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from bench.config import Grid, PoolSpec, method_applies
+from bench.errors import BenchError
 from bench.methods import meta_train_config
 from bench.models import ARCH_SPECS
 from bench.paths import results_root, teachers_root
@@ -90,12 +93,37 @@ class TeachersStage:
 
 
 def teacher_group(pool: PoolSpec, n: int, seed: int, part: str = "meta_train") -> list[int]:
-    """Method seed s uses N members of the pool's meta-train (or held-out) part, drawn by a
-    generator seeded by s."""
-    part = pool.meta_train_members if part == "meta_train" else pool.held_out_members
-    # torch's generator fixes which members each seed draws, so every run id depends on it.
-    order = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(part[i] for i in order[:n])
+    """Method seed s's group: N members of the pool's meta-train (or held-out) part in a random
+    order whose first member is the group's anchor (the teacher a WeightFormer student starts
+    from). Seeds 0, 1, ... draw distinct groups (as sets), so replicates are independent; a part
+    too small for that many distinct groups is refused."""
+    members = pool.meta_train_members if part == "meta_train" else pool.held_out_members
+    try:
+        return list(distinct_groups(tuple(members), n, seed + 1)[seed])
+    except BenchError as err:
+        raise BenchError(f"pool {pool.name}, {part} part: {err}") from None
+
+
+@lru_cache(maxsize=None)
+def distinct_groups(members: tuple[int, ...], n: int, count: int) -> tuple[tuple[int, ...], ...]:
+    """The groups of seeds 0..count-1: seed s's is the first draw of a generator seeded by s
+    (torch's, so every run id depends on it alone) whose set no lower seed has drawn."""
+    available = math.comb(len(members), n)
+    if count > available:
+        raise BenchError(f"{len(members)} members make only {available} distinct groups of {n}; seed "
+                         f"{count - 1} would repeat one (identical replicates are no evidence): add members "
+                         f"to the pool or use fewer seeds")
+    groups: list[tuple[int, ...]] = []
+    seen: set[frozenset[int]] = set()
+    for seed in range(count):
+        gen = torch.Generator().manual_seed(seed)
+        while True:
+            group = tuple(members[i] for i in torch.randperm(len(members), generator=gen)[:n].tolist())
+            if frozenset(group) not in seen:
+                break
+        seen.add(frozenset(group))
+        groups.append(group)
+    return tuple(groups)
 
 
 def meta_train_spec(pool: PoolSpec, n: int, config: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +154,7 @@ class MethodsStage:
                 part = m.options.get("teacher_part", grid.teacher_part)
                 config = meta_train_config(m.name, m.options, p.scale)
                 meta = meta_train_spec(p, n, config) if config is not None else None
-                for seed in range(grid.seeds):
+                for seed in grid.seeds:
                     members = teacher_group(p, n, seed, part)
                     spec = {"stage": "methods", "method": m.name, "variant": m.variant,
                             "options": dict(sorted(m.options.items())), "seed": seed, "n_teachers": n,

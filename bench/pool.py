@@ -108,7 +108,8 @@ def _write_member_record(pool: Pool, k: int, cfg: TrainConfig, meta: dict[str, A
     record = {"run_id": run or run_id(spec), "grid": grid, "stage": "teachers", "method": "single",
               "arch": pool.arch, "dataset": pool.dataset, "scale": pool.scale, "init": pool.init,
               "pool": pool_name or pool.name, "member": k, "seed": k, "n_teachers": 1, "status": "done",
-              **{m: meta["metrics"][m] for m in ("top1", "top5", "nll", "ece")},
+              **{k: meta["metrics"][k] for m in ("top1", "top5", "nll", "ece") for k in (m, f"val_{m}")
+                 if k in meta["metrics"]},
               "train_s": meta["train_s"], "wall_s": wall_s,
               "epochs": meta["epochs"], "weights": str(run_dir / "model.safetensors")}
     if world()[0] == 0:  # in a data-parallel job every rank trains; one writes the record

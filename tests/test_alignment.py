@@ -180,6 +180,22 @@ def test_weight_matching_brings_independent_models_closer_and_is_seeded():
     assert distance(apply_permutation(spec, b, perms)) < distance(b)
 
 
+def test_running_statistics_are_permuted_but_not_part_of_the_objective():
+    model = _randomize_norms(tiny("vgg11", seed=0))
+    a, b = model.state_dict(), _randomize_norms(tiny("vgg11", seed=1)).state_dict()
+    spec = permutation_spec(model, "vgg11")
+    perms = weight_matching(spec, a, b, seed=0)
+    # Other running statistics in either network change nothing the objective sees.
+    noisy = {k: v * 7 + 3 if k.endswith(("running_mean", "running_var")) else v for k, v in b.items()}
+    again = weight_matching(spec, {k: (v.flip(0) if k.endswith("running_mean") else v) for k, v in a.items()},
+                            noisy, seed=0)
+    assert all(torch.equal(perms[g], again[g]) for g in perms)
+    moved = apply_permutation(spec, b, perms)
+    bn = next(k for k in spec.axes if k.endswith("running_mean"))
+    g = spec.axes[bn][0]
+    assert torch.equal(moved[bn], b[bn][perms[g]])  # ... and still travel with their channels
+
+
 def test_apply_permutation_leaves_its_input_alone():
     model = tiny("vgg11")
     spec = permutation_spec(model, "vgg11")

@@ -158,8 +158,11 @@ def cifar10(tmp_path):
 
 
 def test_cifar10_round_trip(cifar10):
+    from bench.data import val_split
+    from bench.data.cifar import load
+
     root, batches, names = cifar10
-    train = load_dataset("cifar10", root, "train")
+    train = load(root, "train", variant="cifar10")  # the release's whole training set
     data = np.concatenate([batches[f"data_batch_{i}"]["data"] for i in range(1, 6)])
     assert train.images.shape == (len(data), 3, 32, 32) and train.images.dtype == torch.uint8
     assert torch.equal(train.images, torch.from_numpy(data.reshape(-1, 3, 32, 32)))
@@ -167,6 +170,11 @@ def test_cifar10_round_trip(cifar10):
     assert train.images[7, 2, 5, 9] == data[7, 2 * 1024 + 5 * 32 + 9]
     assert train.labels.tolist() == sum((batches[f"data_batch_{i}"]["labels"] for i in range(1, 6)), [])
     assert train.labels.dtype == torch.int64 and train.classes == names
+    # The suite's train and val splits: a fixed 10 % of each class is val, the rest train.
+    rows_train, rows_val = val_split(train.labels, 0.1)
+    for split, rows in (("train", rows_train), ("val", rows_val)):
+        part = load_dataset("cifar10", root, split)
+        assert torch.equal(part.images, train.images[rows]) and part.split == split
     test = load_dataset("cifar10", root / "cifar-10-batches-py", "test")  # the folder itself
     assert torch.equal(test.images.flatten(1), torch.from_numpy(batches["test_batch"]["data"]))
     assert test.labels.tolist() == batches["test_batch"]["labels"] and test.split == "test"
@@ -246,18 +254,24 @@ def test_imagenet_every_image_loads_as_rgb(tmp_path):
         assert png.format == "PNG"
     with Image.open(tmp_path / "train" / WNIDS[0] / f"{WNIDS[0]}_cmyk.JPEG") as cmyk:
         assert cmyk.mode == "CMYK"
-    for split, folder in (("train", "train"), ("test", "val")):
+    names = {}
+    for split, folder in (("train", "train"), ("val", "train"), ("test", "val")):
         ds = load_dataset("imagenet", tmp_path, split)
-        assert ds.classes == WNIDS and ds.num_classes == 3 and len(ds) == len(made[folder])
-        assert ds.targets == [label for _, _, label in sorted(made[folder])]
+        names[split] = [Path(path).name for path, _ in ds.samples]
+        assert ds.classes == WNIDS and ds.num_classes == 3 and ds.split == split
+        assert ds.targets == [label for _, label in ds.samples]
         expected = {name: (size, label) for name, size, label in made[folder]}
         for (path, target), i in zip(ds.samples, range(len(ds))):
             img, label = ds[i]
             assert isinstance(img, Image.Image) and img.mode == "RGB"
             assert (img.size, label) == expected[Path(path).name] and label == target
-    train = load_dataset("imagenet", tmp_path, "train")
-    i = [Path(path).name for path, _ in train.samples].index(f"{WNIDS[0]}_png.JPEG")
-    png, _ = train[i]  # lossless: exact pixels survive the PNG-named-JPEG path
+    # val is one image of each class of train/ (1 %, at least one), train the rest: together all of train/.
+    assert sorted(names["train"] + names["val"]) == sorted(name for name, _, _ in made["train"])
+    assert len(names["val"]) == 3 and not set(names["val"]) & set(names["train"])
+    assert sorted(names["test"]) == sorted(name for name, _, _ in made["val"])
+    split = next(s for s in ("train", "val") if f"{WNIDS[0]}_png.JPEG" in names[s])
+    png, _ = load_dataset("imagenet", tmp_path, split)[names[split].index(f"{WNIDS[0]}_png.JPEG")]
+    # lossless: exact pixels survive the PNG-named-JPEG path
     assert np.array_equal(np.asarray(png), np.asarray(_image("RGB", (23, 18), 3)))
     ds = load_dataset("imagenet", tmp_path, "test", transform=lambda im: im.size)
     assert ds[0] == ((20, 12), 0)
@@ -329,6 +343,37 @@ def test_multiview_train_and_test_share_features():
 
     clf = LogisticRegression(max_iter=500).fit(*pooled("train"))
     assert clf.score(*pooled("test")) > 0.9                      # chance: 0.1
+
+
+def test_multiview_val_is_its_own_stream_and_the_testbed_a_preset():
+    val = load_dataset("multiview", None, "val", n_val=300, **SMALL)
+    train, test = (load_dataset("multiview", None, split, **SMALL) for split in ("train", "test"))
+    assert len(val) == 300 and val.split == "val"
+    assert not torch.equal(val.images[:300], train.images[:300]) and not torch.equal(val.images, test.images[:300])
+    from bench.data import DATASETS, TESTBED
+
+    assert DATASETS["testbed"].options == TESTBED and TESTBED["n_test"] >= 20_000
+    small = load_dataset("testbed", None, "val", n_val=50)  # the preset's values, any of them overridden
+    direct = load_dataset("multiview", None, "val", **{**TESTBED, "n_val": 50})
+    assert torch.equal(small.images, direct.images)
+
+
+def test_val_is_a_fixed_stratified_part_of_train_and_disjoint_from_it():
+    from bench.data import val_split
+
+    from bench.data.digits import load as digits_load  # the module's own train: val and train together
+
+    whole = digits_load(None, "train")
+    train, val = load_dataset("digits", None, "train"), load_dataset("digits", None, "val")
+    assert len(train) + len(val) == len(whole) and val.split == "val"
+    rows_train, rows_val = val_split(whole.labels, 0.2)
+    assert not set(rows_train.tolist()) & set(rows_val.tolist())
+    assert torch.equal(val.images, whole.images[rows_val]) and torch.equal(train.images, whole.images[rows_train])
+    per_class = torch.bincount(val.labels) / torch.bincount(whole.labels)
+    assert ((per_class - 0.2).abs() < 0.01).all()  # 20 % of every class
+    assert torch.equal(load_dataset("digits", None, "val").images, val.images)  # fixed
+    train_rows, val_rows = val_split(torch.tensor([0, 0, 1]), 0.5)  # a class of one image stays in train
+    assert train_rows.tolist() in ([0, 2], [1, 2]) and len(val_rows) == 1
 
 
 def test_multiview_bad_sizes():

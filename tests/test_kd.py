@@ -150,8 +150,8 @@ def test_cache_holds_the_teachers_logits_on_each_drawn_view_bit_for_bit():
             assert torch.equal(cache.mean(i, v, t, [1]), teachers.mean_soft_labels(x, t, [1]))
     # A pair it was not filled with, a view outside the augmentation's, an index outside the split.
     drawn = set(zip(idx.tolist(), views.tolist()))
-    missing = next((s, v) for s in range(1347) for v in range(25) if (s, v) not in drawn)
-    for i, v in [missing, (0, -1), (0, 25), (1347, 0)]:
+    missing = next((s, v) for s in range(1078) for v in range(25) if (s, v) not in drawn)
+    for i, v in [missing, (0, -1), (0, 25), (1078, 0)]:
         with pytest.raises(BenchError, match="pairs the cache was not filled with"):
             cache.mean(torch.tensor([i]), torch.tensor([v]), 4.0)
 
@@ -206,8 +206,8 @@ def test_cache_files_beside_the_teachers_are_shared_and_extended(tmp_path):
 
 def test_the_memory_budget_decides_between_the_cache_and_online_teachers(monkeypatch):
     teachers = _teachers("vgg11", 2, "loop")
-    need = soft_labels.cache_bytes(2, 1347, 25, 10)
-    assert need == 4 * 2 * 1347 * 25 * 10
+    need = soft_labels.cache_bytes(2, 1078, 25, 10)
+    assert need == 4 * 2 * 1078 * 25 * 10
     make = lambda: soft_labels.soft_label_cache(teachers, None, "digits", root=None, image_size=16, num_classes=10,
                                                 device=torch.device("cpu"))
     monkeypatch.delenv(soft_labels.BUDGET_ENV, raising=False)

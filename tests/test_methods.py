@@ -44,6 +44,25 @@ def test_single_reports_each_teacher_and_their_spread(teachers, tmp_path):
     assert record["top1_std"] == pytest.approx(abs(a - b) / 2 ** 0.5)
 
 
+def test_records_carry_val_and_test_and_teachers_predictions_are_kept(teachers, tmp_path):
+    one = teachers["vgg1"]
+    for old in one.parent.glob("predictions-*"):
+        old.unlink()
+    first = load_method("ensemble").run(job("ensemble", [one], tmp_path))
+    model, _ = load_model(one)
+    for split, prefix in (("val", "val_"), ("test", "")):
+        alone = classification_metrics(*predict(model, make_loader("digits", split, batch_size=256, train=False),
+                                                torch.device("cpu")))
+        assert first[f"{prefix}top1"] == pytest.approx(alone["top1"]) and first[f"n_{split}"] == alone["n_test"]
+    kept = sorted(p.name for p in one.parent.glob("predictions-*"))
+    assert len(kept) == 4  # val and test: weights and sidecar each
+    # A later job reads them: the same numbers, and a damaged file is recomputed, not trusted.
+    assert load_method("single").run(job("single", [one], tmp_path))["top1"] == first["top1"]
+    for f in one.parent.glob("predictions-*.safetensors"):
+        f.write_bytes(b"damaged")
+    assert load_method("ensemble").run(job("ensemble", [one], tmp_path)) == first
+
+
 def test_soup_of_copies_is_that_model(teachers):
     sd = load_model(teachers["vgg0"])[0].state_dict()
     soup = average_state_dicts([sd, sd, sd])

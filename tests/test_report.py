@@ -14,7 +14,7 @@ from bench.errors import BenchError
 from bench.paths import project_root
 from bench.plan import STAGES, Roots
 from bench.report import cell_stats, cost_table, main, report
-from bench.report.claims import MARGIN_PP, claim_table, verdict, welch_ci
+from bench.report.claims import MARGIN_PP, claim_table, paired_ci, paired_differences, seeds_needed, verdict
 from bench.report.frame import md_table, method_runs, tex_table
 from bench.store import load_records, write_record
 
@@ -70,9 +70,9 @@ def claims_grid(tmp_path):
     """Constructed cases, one per verdict (see test_claim_verdicts)."""
     folder = tmp_path / "c" / "records"
     run(folder, "single", [90.4, 90.5, 90.6])
-    run(folder, "ensemble", [95.4, 95.5, 95.6])  # clearly better than single
-    run(folder, "kd", [95.45, 95.5, 95.55])  # clearly equal to the ensemble
-    run(folder, "self_distill", [90.45, 90.5, 90.55])  # equal to single, so not better
+    run(folder, "ensemble", [95.3, 95.6, 95.5])  # clearly better than single
+    run(folder, "kd", [95.35, 95.55, 95.5])  # clearly equal to the ensemble
+    run(folder, "self_distill", [90.45, 90.45, 90.65])  # equal to single, so not better
     run(folder, "weightformer", [97.0], **WF)  # one seed
     run(folder, "weightformer_ft", [80.0, 81.0, 80.5], **{**WF, "wf_ft_epochs": 2})  # clearly worse
     return tmp_path / "c"
@@ -86,7 +86,7 @@ def test_cells_are_mean_std_and_n_over_seeds(tmp_path):
     assert cell["std"] == pytest.approx(statistics.stdev(values[("ensemble", "vgg11")]))
     table = md_cells(report("g", tmp_path), "top-1 (%)").set_index("method")
     assert list(table.index) == ["single", "ensemble"]  # the paper's row order
-    assert table.loc["single", "vgg11 / digits"] == "97.00 ± 0.71 (n=2)"
+    assert table.loc["single", "vgg11 / digits"] == "97.00 ± 0.71 (n=2, 2 groups)"
     assert table.loc["single", "resnet50 / digits"] == "95.00 (n=1)"
     assert table.loc["ensemble", "resnet50 / digits"] == "missing"  # its only run failed
 
@@ -112,19 +112,61 @@ def test_rows_are_variants_in_method_order_and_best_is_bold(tmp_path):
     text = report("v", tmp_path)
     table = md_cells(text, "top-1 (%)").set_index("method")
     assert list(table.index) == ["single", "kd", "weightformer", "weightformer/unseen"]
-    assert table.loc["kd", "vgg11 / digits"] == "**99.25 ± 0.35 (n=2)**"
-    assert table.loc["weightformer", "vgg11 / digits"] == "96.50 ± 0.71 (n=2)"
+    assert table.loc["kd", "vgg11 / digits"] == "**99.25 ± 0.35 (n=2, 2 groups)**"
+    assert table.loc["weightformer", "vgg11 / digits"] == "96.50 ± 0.71 (n=2, 2 groups)"
     assert "**0.1000" not in text  # every NLL ties: nothing is best
 
 
-def test_welch_interval_by_hand():
-    a, b = pd.Series([95.0, 95.5, 96.5, 97.0]), pd.Series([90.0, 91.0, 93.0])
-    va, vb = a.var() / 4, b.var() / 3
-    df = (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2)
-    half = scipy_stats.t.ppf(0.975, df) * math.sqrt(va + vb)
-    diff, lo, hi = welch_ci(a, b)
-    assert diff == pytest.approx(96.0 - 91.333333) and (lo, hi) == pytest.approx((diff - half, diff + half))
-    assert welch_ci(pd.Series([1.0, 1.0]), pd.Series([0.0, 0.0])) == (1.0, 1.0, 1.0)  # no spread: exact
+def test_paired_interval_by_hand():
+    diffs = pd.Series([0.2, 1.8, 0.5, 1.1])
+    mean, sd = diffs.mean(), diffs.std()
+    half = scipy_stats.t.ppf(0.975, 3) * sd / 2
+    assert paired_ci(diffs) == pytest.approx((mean, mean - half, mean + half))
+
+
+def test_pairs_are_per_group_and_a_repeated_group_counts_once():
+    a = pd.DataFrame({"seed": [0, 1, 2, 3], "top1": [91.0, 92.0, 93.0, 95.0],
+                      "teacher_members": [[3, 1, 2], [1, 2, 3], [4, 5, 6], [7, 8, 9]]})
+    b = pd.DataFrame({"seed": [0, 1, 2, 3, 4], "top1": [90.0, 90.0, 90.0, 90.0, 80.0],
+                      "teacher_members": [[1, 2, 3], [2, 3, 1], [4, 5, 6], [9, 8, 0], [1, 1, 1]]})
+    diffs = paired_differences(a, b)
+    # seeds 0 and 1 share one group (in another order): one difference, their mean; seed 3's
+    # groups differ between the sides and seed 4 has no A run: no pair.
+    assert diffs.to_dict() == {"1,2,3": pytest.approx(1.5), "4,5,6": pytest.approx(3.0)}
+
+
+def test_seeds_needed_is_the_first_n_whose_interval_decides():
+    mean, sd = 0.4, 1.5  # ">": decided once the half-width drops below max(|mean|, margin - |mean|) = 0.6
+    n = seeds_needed(">", mean, sd)
+    half = lambda k: scipy_stats.t.ppf(0.975, k - 1) * sd / math.sqrt(k)
+    assert half(n) < 0.6 <= half(n - 1)
+    assert verdict(">", mean - half(n), mean + half(n))[0] != "inconclusive"
+    assert verdict(">", mean - half(n - 1), mean + half(n - 1))[0] == "inconclusive"
+    n = seeds_needed("≈", 1.5, 0.8)  # "≈": the interval must clear the margin: |1.5 - 1| = 0.5
+    assert half_width(n, 0.8) < 0.5 <= half_width(n - 1, 0.8)
+    assert seeds_needed(">", 0.0, 1.0) is not None  # within the margin is a decision too
+    assert seeds_needed("≈", MARGIN_PP, 1.0) is None  # on the boundary: no number of seeds decides
+
+
+def half_width(n: int, sd: float) -> float:
+    return scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+
+
+def test_identical_replicates_are_no_evidence(tmp_path):
+    folder = tmp_path / "same" / "records"
+    run(folder, "single", [90.0, 90.0, 90.0], teacher_members=[[1, 2], [1, 2], [1, 2]])
+    run(folder, "ensemble", [95.0, 95.0, 95.0], teacher_members=[[1, 2], [2, 1], [1, 2]])
+    table = claim_table(method_runs(load_records(tmp_path / "same")), ["vgg11 / digits"]).set_index("claim")
+    row = table.loc["ensemble > single"]
+    assert (row["verdict"], row["groups"], row["reason"]) == ("inconclusive", 1, "1 distinct group: too few")
+    text = report("same", tmp_path)
+    assert md_cells(text, "top-1 (%)").set_index("method").loc["ensemble", "vgg11 / digits"] == \
+        "**95.00 ± 0.00 (n=3, 1 group)**"
+    run(tmp_path / "flat" / "records", "single", [90.0, 91.0], teacher_members=[[1, 2], [3, 4]])
+    run(tmp_path / "flat" / "records", "ensemble", [92.0, 93.0], teacher_members=[[1, 2], [3, 4]])
+    row = claim_table(method_runs(load_records(tmp_path / "flat")), ["vgg11 / digits"]).set_index("claim").loc[
+        "ensemble > single"]
+    assert row["verdict"] == "inconclusive" and "no spread" in row["reason"] and math.isnan(row["ci_low"])
 
 
 def test_verdict_rules():
@@ -141,12 +183,12 @@ def test_claim_verdicts(tmp_path):
     root = claims_grid(tmp_path)
     table = claim_table(method_runs(load_records(root)), ["vgg11 / digits"]).set_index("claim")
     assert table.loc["ensemble > single", "verdict"] == "supported"
-    assert table.loc["ensemble > single", "diff_pp"] == pytest.approx(5.0)
-    assert table.loc["ensemble > single", ["n_a", "n_b"]].tolist() == [3, 3]
+    assert table.loc["ensemble > single", "diff_pp"] == pytest.approx(4.9666667)
+    assert table.loc["ensemble > single", ["n_a", "n_b", "groups"]].tolist() == [3, 3, 3]
     assert table.loc["KD ≈ ensemble", "verdict"] == "supported"
     assert table.loc["self-distillation > single", "verdict"] == "not supported"
     assert table.loc["WF > single", "verdict"] == "inconclusive"
-    assert table.loc["WF > single", "reason"] == "too few seeds (n=1 vs 3)"
+    assert table.loc["WF > single", "reason"] == "1 distinct group: too few"
     assert table.loc["WF+FT > ensemble", "verdict"] == "not supported"
     assert table.loc["WF+FT > ensemble", "ci_high"] < 0
     unseen = table.loc["WF works on unseen teachers"]
@@ -164,7 +206,7 @@ def test_unseen_teachers_claim(tmp_path):
     # single on the seen part, which here is better than both.
     run(folder, "single", [99.0, 99.5, 100.0], teacher_part="meta_train")
     run(folder, "single", [90.0, 90.5, 91.0], variant="single/unseen", teacher_part="held_out")
-    run(folder, "weightformer", [94.0, 94.5, 95.0], variant="weightformer/unseen", teacher_part="held_out", **WF)
+    run(folder, "weightformer", [94.0, 94.8, 94.7], variant="weightformer/unseen", teacher_part="held_out", **WF)
     table = claim_table(method_runs(load_records(tmp_path / "u")), ["vgg11 / digits"]).set_index("claim")
     row = table.loc["WF works on unseen teachers"]
     assert (row["verdict"], row["a"], row["b"]) == ("supported", "weightformer/unseen", "single/unseen")
@@ -197,8 +239,8 @@ def test_missing_cells_failed_runs_and_corrupt_records(tmp_path):
     with pytest.warns(UserWarning, match="zz-corrupt.json"):
         text = report("p", tmp_path, grid_file=path)
     table = md_cells(text, "top-1 (%)").set_index("method")
-    assert table.loc["kd", "vgg11 / digits"] == "93.50 ± 0.71 (n=2 of 3)"
-    assert table.loc["ensemble", "vgg11 / digits"] == "**94.00 ± 1.41 (n=2 of 3)**"
+    assert table.loc["kd", "vgg11 / digits"] == "93.50 ± 0.71 (n=2 of 3, 2 groups)"
+    assert table.loc["ensemble", "vgg11 / digits"] == "**94.00 ± 1.41 (n=2 of 3, 2 groups)**"
     failed = (tmp_path / "p" / "report" / "failed.md").read_text()
     assert "out of memory" in failed and "kd on vgg11 / digits: 2 of 3 runs finished" in failed
     assert "ensemble on vgg11 / digits: 2 of 3 runs finished, 1 failed" in failed and "zz-corrupt.json" in failed
@@ -293,7 +335,7 @@ def test_anchors_against_published_numbers(tmp_path):
 def test_cli_out_formats_and_top_index(tmp_path, capsys):
     records(tmp_path)
     main(["--results-root", str(tmp_path), "--out", str(tmp_path / "out"), "--format", "md,csv"])
-    assert "97.00 ± 0.71 (n=2)" in capsys.readouterr().out
+    assert "97.00 ± 0.71 (n=2, 2 groups)" in capsys.readouterr().out
     assert (tmp_path / "out" / "g" / "main_table.csv").exists() and not (tmp_path / "out" / "g" / "claims.tex").exists()
     assert "[g](g/index.md)" in (tmp_path / "out" / "index.md").read_text()
     with pytest.raises(SystemExit) as exit_:

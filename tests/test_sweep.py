@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.config import load_grid
+from bench.errors import BenchError
 from bench.plan import Roots, teacher_spec
 from bench.stages import run_methods
 from bench.store import load_records, run_id
@@ -195,13 +196,48 @@ def test_a_missing_teacher_gives_a_failed_record_with_the_reason(mini, tmp_path)
 
 
 def test_unseen_teacher_groups_come_from_the_held_out_part(mini, tmp_path):
-    mini.write_text(MINI.replace("members: 3\n    held_out: 0", "members: 5\n    held_out: 2")
+    mini.write_text(MINI.replace("members: 3\n    held_out: 0", "members: 6\n    held_out: 3")
                     + "teacher_part: held_out\n")
     plan = make_plan(load_grid(mini, "tiny"), roots(tmp_path))
-    assert {tuple(j.spec["members"]) for j in plan.stages["methods"]} == {(3, 4)}
-    mini.write_text(MINI.replace("members: 3\n    held_out: 0", "members: 5\n    held_out: 2"))
+    assert all(set(j.spec["members"]) <= {3, 4, 5} for j in plan.stages["methods"])
+    mini.write_text(MINI.replace("members: 3\n    held_out: 0", "members: 6\n    held_out: 3"))
     plan = make_plan(load_grid(mini, "tiny"), roots(tmp_path))
     assert all(set(j.spec["members"]) <= {0, 1, 2} for j in plan.stages["methods"])
+
+
+def test_each_seed_draws_its_own_group_and_anchor():
+    from bench.plan import distinct_groups
+
+    groups = distinct_groups(tuple(range(8)), 4, 10)
+    assert len({frozenset(g) for g in groups}) == 10  # distinct as sets
+    assert len({g[0] for g in groups}) > 1  # anchors (first members) differ
+    assert any(list(g) != sorted(g) for g in groups)  # random order, not sorted
+    assert distinct_groups(tuple(range(8)), 4, 5) == groups[:5]  # a seed's group is its own, whatever the count
+    assert distinct_groups(tuple(range(6)), 4, 15)  # every one of the C(6, 4) = 15 groups
+    with pytest.raises(BenchError, match=r"6 members make only 15 distinct groups of 4; seed 15 would repeat"):
+        distinct_groups(tuple(range(6)), 4, 16)
+
+
+def test_too_few_members_for_distinct_groups_is_refused_before_submitting(mini, tmp_path):
+    mini.write_text(MINI.replace("members: 3", "members: 2"))  # C(2, 2) = 1 group, 2 seeds
+    out = sweep("--grid", str(mini), "--cluster", "debug", "--dry-run", "--results-root", str(tmp_path / "r"),
+                "--teachers-root", str(tmp_path / "t"))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "2 members make only 1 distinct groups of 2; seed 1 would repeat one" in out.stderr
+
+
+def test_a_list_of_seeds_plans_exactly_those_seeds(mini, tmp_path):
+    mini.write_text(MINI.replace("seeds: 2", "seeds: [2, 0]"))
+    plan = make_plan(load_grid(mini, "tiny"), roots(tmp_path))
+    assert sorted({j.spec["seed"] for j in plan.stages["methods"]}) == [0, 2]
+    mini.write_text(MINI.replace("seeds: 2", "seeds: 3"))
+    whole = make_plan(load_grid(mini, "tiny"), roots(tmp_path))
+    # Seeds 0 and 2 of a list are the jobs seeds 0 and 2 of a count plan: the same groups, the same ids.
+    assert {j.run_id for j in plan.stages["methods"]} == {j.run_id for j in whole.stages["methods"]
+                                                           if j.spec["seed"] in (0, 2)}
+    mini.write_text(MINI.replace("seeds: 2", "seeds: [1, 1]"))
+    with pytest.raises(BenchError, match=r"seeds: expected a count or a non-empty list of distinct"):
+        load_grid(mini, "tiny")
 
 
 def test_pools_with_other_recipes_never_share_a_teacher_folder(mini, tmp_path):

@@ -47,9 +47,9 @@ from bench.engine.devices import autocast, pick_device
 from bench.engine.loop import NonFiniteLoss, StepBatches, fit
 from bench.engine.optim import make_optimizer
 from bench.engine.schedule import lr_factor
-from bench.engine.train import LOG_ONLY, model_meta, run_folder, train
+from bench.engine.train import EVAL_SPLITS, LOG_ONLY, model_meta, run_folder, train
 from bench.errors import BenchError
-from bench.metrics import classification_metrics
+from bench.metrics import classification_metrics, for_split
 from bench.models import ARCH_SPECS, build_model
 from bench.recipes import TrainConfig
 from bench.system import world
@@ -228,13 +228,13 @@ def _check_packed(packed: nn.Module, models: Sequence[nn.Module], image_size: in
 
 class StackedTask:
     """The supervised task of `train` for M members at once: one step is every member's step on
-    its own batch; a log point evaluates every member on the test split."""
+    its own batch; the last log point evaluates every member on the val and test splits."""
 
     labels = {"loss": "summed members' training"}
 
-    def __init__(self, net: nn.Module, optimizer, train_loaders, test_loader, label_smoothing: float,
-                 device: torch.device, channels_last: bool) -> None:
-        self.model, self.optimizer, self.test_loader = net, optimizer, test_loader
+    def __init__(self, net: nn.Module, optimizer, train_loaders, eval_loaders, label_smoothing: float,
+                 device: torch.device, channels_last: bool, steps: int) -> None:
+        self.model, self.optimizer, self.eval_loaders, self.steps = net, optimizer, eval_loaders, steps
         self.members, self.label_smoothing, self.device = len(train_loaders), label_smoothing, device
         self.batches = [StepBatches(loader) for loader in train_loaders]
         self.steps_per_epoch = len(train_loaders[0])
@@ -264,11 +264,11 @@ class StackedTask:
         return {"loss": per_member.sum()}
 
     @torch.no_grad()
-    def predict(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every member's softmax outputs on the test split (N, M, K) and the labels."""
+    def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every member's softmax outputs on one split (N, M, K) and the labels."""
         self.model.eval()
         probs, labels = [], []
-        for x, y, *_ in self.test_loader:
+        for x, y, *_ in loader:
             with autocast(self.device):
                 logits = self.model(self._input([x] * self.members))
             probs.append(logits.float().view(len(y), self.members, -1).softmax(-1).cpu())
@@ -276,12 +276,15 @@ class StackedTask:
         return torch.cat(probs), torch.cat(labels)
 
     def log_row(self, step: int, means: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]:
-        probs, labels = self.predict()
         losses = (self._sums / self._count).tolist()
         self._sums, self._count = torch.zeros_like(self._sums), 0
         rows = [{"epoch": step // self.steps_per_epoch, "train_loss": losses[i],
-                 "train_s": self.seconds_before[i] + seconds / self.members,
-                 **classification_metrics(probs[:, i], labels)} for i in range(self.members)]
+                 "train_s": self.seconds_before[i] + seconds / self.members} for i in range(self.members)]
+        if step == self.steps:
+            for split, loader in self.eval_loaders.items():
+                probs, labels = self.predict(loader)
+                for i, row in enumerate(rows):
+                    row.update(for_split(classification_metrics(probs[:, i], labels), split))
         return {"members": rows}
 
 
@@ -365,23 +368,26 @@ def _train_packed(cfgs: list[TrainConfig], outs: list[Path], progress: bool | No
     common = dict(batch_size=cfg0.batch_size, root=cfg0.data_root, image_size=cfg0.image_size, device=device)
     loaders = [make_loader(c.dataset, "train", train=True, beton=c.beton_train, fraction=c.train_fraction,
                            seed=c.seed, **common) for c in cfgs]
-    test_loader = make_loader(cfg0.dataset, "test", train=False, beton=cfg0.beton_test, seed=cfg0.seed, **common)
+    eval_loaders = {split: make_loader(cfg0.dataset, split, train=False, seed=cfg0.seed, **common,
+                                       beton=cfg0.beton_test if split == "test" else None) for split in EVAL_SPLITS}
     steps_per_epoch = len(loaders[0])
     if steps_per_epoch == 0:
         raise BenchError(f"the training data ({cfg0.train_fraction:g} of the {cfg0.dataset} split) is smaller "
                          f"than one batch of {cfg0.batch_size}; use a larger fraction or a smaller batch")
-    task = StackedTask(net, optimizer, loaders, test_loader, cfg0.label_smoothing, device, channels_last)
+    total = cfg0.epochs * steps_per_epoch
+    task = StackedTask(net, optimizer, loaders, eval_loaders, cfg0.label_smoothing, device, channels_last, total)
     folders = [run_folder(c, o) for c, o in zip(cfgs, outs)]
     bases = [{**model_meta(c, spec.num_classes), "config": c.to_json()} for c in cfgs]
     folder = StackFolder(folders, models, optimizers, bases, task)
-    total, warmup = cfg0.epochs * steps_per_epoch, round(cfg0.warmup_epochs * steps_per_epoch)
+    warmup = round(cfg0.warmup_epochs * steps_per_epoch)
     milestones = [m * steps_per_epoch for m in cfg0.milestones]
     history, seconds = fit(
         task, folder, steps=total, log_every=steps_per_epoch, lr=cfg0.lr,
         schedule=lambda s: lr_factor(s, total, warmup, cfg0.schedule, milestones=milestones, gamma=cfg0.gamma),
         checkpoint_meta=lambda step: {"epoch": step // steps_per_epoch},
-        describe=lambda r: f"epoch {r['members'][0]['epoch']}/{cfg0.epochs} mean top1 "
-                           f"{sum(x['top1'] for x in r['members']) / len(cfgs):.2f}",
+        describe=lambda r: f"epoch {r['members'][0]['epoch']}/{cfg0.epochs}" + (
+            f" mean val top1 {sum(x['val_top1'] for x in r['members']) / len(cfgs):.2f}"
+            if "val_top1" in r["members"][0] else ""),
         desc=f"{cfg0.arch}/{cfg0.dataset} seeds {','.join(str(c.seed) for c in cfgs)}", progress=progress)
     folder.unpack(net, optimizer)
     for i, (f, model) in enumerate(zip(folders, models)):

@@ -35,7 +35,7 @@ from bench.engine.loop import StepBatches, fit
 from bench.engine.optim import make_optimizer
 from bench.engine.schedule import lr_factor
 from bench.errors import BenchError
-from bench.metrics import classification_metrics
+from bench.metrics import classification_metrics, for_split
 from bench.models import ARCH_SPECS, build_model
 from bench.recipes import TrainConfig, same_run
 from bench.system import world
@@ -50,16 +50,26 @@ def model_meta(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
             "num_classes": num_classes, "image_size": cfg.image_size, "in_chans": 3}
 
 
+EVAL_SPLITS = ("val", "test")
+
+
+def describe_row(row: dict[str, Any], epochs: int) -> str:
+    return f"epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4f}" + (
+        f" val top1 {row['val_top1']:.2f}" if "val_top1" in row else "")
+
+
 class SupervisedTask:
-    """One optimizer step per training batch; an evaluation on the test split after every epoch."""
+    """One optimizer step per training batch; a log row per epoch, and at the end of the run an
+    evaluation on the val and test splits (records are last-epoch metrics; evaluating only then
+    keeps a tiny run's 20,000 test images from costing more than its training)."""
 
     labels = {"loss": "training"}
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, net: nn.Module, optimizer, train_loader, test_loader,
-                 criterion: Criterion, device: torch.device) -> None:
+    def __init__(self, cfg: TrainConfig, model: nn.Module, net: nn.Module, optimizer, train_loader, eval_loaders,
+                 criterion: Criterion, device: torch.device, steps: int) -> None:
         self.cfg, self.model, self.net, self.optimizer = cfg, model, net, optimizer
-        self.train_loader, self.test_loader, self.criterion, self.device = train_loader, test_loader, criterion, device
-        self.steps_per_epoch = len(train_loader)
+        self.train_loader, self.eval_loaders, self.criterion, self.device = train_loader, eval_loaders, criterion, device
+        self.steps_per_epoch, self.steps = len(train_loader), steps
         self.batches = StepBatches(train_loader)
 
     def loss(self, step: int) -> dict[str, torch.Tensor]:
@@ -77,12 +87,14 @@ class SupervisedTask:
             loss /= world_size
         row = None
         if rank == 0:
-            # Rank 0 alone evaluates, with the bare model, on the whole test set; the other ranks
+            # Rank 0 alone evaluates, with the bare model, on the whole splits; the other ranks
             # take its row. Evaluating on every rank would not agree: each rank's BatchNorm
             # running statistics come from its own shards (DDP re-broadcasts rank 0's only at
             # the next forward), and rank 0's are the ones saved, so its numbers describe the files.
-            metrics = classification_metrics(*predict(self.model, self.test_loader, self.device))
-            row = {"epoch": step // self.steps_per_epoch, "train_loss": loss.item(), "train_s": seconds, **metrics}
+            row = {"epoch": step // self.steps_per_epoch, "train_loss": loss.item(), "train_s": seconds}
+            if step == self.steps:
+                for split, loader in self.eval_loaders.items():
+                    row.update(for_split(classification_metrics(*predict(self.model, loader, self.device)), split))
         if world_size > 1:
             box = [row]
             dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
@@ -124,8 +136,8 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
     # loader refuses a batch size the world size does not divide, before anything is written.
     train_loader = make_loader(cfg.dataset, "train", train=True, beton=cfg.beton_train,
                                distributed=world_size > 1, fraction=cfg.train_fraction, **common)
-    test_loader = make_loader(cfg.dataset, "test", train=False, beton=cfg.beton_test, **common) \
-        if rank == 0 else None
+    eval_loaders = {split: make_loader(cfg.dataset, split, train=False, beton=cfg.beton_test if split == "test"
+                                       else None, **common) for split in EVAL_SPLITS} if rank == 0 else {}
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise BenchError(f"the training data ({cfg.train_fraction:g} of the {cfg.dataset} split) is smaller than "
@@ -145,8 +157,8 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
         model, device_ids=[device.index] if device.type == "cuda" else None)
     criterion = criterion or (lambda logits, x, y, idx, views: F.cross_entropy(
         logits, y, label_smoothing=cfg.label_smoothing))
-    task = SupervisedTask(cfg, model, net, optimizer, train_loader, test_loader, criterion, device)
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    task = SupervisedTask(cfg, model, net, optimizer, train_loader, eval_loaders, criterion, device, total)
     if hasattr(criterion, "prepare"):
         criterion.prepare(train_loader, total)
     milestones = [m * steps_per_epoch for m in cfg.milestones]
@@ -155,7 +167,7 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
         task, folder, steps=total, log_every=steps_per_epoch, lr=cfg.lr,
         schedule=lambda s: lr_factor(s, total, warmup, cfg.schedule, milestones=milestones, gamma=cfg.gamma),
         checkpoint_meta=lambda step: {**base, "epoch": step // steps_per_epoch},
-        describe=lambda r: f"epoch {r['epoch']}/{cfg.epochs} loss {r['train_loss']:.4f} top1 {r['top1']:.2f}",
+        describe=lambda r: describe_row(r, cfg.epochs),
         desc=f"{cfg.arch}/{cfg.dataset} seed {cfg.seed}", progress=progress, quiet=rank != 0)
     folder.finish(model.state_dict(), {
         **base, "epochs": cfg.epochs, "metrics": {k: v for k, v in history[-1].items() if k not in LOG_ONLY},

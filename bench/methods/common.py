@@ -1,18 +1,24 @@
-"""What several methods share: loading a verified group of teachers, test-set predictions, and a
+"""What several methods share: loading a verified group of teachers, their predictions on the val
+and test splits (every record carries both: settings are chosen on val, claims read test), and a
 student made from the teachers' weights with its BatchNorm statistics re-estimated."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 
+from bench.checkpoint import CheckpointError, load_checkpoint, paths, read_meta, save_checkpoint
 from bench.data.loaders import make_loader
 from bench.engine import load_model, predict
 from bench.errors import BenchError
 from bench.methods.base import MethodJob
-from bench.metrics import classification_metrics
+from bench.metrics import classification_metrics, for_split
+from bench.system import world
 from bench.weights.averaging import average_state_dicts, reestimate_norm_stats
 
 
@@ -34,13 +40,65 @@ def load_teachers(job: MethodJob[Any]) -> list[tuple[torch.nn.Module, dict[str, 
     return loaded
 
 
-def test_predictions(job: MethodJob[Any], teachers) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Each teacher's softmax over the test split, and the labels."""
-    meta = teachers[0][1]
-    loader = make_loader(job.dataset, "test", batch_size=512, train=False, root=job.data_root,
+EVAL_SPLITS = ("val", "test")
+
+
+def predictions(job: MethodJob[Any], models, split: str, checkpoints: Sequence[Path | None] | None = None
+                ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each model's softmax over one split, and the labels. A model with a checkpoint (a teacher)
+    has its predictions kept beside it (`predictions_file`) and read back by later jobs: the
+    single, ensemble and WeightFormer rows of a grid evaluate the same teachers on the same
+    images, and at 25,000 val + test images that would be most of their time."""
+    meta = models[0][1]
+    loader = make_loader(job.dataset, split, batch_size=512, train=False, root=job.data_root,
                          image_size=meta["image_size"], device=job.torch_device())
-    outputs = [predict(model, loader, job.torch_device()) for model, _ in teachers]
-    return [p for p, _ in outputs], outputs[0][1]
+    checkpoints = list(checkpoints or []) + [None] * (len(models) - len(checkpoints or []))
+    probs, labels = [], None
+    for (model, _), checkpoint in zip(models, checkpoints):
+        stored = None if checkpoint is None else predictions_file(checkpoint, job, split, meta["image_size"])
+        got = _read_predictions(stored)
+        if got is None:
+            got = predict(model, loader, job.torch_device())
+            if stored is not None and world()[0] == 0:
+                save_checkpoint(stored, {"probs": got[0], "labels": got[1]}, {"kind": PREDICTIONS})
+        probs.append(got[0])
+        labels = got[1] if labels is None else labels
+    return probs, labels
+
+
+def _read_predictions(stored: Path | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if stored is None or not paths(stored)[1].exists():
+        return None
+    try:
+        tensors, _ = load_checkpoint(stored, expect={"kind": PREDICTIONS})
+    except CheckpointError:  # derived data: a damaged file is recomputed
+        return None
+    return tensors["probs"], tensors["labels"]
+
+
+PREDICTIONS = "teacher-predictions"
+
+
+def predictions_file(checkpoint: Path, job: MethodJob[Any], split: str, image_size: int) -> Path:
+    """predictions-<hash> beside a teacher's checkpoint: the hash covers the teacher's weights
+    (sha256), the data set, split and image size, the device kind and torch's version (which
+    round the same forward differently)."""
+    identity = {"teacher_sha256": read_meta(checkpoint)["sha256"], "dataset": job.dataset, "split": split,
+                "image_size": image_size, "device": job.torch_device().type,
+                "torch": torch.__version__.split("+")[0]}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(checkpoint).parent / f"predictions-{digest}"
+
+
+def evaluated(job: MethodJob[Any], models, score: Callable[[list[torch.Tensor], torch.Tensor], dict[str, Any]],
+              checkpoints: Sequence[Path | None] | None = None) -> dict[str, Any]:
+    """`score(probs, labels)` of `models` (a list of (model, meta); `checkpoints` the teachers'
+    paths, None for a model made by the job) on val and on test, under each split's names
+    (`val_top1`, ...; test's unprefixed: `top1`, ...)."""
+    out: dict[str, Any] = {}
+    for split in EVAL_SPLITS:
+        out.update(for_split(score(*predictions(job, models, split, checkpoints)), split))
+    return out
 
 
 def evaluate_averaged(job: MethodJob[Any], model: nn.Module, meta: dict[str, Any],
@@ -53,5 +111,5 @@ def evaluate_averaged(job: MethodJob[Any], model: nn.Module, meta: dict[str, Any
                                 image_size=meta["image_size"], device=device)
     used = reestimate_norm_stats(model, train_batches, bn_batches)
     made_s = time.perf_counter() - t0  # making the student ends here; its evaluation is not counted
-    (probs,), labels = test_predictions(job, [(model, meta)])
-    return {**classification_metrics(probs, labels), "infer_forwards": 1, "train_s": made_s, "bn_batches": used}
+    metrics = evaluated(job, [(model, meta)], lambda probs, labels: classification_metrics(probs[0], labels))
+    return {**metrics, "infer_forwards": 1, "train_s": made_s, "bn_batches": used}

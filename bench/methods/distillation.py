@@ -140,7 +140,7 @@ def distill(job: MethodJob[Any], *, student_seed: int, temperature: float, alpha
                                    "computed": cache.computed if cache else 0})
     cache_s = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
 
-    record: dict[str, Any] = {m: out["metrics"][m] for m in METRICS}
+    record: dict[str, Any] = {k: out["metrics"][k] for m in METRICS for k in (m, f"val_{m}")}
     record.update({
         # The student's training (its forwards, backwards and the teachers' forwards on its
         # batches) plus reading and filling the soft-label cache (entries earlier jobs left in the

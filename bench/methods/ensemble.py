@@ -6,12 +6,13 @@ from typing import Any
 import torch
 
 from bench.methods.base import MethodJob
-from bench.methods.common import load_teachers, test_predictions
+from bench.methods.common import evaluated, load_teachers
 from bench.metrics import classification_metrics
 from bench.options import NoOptions
 
 
 def run(job: MethodJob[NoOptions]) -> dict[str, Any]:
-    probs, labels = test_predictions(job, load_teachers(job))
-    mean = torch.stack(probs).mean(0)
-    return {**classification_metrics(mean, labels), "infer_forwards": len(probs), "train_s": 0.0}
+    teachers = load_teachers(job)
+    metrics = evaluated(job, teachers, lambda probs, labels: classification_metrics(torch.stack(probs).mean(0), labels),
+                        job.teachers)
+    return {**metrics, "infer_forwards": len(teachers), "train_s": 0.0}

@@ -1,7 +1,11 @@
 """The papers' claims as verdicts on a grid's records, and the published Allen-Zhu & Li anchors.
 
-A claim compares the top-1 of two sets of runs on one setting: the difference of means in
-percentage points (pp) and its 95% Welch-t confidence interval decide the verdict.
+A claim compares the top-1 of two methods on one setting, paired: the runs of one seed share its
+group of teachers, so each group gives one difference A - B (in percentage points, pp), and the
+mean difference over distinct groups with its 95% paired-t confidence interval decides the verdict.
+Runs on the same group (a repeated group) count once, as the mean of their differences: identical
+replicates are no evidence. An inconclusive claim says how many groups its observed spread would
+need to be decided.
 """
 from __future__ import annotations
 
@@ -11,15 +15,20 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy import stats
 
-from bench.report.frame import DASH, fmt, md_table, tex_table
+from bench.report.frame import DASH, column, fmt, md_table, tex_table
 
 MARGIN_PP = 1.0  # "approximately equal": the CI of the difference lies within ±MARGIN_PP of top-1
 LEVEL = 0.95
-RULES = (f"A ≈ B (approximately equal) is supported when the {LEVEL:.0%} CI of mean top-1(A) − mean "
-         f"top-1(B) lies within ±{MARGIN_PP:g} pp, not supported when it lies entirely outside, inconclusive "
-         f"otherwise. A > B is supported when the CI lies above 0, not supported when it lies below 0 or "
-         f"within ±{MARGIN_PP:g} pp (approximately equal, so A is not better), inconclusive otherwise. "
-         f"CIs are Welch t intervals over seeds; fewer than 2 seeds on a side is inconclusive.")
+MIN_GROUPS = 2  # a paired t interval needs two differences
+MAX_SEEDS = 10_000  # "seeds needed" beyond this is reported as more than it
+RULES = (f"Each seed's group of teachers gives one paired difference top-1(A) − top-1(B) (both methods on "
+         f"that group); Δ is their mean over distinct groups and the CI its {LEVEL:.0%} paired t interval. "
+         f"A ≈ B (approximately equal) is supported when the CI lies within ±{MARGIN_PP:g} pp, not supported "
+         f"when it lies entirely outside, inconclusive otherwise. A > B is supported when the CI lies above "
+         f"0, not supported when it lies below 0 or within ±{MARGIN_PP:g} pp (approximately equal, so A is "
+         f"not better), inconclusive otherwise. Fewer than {MIN_GROUPS} distinct groups, or differences "
+         f"with no spread at all, are inconclusive; an inconclusive claim gives the number of groups "
+         f"(seeds) at which its observed mean and spread would decide it.")
 UNSEEN = "weightformer@held_out"  # the side "WeightFormer on teachers never used for meta-training"
 
 
@@ -44,16 +53,24 @@ CLAIMS = (
 )
 
 
-def welch_ci(a: pd.Series, b: pd.Series, level: float = LEVEL) -> tuple[float, float, float]:
-    """mean(a) − mean(b) and its Welch t confidence interval (both sides need n >= 2)."""
-    na, nb = len(a), len(b)
-    diff = float(a.mean() - b.mean())
-    va, vb = float(a.var(ddof=1)) / na, float(b.var(ddof=1)) / nb
-    if va + vb == 0:  # no spread on either side: the difference is exact
-        return diff, diff, diff
-    df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, df)) * math.sqrt(va + vb)
-    return diff, diff - half, diff + half
+def paired_ci(diffs: pd.Series, level: float = LEVEL) -> tuple[float, float, float]:
+    """mean(diffs) and its paired t confidence interval (n >= 2 differences)."""
+    n, mean, sd = len(diffs), float(diffs.mean()), float(diffs.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def seeds_needed(relation: str, mean: float, sd: float, margin: float = MARGIN_PP, level: float = LEVEL) -> int | None:
+    """The fewest groups at which a paired t interval of this mean and spread would reach a verdict
+    (None: more than MAX_SEEDS, e.g. a mean sitting on a boundary). For ">" the interval must
+    clear 0 on the mean's side or fit within ±margin; for "≈" fit within ±margin or clear it."""
+    gap = max(abs(mean), margin - abs(mean)) if relation == ">" else abs(abs(mean) - margin)
+    if sd == 0:
+        return MIN_GROUPS
+    for n in range(MIN_GROUPS, MAX_SEEDS + 1):
+        if float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n) < gap:
+            return n
+    return None
 
 
 def verdict(relation: str, lo: float, hi: float, margin: float = MARGIN_PP) -> tuple[str, str]:
@@ -74,15 +91,35 @@ def verdict(relation: str, lo: float, hi: float, margin: float = MARGIN_PP) -> t
     return "inconclusive", f"CI overlaps the ±{margin:g} pp margin"
 
 
-def side(runs: pd.DataFrame, name: str, part: str) -> tuple[pd.Series, str]:
-    """Top-1 of one claim side on one setting, and its label: the method's runs on that teacher
+def side(runs: pd.DataFrame, name: str, part: str) -> tuple[pd.DataFrame, str]:
+    """The runs of one claim side on one setting, and its label: the method's runs on that teacher
     part, of its plain variant if there (`kd`), else its `/unseen` variant, else the first."""
     method, part = ("weightformer", "held_out") if name == UNSEEN else (name, part)
     rows = runs[(runs.method == method) & (runs.teacher_part == part)]
     variants = sorted(set(rows.variant))
     pick = next((v for v in (method, f"{method}/unseen") if v in variants), variants[0] if variants else method)
     label = pick + (" (unseen)" if part == "held_out" and not pick.endswith("unseen") else "")
-    return rows[rows.variant == pick].top1.dropna(), label
+    rows = rows[(rows.variant == pick) & rows.top1.notna()]
+    return rows, label
+
+
+def groups_of(runs: pd.DataFrame) -> pd.Series:
+    """Each run's group of teachers as a set (its order, which names the anchor, aside): the unit
+    of replication. A record without its members (written before they were recorded) counts as
+    its own seed's group."""
+    return pd.Series([",".join(map(str, sorted(int(x) for x in m))) if isinstance(m, (list, tuple)) else f"seed {s}"
+                      for m, s in zip(column(runs, "teacher_members"), column(runs, "seed"))],
+                     index=runs.index, dtype=object)
+
+
+def paired_differences(a: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
+    """top-1(A) − top-1(B) per distinct group: runs paired by seed on the same group, the pairs of
+    a repeated group averaged into one difference. Indexed by group."""
+    a, b = a.assign(group=groups_of(a)), b.assign(group=groups_of(b))
+    pairs = a[["seed", "group", "top1"]].merge(b[["seed", "group", "top1"]], on=["seed", "group"],
+                                               suffixes=("_a", "_b"))
+    diffs = (pairs.top1_a - pairs.top1_b).groupby(pairs.group).mean()
+    return diffs.astype(float)
 
 
 def judge(claim: Claim, runs: pd.DataFrame) -> dict:
@@ -97,35 +134,50 @@ def judge(claim: Claim, runs: pd.DataFrame) -> dict:
     b, label_b = side(runs, claim.b, b_part)
     row = {"paper": claim.paper, "claim": claim.text, "a": label_a, "relation": claim.relation, "b": label_b,
            "verdict": "inconclusive", "diff_pp": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "n_a": len(a), "n_b": len(b), "reason": ""}
+           "n_a": len(a), "n_b": len(b), "groups": 0, "seeds_needed": pd.NA, "reason": ""}
     if claim.a == UNSEEN and not len(a):
         return {**row, "reason": "no unseen-teacher runs"}
     if not len(a) or not len(b):
         return {**row, "reason": "no runs of " + " or ".join(l for l, s in ((label_a, a), (label_b, b)) if not len(s))}
-    if len(a) < 2 or len(b) < 2:
-        return {**row, "diff_pp": float(a.mean() - b.mean()), "reason": f"too few seeds (n={len(a)} vs {len(b)})"}
-    diff, lo, hi = welch_ci(a, b)
+    diffs = paired_differences(a, b)
+    row["groups"] = len(diffs)
+    if not len(diffs):
+        return {**row, "reason": "no seed has both sides on one group of teachers"}
+    if len(diffs) < MIN_GROUPS:
+        return {**row, "diff_pp": float(diffs.mean()), "seeds_needed": MIN_GROUPS,
+                "reason": f"{len(diffs)} distinct group: too few"}
+    if float(diffs.std(ddof=1)) == 0:
+        return {**row, "diff_pp": float(diffs.mean()),
+                "reason": f"the same difference on all {len(diffs)} groups: no spread, no interval"}
+    diff, lo, hi = paired_ci(diffs)
     v, reason = verdict(claim.relation, lo, hi)
-    return {**row, "verdict": v, "diff_pp": diff, "ci_low": lo, "ci_high": hi, "reason": reason}
+    needed = seeds_needed(claim.relation, diff, float(diffs.std(ddof=1))) if v == "inconclusive" else pd.NA
+    if v == "inconclusive":
+        reason += f"; ~{needed} groups would decide it" if needed is not None else \
+            f"; more than {MAX_SEEDS} groups would be needed"
+    return {**row, "verdict": v, "diff_pp": diff, "ci_low": lo, "ci_high": hi, "seeds_needed": needed,
+            "reason": reason}
 
 
 def claim_table(runs: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
     """One row per claim per setting (in claim order, then the table's column order)."""
     rows = [{"setting": s, **judge(c, runs[runs.setting == s])} for c in CLAIMS for s in settings]
     cols = ["paper", "claim", "setting", "a", "relation", "b", "verdict", "diff_pp", "ci_low", "ci_high", "n_a",
-            "n_b", "reason"]
+            "n_b", "groups", "seeds_needed", "reason"]
     return pd.DataFrame(rows, columns=cols)
 
 
 def claims_render(table: pd.DataFrame, grid: str) -> tuple[str, str]:
     """(Markdown, LaTeX) of the claim table."""
-    header = ["paper", "claim", "setting", "verdict", "Δ top-1 (pp)", "95% CI (pp)", "n (A, B)", "reason"]
+    header = ["paper", "claim", "setting", "verdict", "Δ top-1 (pp)", "95% CI (pp)", "groups", "runs (A, B)",
+              "reason"]
     cells = pd.DataFrame([[r.paper, r.claim, r.setting, r.verdict, fmt(r.diff_pp),
-                          DASH if pd.isna(r.ci_low) else f"[{r.ci_low:.2f}, {r.ci_high:.2f}]", f"{r.n_a}, {r.n_b}",
-                          r.reason] for r in table.itertuples()], columns=header)
-    md = (f"# {grid}: claims\n\nA and B are the two sides of each claim (A = the left side); Δ = mean top-1(A) − "
-          f"mean top-1(B), in percentage points (pp). {RULES}\n\n" + md_table(cells))
-    return md, tex_table(cells, f"{grid}: claims. {RULES}", align="llllrrrl")
+                          DASH if pd.isna(r.ci_low) else f"[{r.ci_low:.2f}, {r.ci_high:.2f}]", str(r.groups),
+                          f"{r.n_a}, {r.n_b}", r.reason] for r in table.itertuples()], columns=header)
+    md = (f"# {grid}: claims\n\nA and B are the two sides of each claim (A = the left side), in percentage "
+          f"points (pp); groups: the distinct groups of teachers behind the paired differences. {RULES}\n\n"
+          + md_table(cells))
+    return md, tex_table(cells, f"{grid}: claims. {RULES}", align="llllrrrrl")
 
 
 # --- Allen-Zhu & Li's published WRN-28-10 numbers ---------------------------------------------

@@ -36,8 +36,8 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
                        zip(column(done, "variant"), done.method)]
     done["teacher_part"] = column(done, "teacher_part", "meta_train")
     done["setting"] = [setting_label(a, d, i) for a, d, i in zip(done.arch, done.dataset, column(done, "init"))]
-    for metric in ("top1", "top5", "nll", "ece"):
-        done[metric] = pd.to_numeric(done[metric], errors="coerce")
+    for metric in ("top1", "top5", "nll", "ece", "val_top1"):
+        done[metric] = pd.to_numeric(column(done, metric), errors="coerce")
     return done
 
 

@@ -37,14 +37,15 @@ from bench.errors import BenchError, cli
 from bench.io import atomic_write_bytes
 from bench.paths import results_root
 from bench.plan import STAGES, Roots
-from bench.report.claims import anchors, claim_table, claims_render
+from bench.report.claims import anchors, claim_table, claims_render, groups_of
 from bench.report.frame import (DASH, WF_METHODS, column, csv_text, fmt, label_runs, md_table, method_runs,
                                 order_columns, order_rows, setting_label, tex_table)
 from bench.report.plots import write_ablations
 from bench.store import load_records
 
 __all__ = ["METRICS", "cell_stats", "grid_plan", "report", "main"]
-METRICS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "nll": "NLL (nats)", "ece": "ECE (%)"}
+METRICS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "nll": "NLL (nats)", "ece": "ECE (%)",
+           "val_top1": "val top-1 (%): where settings are chosen"}
 LOWER_IS_BETTER = ("nll", "ece")
 FORMATS = ("md", "tex", "csv")
 OUTPUTS = {f"{n}.{f}" for n in ("main_table", "claims", "costs") for f in FORMATS} | {"ablations.csv", "anchors.md"}
@@ -90,18 +91,24 @@ def grid_plan(grid: str | Path, scales: set[str] | None = None) -> Plan | None:
 # --- main table --------------------------------------------------------------------------------
 
 def cell_stats(runs: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
-    """variant, method, setting, mean, std (n-1), n of a metric over the finished method runs."""
+    """variant, method, setting, mean, std (n-1), n, groups (distinct groups of teachers behind
+    the runs) of a metric over the finished method runs."""
     done = method_runs(runs)
-    stats = done.groupby(["variant", "setting"])[metric].agg(mean="mean", std="std", n="count").reset_index()
+    done = done.assign(group=groups_of(done))
+    done = done[done[metric].notna()]
+    stats = done.groupby(["variant", "setting"]).agg(mean=(metric, "mean"), std=(metric, "std"), n=(metric, "count"),
+                                                     groups=("group", "nunique")).reset_index()
     method = done.groupby("variant").method.first()
     stats.insert(1, "method", [method[v] for v in stats.variant])
     return stats
 
 
-def cell_text(mean: float, std: float, n: int, expected: int | None, digits: int) -> str:
+def cell_text(mean: float, std: float, n: int, expected: int | None, digits: int, groups: int | None = None) -> str:
     of = f" of {expected}" if expected and n < expected else ""
+    # The distinct groups of teachers behind the runs: fewer than runs means repeated replicates.
+    g = f", {groups} group{'s' if groups != 1 else ''}" if groups else ""
     # With one seed there is no spread to report: the cell says so instead of "± 0".
-    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n}{of})" if n > 1 else f"{mean:.{digits}f} (n=1{of})"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n}{of}{g})" if n > 1 else f"{mean:.{digits}f} (n=1{of})"
 
 
 def table_cells(stats: pd.DataFrame, metric: str, settings: list[str], plan: Plan | None,
@@ -118,7 +125,7 @@ def table_cells(stats: pd.DataFrame, metric: str, settings: list[str], plan: Pla
             expected = plan.expected.get((v, s), 0) if plan else None
             if (v, s) in by_cell:
                 r = by_cell[v, s]
-                cells.loc[v, s] = cell_text(r.mean, r.std, r.n, expected, digits)
+                cells.loc[v, s] = cell_text(r.mean, r.std, r.n, expected, digits, r.groups)
             elif plan is None:
                 cells.loc[v, s] = "missing"
             elif expected:
@@ -144,16 +151,16 @@ def failed_cells(runs: pd.DataFrame) -> Counter:
 
 def render_main(runs: pd.DataFrame, settings: list[str], plan: Plan | None, grid: str, stale: int):
     """(markdown, tex, long csv frame) of the four metric tables."""
-    md = [f"# {grid}: last-epoch metrics, mean ± std over seeds (n runs)\n",
-          "Best per column in bold. \"missing (k of n runs)\": k of the n runs the grid plans finished; "
+    md = [f"# {grid}: last-epoch metrics, mean ± std over seeds (n runs, k distinct groups of teachers)\n",
+          "Test split. Best per column in bold. \"missing (k of n runs)\": k of the n runs the grid plans finished; "
           "\"—\": the grid does not plan that cell.\n"]
     if stale:
         md.append(f"({stale} records of runs the grid no longer plans were left out.)\n")
     tex, long = [], []
     for metric, title in METRICS.items():
         stats = cell_stats(runs, metric)
-        if stats.empty and not (plan and plan.expected):
-            continue
+        if stats.empty and (metric.startswith("val_") or not (plan and plan.expected)):
+            continue  # records written before val existed have no val table
         cells, best = table_cells(stats, metric, settings, plan, failed_cells(runs))
         shown, bold = cells.reset_index(), best.reset_index(drop=True)
         bold.insert(0, "method", False)
@@ -167,7 +174,7 @@ def render_main(runs: pd.DataFrame, settings: list[str], plan: Plan | None, grid
     failed = runs[runs.status == "failed"]
     if len(failed):
         md.append("## Failed runs\n\n" + "".join(f"- {line}\n" for line in failed_lines(runs)))
-    cols = ["method", "variant", "setting", "metric", "mean", "std", "n", "expected", "best"]
+    cols = ["method", "variant", "setting", "metric", "mean", "std", "n", "groups", "expected", "best"]
     frame = pd.concat(long)[cols] if long else pd.DataFrame(columns=cols)
     if len(frame):  # long form in table order: metric, row, column
         rank = {"metric": list(METRICS), "variant": order_rows(dict(zip(frame.variant, frame.method))),

@@ -35,6 +35,13 @@ _WEIGHTED = (nn.Conv2d, nn.Linear)
 _NORM = nn.BatchNorm2d
 # BatchNorm tensors indexed by channel; num_batches_tracked is a scalar count and is never permuted.
 _NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
+# Weight matching's objective is over weights and biases only (Git Re-Basin's): running statistics
+# describe the data a network saw, not what it computes, and are permuted along without counting.
+_STATISTICS = ("running_mean", "running_var")
+
+
+def _in_objective(key: str) -> bool:
+    return not key.endswith(_STATISTICS)
 
 
 @dataclass(frozen=True)
@@ -246,7 +253,7 @@ def _canonical_start(spec: PermutationSpec, ref: Mapping[str, torch.Tensor],
     perms: Perms = {}
     for g, n in spec.sizes.items():
         rank = lambda sd: torch.stack([_rows(sd[k], a).double().square().sum(1)
-                                       for k, a in spec.groups[g]]).sum(0).argsort(stable=True)
+                                       for k, a in spec.groups[g] if _in_objective(k)]).sum(0).argsort(stable=True)
         start = torch.empty(n, dtype=torch.long)
         start[rank(ref)] = rank(other)
         perms[g] = start
@@ -255,7 +262,8 @@ def _canonical_start(spec: PermutationSpec, ref: Mapping[str, torch.Tensor],
 
 def weight_matching(spec: PermutationSpec, reference_sd: Mapping[str, torch.Tensor],
                     other_sd: Mapping[str, torch.Tensor], max_iter: int = 100, seed: int = 0) -> Perms:
-    """Permutations that make `other_sd` most similar to `reference_sd` (sum of inner products).
+    """Permutations that make `other_sd` most similar to `reference_sd` (sum of inner products of
+    the weights and biases; BatchNorm running statistics are permuted but not counted).
 
     Coordinate descent: groups are visited in a random order (seeded, new each sweep); each one is
     solved exactly as a linear assignment with all other groups held fixed. It starts from
@@ -281,7 +289,8 @@ def weight_matching(spec: PermutationSpec, reference_sd: Mapping[str, torch.Tens
             # group permutes, with the other axes of those tensors aligned by the current perms.
             similarity = torch.zeros(n, n)
             for key, axis in spec.groups[g]:
-                similarity += _rows(ref[key], axis) @ _rows(_permute(spec, key, other[key], perms, axis), axis).T
+                if _in_objective(key):
+                    similarity += _rows(ref[key], axis) @ _rows(_permute(spec, key, other[key], perms, axis), axis).T
             _, cols = linear_sum_assignment(similarity.numpy(), maximize=True)
             new = torch.from_numpy(cols).long()
             rows = torch.arange(n)
