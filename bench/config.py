@@ -94,6 +94,16 @@ class Grid:
     methods: tuple[MethodSpec, ...]
 
 
+def per_arch(value: Any) -> bool:
+    """Whether an option value is given per architecture: {vgg11: ..., resnet50: ...}."""
+    return isinstance(value, dict) and bool(value) and set(value) <= set(ARCHS)
+
+
+def for_arch(options: dict[str, Any], arch: str) -> dict[str, Any]:
+    """A method's options on a pool of `arch`, values given per architecture resolved."""
+    return {k: v[arch] if per_arch(v) else v for k, v in options.items()}
+
+
 def method_applies(options: dict[str, Any], pool: PoolSpec) -> bool:
     """Whether a method's `archs` / `inits` filters let it run on `pool`."""
     return pool.arch in options.get("archs", [pool.arch]) and pool.init in options.get("inits", [pool.init])
@@ -236,9 +246,17 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
             available = len(p.meta_train_members if m_part == "meta_train" else p.held_out_members)
             if m_n > available and method_applies(opts, p):
                 raise r.fail(where, f"N = {m_n} is larger than pool {p.name}'s {m_part} part ({available} members)")
-        typed = method_options(name, opts, f"{path}: {where}")
-        if isinstance(typed, WeightFormerOptions):  # the WeightFormer it needs, at this scale's defaults
-            typed.wf_config(scale, f"{path}: {where}")
+        # A value may be given per architecture (a setting chosen on val for each): every pool the
+        # method runs on needs one, and each pool's resolved options are checked.
+        archs = [p.arch for p in pools if method_applies(opts, p)]
+        for key, value in opts.items():
+            missing = [a for a in archs if per_arch(value) and a not in value]
+            if missing:
+                raise r.fail(f"{where}.{key}", f"no value for arch {missing[0]!r} (given: {', '.join(value)})")
+        for arch in sorted(set(archs)) or [None]:
+            typed = method_options(name, opts if arch is None else for_arch(opts, arch), f"{path}: {where}")
+            if isinstance(typed, WeightFormerOptions):  # the WeightFormer it needs, at this scale's defaults
+                typed.wf_config(scale, f"{path}: {where}")
         methods.append(MethodSpec(name, opts, str(variant)))
     return Grid(path.stem, path, scale, str(top.get("description", "")), n_teachers, seeds, part,
                 tuple(pools), tuple(methods))

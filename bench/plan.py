@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
-from bench.config import Grid, PoolSpec, method_applies
+from bench.config import Grid, PoolSpec, for_arch, method_applies
 from bench.errors import BenchError
 from bench.methods import meta_train_config
 from bench.models import ARCH_SPECS
@@ -150,14 +150,15 @@ class MethodsStage:
             for m in grid.methods:
                 if not method_applies(m.options, p):
                     continue
-                n = m.options.get("n_teachers", grid.n_teachers)
-                part = m.options.get("teacher_part", grid.teacher_part)
-                config = meta_train_config(m.name, m.options, p.scale)
+                options = for_arch(m.options, p.arch)
+                n = options.get("n_teachers", grid.n_teachers)
+                part = options.get("teacher_part", grid.teacher_part)
+                config = meta_train_config(m.name, options, p.scale)
                 meta = meta_train_spec(p, n, config) if config is not None else None
                 for seed in grid.seeds:
                     members = teacher_group(p, n, seed, part)
                     spec = {"stage": "methods", "method": m.name, "variant": m.variant,
-                            "options": dict(sorted(m.options.items())), "seed": seed, "n_teachers": n,
+                            "options": dict(sorted(options.items())), "seed": seed, "n_teachers": n,
                             "teacher_part": part, "members": members,
                             "teachers": [teacher_spec(p, k) for k in members]}
                     needs = [run_id(t) for t in spec["teachers"]]

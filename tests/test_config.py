@@ -38,6 +38,26 @@ def test_per_scale_values_are_picked(tmp_path):
     assert tiny.pools[0].name == "vgg11-digits-tiny-scratch"
 
 
+def test_an_option_may_be_given_per_architecture(tmp_path):
+    from bench.plan import STAGES, Roots
+
+    text = POOL.replace("members: 4", "members: 5").replace("methods: [single, ensemble]", """  - arch: resnet50
+    dataset: digits
+    members: 5
+    held_out: 1
+methods:
+  kd: {temperature: {vgg11: 1.0, resnet50: 4.0}, alpha: 0.5}
+""")
+    grid = load_grid(write(tmp_path, text), "tiny")
+    jobs = STAGES["methods"].plan(grid, Roots(tmp_path, tmp_path))
+    assert {(j.spec["teachers"][0]["arch"], j.spec["options"]["temperature"]) for j in jobs} == {
+        ("vgg11", 1.0), ("resnet50", 4.0)}
+    with pytest.raises(BenchError, match=r"methods.kd.temperature: no value for arch 'resnet50' \(given: vgg11\)"):
+        load_grid(write(tmp_path, text.replace(", resnet50: 4.0", "")), "tiny")
+    with pytest.raises(BenchError, match="temperature"):  # each arch's value is checked
+        load_grid(write(tmp_path, text.replace("resnet50: 4.0", "resnet50: -4.0")), "tiny")
+
+
 @pytest.mark.parametrize("text, words", [
     (POOL.replace("members: 4", "memebers: 4"), ["g.yaml", "pools[0]", "'memebers'", "members, held_out"]),
     (POOL.replace("arch: vgg11", "arch: vgg19"), ["pools[0].arch", "'vgg19'", "resnet50, vgg11, vit_b32"]),

@@ -8,13 +8,15 @@ from bench.errors import BenchError
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint():
-    train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
-    assert len(train) + len(test) == 1797 and len(test) == 450
+    train, val, test = (load_dataset("digits", split=s) for s in ("train", "val", "test"))
+    assert len(train) + len(val) + len(test) == 1797 and len(test) == 450 and len(val) == 269
     assert train.images.shape[1:] == (1, 16, 16) and train.images.dtype == torch.uint8
-    share = test.labels.bincount(minlength=10).float() / train.labels.bincount(minlength=10).float()
+    share = test.labels.bincount(minlength=10).float() / (train.labels.bincount(minlength=10).float()
+                                                           + val.labels.bincount(minlength=10).float())
     assert torch.allclose(share, torch.full((10,), 1 / 3), atol=0.03)  # 25 % / 75 % in every class
     flat = lambda s: {bytes(x.flatten().numpy()) for x in s.images}
-    assert len(flat(train) & flat(test)) < 5  # a handful of digits are pixel-identical twins
+    for a, b in ((train, test), (train, val), (val, test)):
+        assert len(flat(a) & flat(b)) < 5  # a handful of digits are pixel-identical twins
     again = load_dataset("digits", split="test")
     assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
 
@@ -29,8 +31,8 @@ def test_digits_sizes_and_channels():
 def test_unknown_dataset_and_split_are_refused():
     with pytest.raises(BenchError, match="unknown dataset 'mnist'; valid: cifar10, cifar100, digits"):
         load_dataset("mnist")
-    with pytest.raises(BenchError, match="unknown split 'val'"):
-        load_dataset("digits", split="val")
+    with pytest.raises(BenchError, match="unknown split 'dev'; valid: test, train, val"):
+        load_dataset("digits", split="dev")
     with pytest.raises(BenchError, match="needs a data root"):
         load_dataset("cifar10")
 
