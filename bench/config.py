@@ -1,8 +1,10 @@
 """Grid files (`sweeps/<grid>.yaml`) validated into dataclasses before anything runs.
 
 A grid names teacher pools and the methods evaluated on groups of their members. Any value may
-be given per scale as `{paper: ..., tiny: ...}`; `load_grid(grid, scale)` picks one. Every
-error names the file, the key and the allowed values, and is raised before any job exists.
+be given per scale as `{paper: ..., tiny: ...}`; `load_grid(grid, scale)` picks one. A method
+option may also be given per architecture (`{vgg11: ..., resnet50: ...}`: a setting chosen on val
+for each); every pool the method runs on needs a value. Every error names the file, the key and
+the allowed values, and is raised before any job exists.
 
     description: what the grid reproduces
     n_teachers: 4            # N, teachers per ensemble
