@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bench.data import ImageSet, dataset_spec, load_dataset
+from bench.data import ImageSet, dataset_spec, load_dataset, take
 from bench.data.memory import DeviceLoader, channel_stats
 from bench.errors import BenchError
 from bench.system import world
@@ -47,9 +47,9 @@ def _subset(data, fraction: float, seed: int):
     keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:max(1, round(fraction * len(data)))]
     keep = keep.sort().values
     if isinstance(data, ImageSet):  # rows keep their index in the whole split
-        extras = {"index": torch.arange(len(data)), **data.extras}
-        return ImageSet(data.name, data.split, data.images[keep], data.labels[keep], data.classes,
-                        {k: v[keep] for k, v in extras.items()})
+        indexed = ImageSet(data.name, data.split, data.images, data.labels, data.classes,
+                           {"index": torch.arange(len(data)), **data.extras})
+        return take(indexed, keep, data.split)
     return torch.utils.data.Subset(data, keep.tolist())
 
 
