@@ -23,8 +23,10 @@ the allowed values, and is raised before any job exists.
 
 A method may appear several times as variants `name/label` (one table row each), e.g.
 `weightformer/unseen: {teacher_part: held_out}`. Besides its own options any method takes
-`archs` / `inits` (run only on pools of these architectures / initialisations), `n_teachers` and
-`teacher_part` (override the grid's N and part for that row). A method's own options are typed
+`archs` / `inits` / `pools` (run only on pools of these architectures / initialisations / names),
+`n_teachers` and `teacher_part` (override the grid's N and part for that row) and `pool_size` (the
+meta-train part is its first `pool_size` members: seen groups are drawn from them and a WeightFormer
+is meta-trained on them; the teachers stage trains only the members some job uses). A method's own options are typed
 (bench.options): each value is checked against its allowed range when the grid loads.
 """
 from __future__ import annotations
@@ -107,8 +109,9 @@ def for_arch(options: dict[str, Any], arch: str) -> dict[str, Any]:
 
 
 def method_applies(options: dict[str, Any], pool: PoolSpec) -> bool:
-    """Whether a method's `archs` / `inits` filters let it run on `pool`."""
-    return pool.arch in options.get("archs", [pool.arch]) and pool.init in options.get("inits", [pool.init])
+    """Whether a method's `archs` / `inits` / `pools` filters let it run on `pool`."""
+    return (pool.arch in options.get("archs", [pool.arch]) and pool.init in options.get("inits", [pool.init])
+            and pool.name in options.get("pools", [pool.name]))
 
 
 def grid_names() -> list[str]:
@@ -242,12 +245,25 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
             r.choice(arch, f"{where}.archs", ARCHS)
         for init in opts.get("inits", []):
             r.choice(init, f"{where}.inits", INITS)
+        for name_ in opts.get("pools", []):
+            r.choice(name_, f"{where}.pools", names)
+        pool_size = r.count(opts["pool_size"], f"{where}.pool_size", 1) if "pool_size" in opts else None
         m_part = r.choice(opts.get("teacher_part", part), f"{where}.teacher_part", TEACHER_PARTS)
         m_n = r.count(opts.get("n_teachers", n_teachers), f"{where}.n_teachers", 1)
         for p in pools:
-            available = len(p.meta_train_members if m_part == "meta_train" else p.held_out_members)
-            if m_n > available and method_applies(opts, p):
+            if not method_applies(opts, p):
+                continue
+            meta_train = len(p.meta_train_members)
+            if pool_size is not None and pool_size > meta_train:
+                raise r.fail(f"{where}.pool_size", f"{pool_size} is larger than pool {p.name}'s meta-train part "
+                                                   f"({meta_train} members)")
+            if pool_size is not None and m_n > pool_size:
+                raise r.fail(f"{where}.pool_size", f"{pool_size} members cannot make a group of N = {m_n}")
+            available = len(p.held_out_members) if m_part == "held_out" else min(meta_train, pool_size or meta_train)
+            if m_n > available:
                 raise r.fail(where, f"N = {m_n} is larger than pool {p.name}'s {m_part} part ({available} members)")
+        if opts.get("fit_group") is True and m_part != "meta_train":
+            raise r.fail(f"{where}.fit_group", "fits the group it is tested on: it needs teacher_part meta_train")
         # A value may be given per architecture (a setting chosen on val for each): every pool the
         # method runs on needs one, and each pool's resolved options are checked.
         archs = [p.arch for p in pools if method_applies(opts, p)]

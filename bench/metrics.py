@@ -10,6 +10,9 @@ ECE_BINS = 15
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> dict[str, float]:
     """top1 / top5 accuracy and ECE in percent, NLL in nats per image.
 
+    NLL clamps each image's probability of its label at 1e-12, so one image adds at most
+    -ln(1e-12) = 27.6 nats (a model sure of a wrong class would otherwise make the mean infinite).
+
     ECE: images binned by confidence (max probability) into `bins` equal-width bins on
     (0, 1]; the mean |accuracy - confidence| per bin, weighted by the bin's share of images.
     """
@@ -29,6 +32,19 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, bins: int 
             ece += in_bin.double().mean() * (correct[in_bin].mean() - conf[in_bin].mean()).abs()
     return {"top1": 100 * correct.mean().item(), "top5": 100 * top5.mean().item(),
             "nll": nll.mean().item(), "ece": 100 * ece.item(), "n_test": n}
+
+
+@torch.no_grad()
+def kl_from(reference: torch.Tensor, probs: torch.Tensor) -> float:
+    """KL(reference || probs) in nats, the mean over images (both clamped at 1e-12 inside the log)."""
+    reference, probs = reference.double().cpu(), probs.double().cpu()
+    return float((reference * (reference.clamp_min(1e-12).log() - probs.clamp_min(1e-12).log())).sum(1).mean())
+
+
+@torch.no_grad()
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """% of images on which two models' top classes agree."""
+    return 100.0 * float((a.argmax(1).cpu() == b.argmax(1).cpu()).double().mean())
 
 
 def for_split(metrics: dict[str, float], split: str) -> dict[str, float]:

@@ -28,7 +28,7 @@ from bench.errors import BenchError
 
 # Options any method takes besides its own: they choose pools and teachers, not the method's
 # work, and bench.config checks them against the grid's pools.
-COMMON_OPTIONS = ("archs", "inits", "n_teachers", "teacher_part")
+COMMON_OPTIONS = ("archs", "inits", "pools", "n_teachers", "teacher_part", "pool_size")
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,7 @@ class Options:
 # --- WeightFormer -----------------------------------------------------------------------------
 
 OUTPUTS = ("direct", "residual_anchor", "residual_mean")
+DISTILL_ON = ("train", "transfer")
 ALIGNS = ("none", "weight_matching")
 
 
@@ -159,6 +160,16 @@ class WFConfig(Options):
     # `compile` runs the blocks through torch.compile on a GPU (ignored on a CPU).
     checkpointing: bool = flag(False)
     compile: bool = flag(False)
+    # Training to convergence: with `patience` > 0, the val KL (eq. 1 on `val_images` val images for
+    # `val_groups` fixed groups of the meta-train members) is measured every `checkpoint_every`
+    # steps; the run stops `patience` measurements after the best one and keeps the best weights;
+    # `steps` is then the most it may take.
+    patience: int = whole(0, ge=0)
+    val_groups: int = whole(8, ge=1)
+    val_images: int = whole(1024, ge=1)
+    # The images eq. 1 is computed on: the teachers' training split, or a transfer split the
+    # teachers never saw (data sets that have one: bench.data.DatasetSpec.transfer).
+    distill_on: str = choice("train", DISTILL_ON)
 
     def check(self, where: str) -> None:
         if self.d_model % self.heads:
@@ -168,7 +179,8 @@ class WFConfig(Options):
         """The fields a run id, a WeightFormer's folder and its record carry: every field, but the
         ones that say how a step runs (HOW_FIELDS) only where they are on, so the configs written
         before those fields existed keep their run ids and their WeightFormers are found."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in HOW_FIELDS or v}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if (k not in HOW_FIELDS or v) and (k not in LATER_FIELDS or v != LATER_FIELDS[k])}
 
     def validate(self) -> WFConfig:
         """This config, every field checked (one read back from a job spec or a checkpoint)."""
@@ -176,6 +188,9 @@ class WFConfig(Options):
 
 
 HOW_FIELDS = ("checkpointing", "compile")  # off by default; neither changes the model or the loss
+# Fields added after WeightFormers were first meta-trained: left out of the identity at their
+# defaults (which is how those earlier runs trained), so those runs keep their ids.
+LATER_FIELDS = {"patience": 0, "val_groups": 8, "val_images": 1024, "distill_on": "train"}
 
 SCALE_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {},
@@ -211,6 +226,7 @@ class DistillOptions(Options):
     temperature: float = number(4.0, gt=0)
     alpha: float = number(0.9, ge=0, le=1)
     epochs: int | None = whole(None, ge=1, none="the pool recipe's")
+    distill_on: str = choice("train", DISTILL_ON)  # the student's training images (WFConfig.distill_on)
 
 
 @dataclass(frozen=True)
@@ -247,7 +263,20 @@ class WeightFormerOptions(Options):
     checkpoint_every: int | None = _given("checkpoint_every")
     checkpointing: bool | None = _given("checkpointing")
     compile: bool | None = _given("compile")
+    patience: int | None = _given("patience")
+    val_groups: int | None = _given("val_groups")
+    val_images: int | None = _given("val_images")
+    distill_on: str | None = _given("distill_on")
     bn_batches: int = whole(50, ge=1)
+    # Meta-trained on the job's own group alone (the plan's choice, not the model's:
+    # bench.plan.meta_train_members), one WeightFormer per seed: how well it can fit one ensemble,
+    # the first rung of the capacity ladder. Otherwise on the meta-train part (its first
+    # `pool_size` members where the common option `pool_size` says so).
+    fit_group: bool = flag(False)
+    # Students predicted from the group's anchor with this many other partner sets (drawn from the
+    # group's part, bench.plan.partner_sets): their test agreement with this student says whether it
+    # depends on its partners at all. 0: not measured.
+    partner_sets: int = whole(0, ge=0)
 
     def wf_config(self, scale: str, where: str = "weightformer") -> WFConfig:
         """The WeightFormer config these options ask for at `scale`."""
@@ -264,3 +293,4 @@ class WeightFormerFTOptions(WeightFormerOptions):
     ft_lr: float | None = number(None, gt=0, none="a tenth of the recipe's lr")
     ft_temperature: float = number(4.0, gt=0)
     alpha: float = number(0.9, ge=0, le=1)
+    ft_on: str = choice("train", DISTILL_ON)  # the fine-tuning's images

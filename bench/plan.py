@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import torch
 
@@ -75,8 +75,13 @@ class TeachersStage:
     name = "teachers"
 
     def plan(self, grid: Grid, roots: Roots) -> list[Job]:
-        return [Job(self.name, teacher_spec(p, k), f"{p.name}/member-{k}")
-                for p in grid.pools for k in range(p.members)]
+        """The members some later job needs (a pool declared larger than its grid uses trains only
+        what is used: a zoo of 512 whose held-out part is its last 6 costs the members drawn)."""
+        needed = {n for job in MethodsStage().plan(grid, roots)
+                  for n in job.needs + [run_id(t) for t in job.spec.get("meta_train", {}).get("teachers", [])]}
+        return [Job(self.name, spec, f"{p.name}/member-{k}")
+                for p in grid.pools for k in range(p.members)
+                if run_id(spec := teacher_spec(p, k)) in needed]
 
     def units(self, jobs: list[Job], stack: int) -> list[list[Job]]:
         """Members of one pool and recipe, at most `stack` per unit, in plan order; one per unit
@@ -92,12 +97,19 @@ class TeachersStage:
         return (member_dir(roots, job.spec) / "model.json").exists() and record_path(roots, grid, job).exists()
 
 
-def teacher_group(pool: PoolSpec, n: int, seed: int, part: str = "meta_train") -> list[int]:
-    """Method seed s's group: N members of the pool's meta-train (or held-out) part in a random
-    order whose first member is the group's anchor (the teacher a WeightFormer student starts
-    from). Seeds 0, 1, ... draw distinct groups (as sets), so replicates are independent; a part
-    too small for that many distinct groups is refused."""
-    members = pool.meta_train_members if part == "meta_train" else pool.held_out_members
+def part_members(pool: PoolSpec, part: str, pool_size: int | None = None) -> tuple[int, ...]:
+    """The members of a pool's part: held-out, or meta-train (its first `pool_size`; None: all)."""
+    if part == "held_out":
+        return pool.held_out_members
+    return pool.meta_train_members[:pool_size]
+
+
+def teacher_group(pool: PoolSpec, n: int, seed: int, part: str = "meta_train", pool_size: int | None = None) -> list[int]:
+    """Method seed s's group: N members of the pool's meta-train (its first `pool_size`) or held-out
+    part in a random order whose first member is the group's anchor (the teacher a WeightFormer
+    student starts from). Seeds 0, 1, ... draw distinct groups (as sets), so replicates are
+    independent; a part too small for that many distinct groups is refused."""
+    members = part_members(pool, part, pool_size)
     try:
         return list(distinct_groups(tuple(members), n, seed + 1)[seed])
     except BenchError as err:
@@ -126,11 +138,42 @@ def distinct_groups(members: tuple[int, ...], n: int, count: int) -> tuple[tuple
     return tuple(groups)
 
 
-def meta_train_spec(pool: PoolSpec, n: int, config: dict[str, Any]) -> dict[str, Any]:
-    """A WeightFormer meta-trained on the pool's meta-train part for groups of n, with `config`
-    (the resolved bench.weightformer.config.WFConfig)."""
-    return {"stage": "meta_train", "pool": pool.name, "n_teachers": n, "members": list(pool.meta_train_members),
-            "teachers": [teacher_spec(pool, k) for k in pool.meta_train_members], "wf": config}
+def meta_train_spec(pool: PoolSpec, n: int, config: dict[str, Any],
+                    members: Sequence[int] | None = None) -> dict[str, Any]:
+    """A WeightFormer meta-trained for groups of n with `config` (the resolved
+    bench.options.WFConfig) on `members` (default: the pool's whole meta-train part)."""
+    members = list(pool.meta_train_members if members is None else members)
+    return {"stage": "meta_train", "pool": pool.name, "n_teachers": n, "members": members,
+            "teachers": [teacher_spec(pool, k) for k in members], "wf": config}
+
+
+def partner_sets(pool: PoolSpec, group: Sequence[int], count: int, seed: int, part: str,
+                 pool_size: int | None = None) -> list[list[int]]:
+    """`count` other groups with the same anchor (group[0]) and other partners from the same part,
+    each a distinct set, drawn from a generator of the seed: the students WeightFormer predicts for
+    them, set against this group's, say whether its prediction depends on the partners at all."""
+    anchor, n = group[0], len(group)
+    others = [k for k in part_members(pool, part, pool_size) if k != anchor]
+    if math.comb(len(others), n - 1) - 1 < count:
+        raise BenchError(f"pool {pool.name}, {part} part: {len(others) + 1} members leave no {count} other "
+                         f"partner sets for anchor {anchor}; lower partner_sets")
+    gen = torch.Generator().manual_seed(1_000_003 + seed)
+    seen, sets = {frozenset(group[1:])}, []
+    while len(sets) < count:
+        pick = [others[i] for i in torch.randperm(len(others), generator=gen)[:n - 1].tolist()]
+        if frozenset(pick) not in seen:
+            seen.add(frozenset(pick))
+            sets.append([anchor, *pick])
+    return sets
+
+
+def meta_train_members(pool: PoolSpec, options: dict[str, Any], group: Sequence[int]) -> list[int]:
+    """What a WeightFormer method's meta-training draws its groups from: the job's own group
+    (`fit_group`: the capacity check, one WeightFormer per seed), the first `pool_size` members of
+    the meta-train part, or all of it."""
+    if options.get("fit_group"):
+        return list(group)
+    return list(part_members(pool, "meta_train", options.get("pool_size")))
 
 
 def weightformer_dir(roots: Roots, spec: dict[str, Any]) -> Path:
@@ -154,15 +197,20 @@ class MethodsStage:
                 n = options.get("n_teachers", grid.n_teachers)
                 part = options.get("teacher_part", grid.teacher_part)
                 config = meta_train_config(m.name, options, p.scale)
-                meta = meta_train_spec(p, n, config) if config is not None else None
                 for seed in grid.seeds:
-                    members = teacher_group(p, n, seed, part)
+                    members = teacher_group(p, n, seed, part, options.get("pool_size"))
                     spec = {"stage": "methods", "method": m.name, "variant": m.variant,
                             "options": dict(sorted(options.items())), "seed": seed, "n_teachers": n,
                             "teacher_part": part, "members": members,
                             "teachers": [teacher_spec(p, k) for k in members]}
                     needs = [run_id(t) for t in spec["teachers"]]
-                    if meta is not None:
+                    count = options.get("partner_sets", 0) if config is not None else 0
+                    if count:  # only where asked: the spec (so the run id) of every other job is unchanged
+                        spec["partners"] = [[teacher_spec(p, k) for k in ks] for ks in partner_sets(
+                            p, members, count, seed, part, options.get("pool_size"))]
+                        needs += [run_id(t) for ks in spec["partners"] for t in ks[1:]]
+                    if config is not None:
+                        meta = meta_train_spec(p, n, config, meta_train_members(p, options, members))
                         spec["meta_train"] = meta
                         needs.append(run_id(meta))
                     jobs.append(Job(self.name, spec, f"{p.name}/{m.variant}/seed-{seed}", needs=needs))

@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"
     init_from: str | None = None  # start from these weights (a checkpoint: fine-tuning a predicted student)
     train_fraction: float = 1.0   # train on this fixed, seeded fraction of the training split
+    train_split: str = "train"    # or "transfer" (a student distilled on images its teachers never saw)
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings (KD's T, ...)
 
     def resolved(self) -> "TrainConfig":
@@ -80,6 +81,7 @@ class TrainConfig:
         cfg.milestones = tuple(cfg.milestones)
         choose("optimizer", cfg.optimizer, OPTIMIZERS)
         choose("schedule", cfg.schedule, SCHEDULES)
+        choose("train_split", cfg.train_split, ("train", "transfer"))
         if not 0 < cfg.train_fraction <= 1:
             raise BenchError(f"train_fraction must be in (0, 1], got {cfg.train_fraction}")
         if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:

@@ -93,7 +93,12 @@ def run_meta_train(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, A
         _write_failed(records, base, err, t0)
         raise
     history = meta["history"]
+    # The curves (train KL per log point, val KL where early stopping watched it) go in the record:
+    # the report draws every meta-training's without reading the teachers' folders.
+    curve = [{k: row[k] for k in ("step", "kl", "val_kl") if k in row} for row in history]
     record = {**base, "status": "done", "meta_train_s": meta["meta_train_s"], "steps": meta["steps"],
+              "steps_run": meta.get("steps_run", meta["steps"]), "best_step": meta.get("best_step", meta["steps"]),
+              "wf_members": len(spec["members"]), "curve": curve,
               "kl_first": history[0]["kl"], "kl_last": history[-1]["kl"], "wf_parameters": meta["parameters"],
               "soft_label_cache": meta["soft_label_cache"], "wall_s": time.perf_counter() - t0}
     if records is not None:
@@ -119,6 +124,8 @@ def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]
                     data_root=data_root_of(teacher["recipe"]), scale=teacher["scale"],
                     recipe=teacher["recipe"], workdir=roots.results / grid / "students" / run_id(spec),
                     pool=teacher["pool"],
+                    partners=[[member_dir(roots, t) / "model.safetensors" for t in ts] for ts in spec.get("partners", [])],
+                    partner_members=[[t["member"] for t in ts] for ts in spec.get("partners", [])],
                     weightformer=weightformer_dir(roots, spec["meta_train"]) / "model.safetensors"
                     if "meta_train" in spec else None)
     # In a data-parallel job every rank runs the method; rank 0 alone writes the record.

@@ -31,7 +31,7 @@ def test_digits_sizes_and_channels():
 def test_unknown_dataset_and_split_are_refused():
     with pytest.raises(BenchError, match="unknown dataset 'mnist'; valid: cifar10, cifar100, digits"):
         load_dataset("mnist")
-    with pytest.raises(BenchError, match="unknown split 'dev'; valid: test, train, val"):
+    with pytest.raises(BenchError, match="unknown split 'dev'; valid: test, train, transfer, val"):
         load_dataset("digits", split="dev")
     with pytest.raises(BenchError, match="needs a data root"):
         load_dataset("cifar10")

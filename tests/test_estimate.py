@@ -42,7 +42,8 @@ def test_weightformer_count_by_layer_shape_equals_a_count_of_the_whole_step():
 
 def test_split_sizes_are_those_of_the_loaded_splits():
     for name in ("digits", "multiview", "testbed", "testbed_hard", "testbed_harder"):
-        assert {s: len(load_dataset(name, split=s)) for s in ("train", "val", "test")} == SPLIT_SIZES[name]
+        assert {s: len(load_dataset(name, split=s)) for s in SPLIT_SIZES[name]} == SPLIT_SIZES[name]
+    assert set(SPLIT_SIZES["testbed"]) == {"train", "val", "test", "transfer"}
 
 
 def tiny_jobs(tmp_path):

@@ -50,9 +50,10 @@ def grid_file(tmp_path, methods: str) -> Path:
      "methods.weightformer_ft.ft_lr: -1 is not a finite number > 0 or null (a tenth of the recipe's lr)"),
     ("  weightformer_ft: {alpha: 2}", "methods.weightformer_ft.alpha: 2 is not a number in [0, 1]"),
     ("  kd: {temprature: 2}",
-     "methods.kd: unknown key 'temprature'; valid: temperature, alpha, epochs, archs, inits, n_teachers, "
-     "teacher_part"),
-    ("  single: {alpha: 0.5}", "methods.single: unknown key 'alpha'; valid: archs, inits, n_teachers, teacher_part"),
+     "methods.kd: unknown key 'temprature'; valid: temperature, alpha, epochs, distill_on, archs, inits, pools, "
+     "n_teachers, teacher_part, pool_size"),
+    ("  single: {alpha: 0.5}", "methods.single: unknown key 'alpha'; valid: archs, inits, pools, n_teachers, "
+     "teacher_part, pool_size"),
 ])
 def test_a_bad_option_stops_the_grid_with_one_line_naming_file_key_value_and_range(tmp_path, methods, message):
     path = grid_file(tmp_path, methods + "\n")
@@ -99,7 +100,7 @@ def test_options_take_their_defaults_and_convert_ints_for_floats():
     ({"alpha": False}, "kd.alpha: False is not a number in [0, 1]"),
     ({"temperature": "4"}, "kd.temperature: '4' is not a finite number > 0"),
     ({"temperature": float("nan")}, "kd.temperature: nan is not a finite number > 0"),
-    ({"temp": 4}, "kd: unknown option 'temp'; valid: temperature, alpha, epochs"),
+    ({"temp": 4}, "kd: unknown option 'temp'; valid: temperature, alpha, epochs, distill_on"),
 ])
 def test_from_mapping_refuses_wrong_types_and_unknown_keys_in_one_line(raw, message):
     with pytest.raises(BenchError) as err:
@@ -121,9 +122,12 @@ def test_meta_train_config_is_the_resolved_weightformer_config_and_none_for_othe
     options = {"steps": 6, "d_model": 16, "heads": 2, "teacher_part": "held_out", "ft_epochs": 1}
     tiny = meta_train_config("weightformer_ft", options, "tiny")
     assert tiny == wf_config(options, "tiny").identity()
-    # How a step runs enters the identity only when on: tiny configs keep the run ids they had.
+    # How a step runs enters the identity only when on, and fields added later only away from their
+    # defaults: tiny configs keep the run ids they had.
     assert tiny == {k: v for k, v in dataclasses.asdict(wf_config(options, "tiny")).items()
-                    if k not in ("checkpointing", "compile")}
+                    if k not in ("checkpointing", "compile", "patience", "val_groups", "val_images", "distill_on")}
+    later = meta_train_config("weightformer_ft", {**options, "patience": 3, "distill_on": "transfer"}, "tiny")
+    assert later == {**tiny, "patience": 3, "distill_on": "transfer"}
     paper = meta_train_config("weightformer", {}, "paper")
     assert paper["d_model"] == 512 and paper["checkpointing"] is True and "compile" not in paper
     assert meta_train_config("kd", {"temperature": 2.0, "archs": ["vgg11"]}, "tiny") is None

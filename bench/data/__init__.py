@@ -20,6 +20,10 @@ from bench.errors import BenchError, choose
 # has no val split of its own, it is a fixed stratified part of train (`DatasetSpec.val_fraction`)
 # and `train` is the rest, so no image is in both.
 SPLITS = ("train", "val", "test")
+# An optional fourth split: images from the training distribution that no teacher trains on, on
+# which distillation and eq. 1 can be computed instead (`distill_on: transfer`); the data sets that
+# have one say so (`DatasetSpec.transfer`).
+TRANSFER = "transfer"
 VAL_SEED = 0
 # The view id loaders yield beside a sample index when its augmentation is not one of a finite set
 # of transforms (FFCV, torchvision files): no cache keyed by (index, view) can serve it.
@@ -71,6 +75,7 @@ class DatasetSpec:
     options: Mapping[str, Any] = field(default_factory=dict)  # the module's load() options: a preset
     # val = this fraction of each class of the module's train split; None: the module makes its own
     val_fraction: float | None = 0.1
+    transfer: bool = False  # has a TRANSFER split
 
 
 # The tiny testbeds: presets of multiview images (bench.data.multiview) with headroom, one per
@@ -83,18 +88,20 @@ class DatasetSpec:
 # accuracies they give, are in the README ("The tiny testbed").
 TESTBEDS: dict[str, dict[str, Any]] = {
     "testbed": dict(noise=0.8, feature_noise=0.4, single_view_fraction=0.4, n_train=3000, n_val=5000,
-                    n_test=20_000),
+                    n_test=20_000, n_transfer=3000),
     "testbed_hard": dict(noise=1.0, feature_noise=0.5, single_view_fraction=0.5, n_train=2000, n_val=5000,
-                         n_test=20_000),
+                         n_test=20_000, n_transfer=2000),
     "testbed_harder": dict(noise=1.3, feature_noise=0.6, single_view_fraction=0.6, n_train=1500, n_val=5000,
-                           n_test=20_000),
+                           n_test=20_000, n_transfer=1500),
 }
 TESTBED = TESTBEDS["testbed"]
 
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("digits", 10, 16, True, False, "translate2", val_fraction=0.2),
-    "multiview": DatasetSpec("multiview", 10, 16, True, False, "none", val_fraction=None),
-    **{name: DatasetSpec("multiview", 10, 16, True, False, "none", options=preset, val_fraction=None)
+    "multiview": DatasetSpec("multiview", 10, 16, True, False, "none", options={"n_transfer": 1000},
+                             val_fraction=None, transfer=True),
+    # The testbeds' transfer split is as large as their training split.
+    **{name: DatasetSpec("multiview", 10, 16, True, False, "none", options=preset, val_fraction=None, transfer=True)
        for name, preset in TESTBEDS.items()},
     "cifar10": DatasetSpec("cifar", 10, 32, True, True, "crop4_flip",
                            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -111,8 +118,9 @@ DATASETS: dict[str, DatasetSpec] = {
 # images, val 20 % of the rest; multiview and the testbed: their generators' sizes.
 SPLIT_SIZES: dict[str, dict[str, int]] = {
     "digits": {"train": 1078, "val": 269, "test": 450},
-    "multiview": {"train": 2000, "val": 1000, "test": 1000},
-    **{name: {"train": p["n_train"], "val": p["n_val"], "test": p["n_test"]} for name, p in TESTBEDS.items()},
+    "multiview": {"train": 2000, "val": 1000, "test": 1000, TRANSFER: 1000},
+    **{name: {"train": p["n_train"], "val": p["n_val"], "test": p["n_test"], TRANSFER: p["n_transfer"]}
+       for name, p in TESTBEDS.items()},
     "cifar10": {"train": 45_000, "val": 5_000, "test": 10_000},
     "cifar100": {"train": 45_000, "val": 5_000, "test": 10_000},
     "imagenet": {"train": 1_268_356, "val": 12_811, "test": 50_000},
@@ -131,7 +139,10 @@ def load_dataset(name: str, root: str | Path | None = None, split: str = "train"
     torch `Dataset` of (PIL RGB image, label).
     """
     spec = dataset_spec(name)
-    choose("split", split, SPLITS)
+    choose("split", split, (*SPLITS, TRANSFER))
+    if split == TRANSFER and not spec.transfer:
+        raise BenchError(f"dataset {name!r} has no {TRANSFER} split (data sets with one: "
+                         f"{', '.join(n for n, s in DATASETS.items() if s.transfer)})")
     if spec.needs_root and root is None:
         raise BenchError(f"dataset {name!r} needs a data root (--data-root or BENCH_DATA); "
                          f"see the README's data section for the layout")

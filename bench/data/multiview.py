@@ -7,7 +7,8 @@ single-view sample (`extras["single_view"]`) shows only one of them, so a model 
 another view of that class misses it; this is where ensembles and distillation help. A few
 patches carry small multiples of other classes' features (feature noise), and every patch gets
 small Gaussian noise. Class features come from the seed alone, so train and test share them;
-each split (train, val, test) draws its samples from its own stream of that seed.
+each split (train, val, test, and transfer where `n_transfer` > 0: images from the training
+distribution that teachers never see) draws its samples from its own stream of that seed.
 `bench.data.TESTBED` is the preset the tiny grids use.
 """
 from __future__ import annotations
@@ -67,7 +68,7 @@ def _encode(patches: torch.Tensor, channels: int, grid: int, patch: int) -> torc
 
 def load(root: Path | None, split: str, seed: int = 0, num_classes: int = 10, views: int = 2,
          image_size: int = 16, patch: int = 4, channels: int = 3, n_train: int = 2000,
-         n_val: int = 1000, n_test: int = 1000, single_view_fraction: float = 0.2, noise: float = 0.1,
+         n_val: int = 1000, n_test: int = 1000, n_transfer: int = 0, single_view_fraction: float = 0.2, noise: float = 0.1,
          feature_noise: float = 0.1, **_) -> ImageSet:
     """Generate one split; `root` is ignored.
 
@@ -75,7 +76,9 @@ def load(root: Path | None, split: str, seed: int = 0, num_classes: int = 10, vi
     noise/sqrt(d)); `feature_noise` is the largest weight of another class's feature in a patch
     (own features have weights in [0.5, 1]).
     """
-    choose("split", split, ("train", "val", "test"))
+    choose("split", split, ("train", "val", "test", "transfer"))
+    if split == "transfer" and n_transfer < 1:
+        raise BenchError("multiview: no transfer split (n_transfer is 0)")
     if patch < 1 or image_size % patch:
         raise BenchError(f"multiview: image_size {image_size} is not a multiple of patch {patch}")
     if num_classes < 2 or views < 1 or channels < 1:
@@ -89,7 +92,7 @@ def load(root: Path | None, split: str, seed: int = 0, num_classes: int = 10, vi
         raise BenchError(f"multiview: {n_patches} patches cannot show {views} views; "
                          f"raise image_size or lower patch")
     features = class_features(seed, num_classes, views, d).reshape(num_classes * views, d)
-    n = {"train": n_train, "val": n_val, "test": n_test}[split]
+    n = {"train": n_train, "val": n_val, "test": n_test, "transfer": n_transfer}[split]
     gen = _generator(seed, split)
 
     # Balanced classes in random order; an exact share of single-view samples.

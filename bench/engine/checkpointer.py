@@ -34,6 +34,7 @@ class RunFolder:
         self.out, self.config, self.what = Path(out), config, what
         self.matches, self.expect, self.writer, self.sync = matches, expect, writer, sync
         self.final, self.checkpoint = self.out / "model", self.out / "checkpoint"
+        self.kept: dict[str, torch.Tensor] = {}  # what a resumed checkpoint kept beside the model (`save`'s `keep`)
 
     def _refuse(self, kind: str) -> BenchError:
         return BenchError(f"{self.out} holds {kind} with another config; choose another folder")
@@ -63,16 +64,20 @@ class RunFolder:
             raise BenchError(f"{paths(self.checkpoint)[1]} holds no step count (an older checkpoint format); "
                              f"delete it to restart this {self.what}")
         model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+        self.kept = {k[len("kept/"):]: v for k, v in tensors.items() if k.startswith("kept/")}
         optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
         self.sync()
         return meta
 
-    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
-        """A new checkpoint (versioned: the sidecar's rename is the commit point) and its log."""
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any],
+             keep: dict[str, torch.Tensor] | None = None) -> None:
+        """A new checkpoint (versioned: the sidecar's rename is the commit point) and its log;
+        `keep`: tensors saved beside the model (the best weights so far) that `resume` puts in `kept`."""
         if not self.writer:
             return
         tensors, opt_meta = optimizer_to_tensors(optimizer)
         tensors.update({f"model/{k}": v for k, v in model.state_dict().items()})
+        tensors.update({f"kept/{k}": v for k, v in (keep or {}).items()})
         save_checkpoint(self.checkpoint, tensors, {**meta, "optimizer": opt_meta}, versioned=True)
         atomic_write_lines(self.out / "log.jsonl", meta["history"])
 

@@ -5,7 +5,10 @@ its data draw a pure function of the step, so a resumed run makes the same steps
 point records (`log_row`: evaluation, for instance). The loop owns the rest: the schedule, the
 finite check of every term (a NaN or inf stops the run naming the step and the term, before the
 optimizer takes that step, so the last checkpoint is the last good state), clipping, the clock,
-checkpoints and the log (`RunFolder`), the progress bar.
+checkpoints and the log (`RunFolder`), the progress bar, and early stopping: with a `monitor` (a
+log row's key, lower is better) it keeps the best weights (in every checkpoint, so a resumed run
+keeps them too), stops `patience` log points after the last improvement, and ends with the best
+weights in the model.
 """
 from __future__ import annotations
 
@@ -67,12 +70,17 @@ def check_finite(value: torch.Tensor, step: int, term: str, what: str) -> None:
 def fit(task: Task, folder: RunFolder, *, steps: int, log_every: int, lr: float, schedule: Callable[[int], float],
         clip: float | None = None, checkpoint_meta: Callable[[int], dict[str, Any]] = lambda step: {},
         describe: Callable[[dict[str, Any]], str] = str, desc: str = "", progress: bool | None = None,
-        quiet: bool = False) -> tuple[list[dict[str, Any]], float]:
+        quiet: bool = False, monitor: str | None = None, patience: int = 0) -> tuple[list[dict[str, Any]], float]:
     """Run (or resume) steps [0, steps); log, checkpoint every `log_every` steps and at the end.
-    Returns the history (one row per log point) and the seconds spent in steps."""
+    Returns the history (one row per log point) and the seconds spent in steps. With `monitor` and
+    `patience` > 0 the run stops early (the module's docstring) and the model ends at its best log point."""
     resumed = folder.resume(task.model, task.optimizer)
     start, history, seconds = (0, [], 0.0) if resumed is None else (
         resumed["step"], resumed["history"], resumed["seconds"])
+    early = monitor is not None and patience > 0
+    best = {k: v.clone() for k, v in folder.kept.items()} if early and resumed is not None else {}
+    if early and _stale(history, monitor, patience):  # a resumed run that had already stopped
+        start = steps
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, unit="step",
                disable=True if quiet else (None if progress is None else not progress))
     sums: dict[str, torch.Tensor] = {}
@@ -98,9 +106,27 @@ def fit(task: Task, folder: RunFolder, *, steps: int, log_every: int, lr: float,
                        time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
             history.append(row)
             sums, since = {}, step + 1
+            if early and _best_row(history, monitor) is row:
+                best = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
             folder.save(task.model, task.optimizer, {**checkpoint_meta(step + 1), "step": step + 1,
-                                                     "history": history, "seconds": seconds})
+                                                     "history": history, "seconds": seconds},
+                        **({"keep": best} if early else {}))
             bar.set_postfix_str(describe(row))
             if bar.disable and not quiet:
                 print(f"step {step + 1}/{steps} {describe(row)}", flush=True)
+            if early and _stale(history, monitor, patience):
+                break
+    bar.close()
+    if early and best:
+        task.model.load_state_dict(best)
     return history, seconds
+
+
+def _best_row(history: list[dict[str, Any]], monitor: str) -> dict[str, Any]:
+    """The first log row with the lowest `monitor`."""
+    return min(history, key=lambda r: r[monitor])
+
+
+def _stale(history: list[dict[str, Any]], monitor: str, patience: int) -> bool:
+    """Whether `patience` log points have passed since the best one."""
+    return bool(history) and len(history) - 1 - history.index(_best_row(history, monitor)) >= patience

@@ -300,15 +300,16 @@ class SoftLabelCache:
 
 
 def soft_label_cache(teachers: BatchedTeachers, checkpoints, dataset: str, *, root, image_size: int,
-                     num_classes: int, device: torch.device) -> SoftLabelCache | None:
-    """The cache of these teachers' logits on the training split's views, or None where the teachers
-    must run online: the split is not held in memory, or the cache would exceed the budget."""
+                     num_classes: int, device: torch.device, split: str = "train") -> SoftLabelCache | None:
+    """The cache of these teachers' logits on the views of the split a student trains on (the
+    training split, or a transfer split), or None where the teachers must run online: the split is
+    not held in memory, or the cache would exceed the budget."""
     spec = dataset_spec(dataset)
     if not spec.in_memory:
         return None
     # The whole split with its training augmentation: it makes any (sample, view)'s image.
-    views = make_loader(dataset, "train", batch_size=1, train=True, root=root, image_size=image_size, device=device)
+    views = make_loader(dataset, split, batch_size=1, train=True, root=root, image_size=image_size, device=device)
     if cache_bytes(len(teachers), int(views.indices.max()) + 1, views.n_views, num_classes) > cache_budget_bytes():
         return None
     return SoftLabelCache(teachers, views, num_classes, checkpoints=checkpoints, identity={
-        "dataset": dataset, "split": "train", "image_size": image_size, "augmentation": spec.augment})
+        "dataset": dataset, "split": split, "image_size": image_size, "augmentation": spec.augment})

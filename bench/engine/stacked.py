@@ -366,7 +366,7 @@ def _train_packed(cfgs: list[TrainConfig], outs: list[Path], progress: bool | No
     optimizer = make_optimizer(net, cfg0.optimizer, **opt_args)
     optimizers = [make_optimizer(m, cfg0.optimizer, **opt_args) for m in models]
     common = dict(batch_size=cfg0.batch_size, root=cfg0.data_root, image_size=cfg0.image_size, device=device)
-    loaders = [make_loader(c.dataset, "train", train=True, beton=c.beton_train, fraction=c.train_fraction,
+    loaders = [make_loader(c.dataset, c.train_split, train=True, beton=c.beton_train, fraction=c.train_fraction,
                            seed=c.seed, **common) for c in cfgs]
     eval_loaders = {split: make_loader(cfg0.dataset, split, train=False, seed=cfg0.seed, **common,
                                        beton=cfg0.beton_test if split == "test" else None) for split in EVAL_SPLITS}

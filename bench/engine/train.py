@@ -134,7 +134,7 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
                   device=device)
     # Each rank gets its share of every global batch (the same draws as a single process); the
     # loader refuses a batch size the world size does not divide, before anything is written.
-    train_loader = make_loader(cfg.dataset, "train", train=True, beton=cfg.beton_train,
+    train_loader = make_loader(cfg.dataset, cfg.train_split, train=True, beton=cfg.beton_train,
                                distributed=world_size > 1, fraction=cfg.train_fraction, **common)
     eval_loaders = {split: make_loader(cfg.dataset, split, train=False, beton=cfg.beton_test if split == "test"
                                        else None, **common) for split in EVAL_SPLITS} if rank == 0 else {}

@@ -31,6 +31,9 @@ class MethodJob(Generic[O]):
     workdir: Path | None = None  # a resumable folder for a student the method trains
     pool: str | None = None  # the teachers' pool (a WeightFormer is meta-trained on one)
     weightformer: Path | None = None  # the meta-trained WeightFormer a weightformer method uses
+    # Other groups with the same anchor (checkpoint paths; bench.plan.partner_sets) and their member ids.
+    partners: list[list[Path]] = field(default_factory=list)
+    partner_members: list[list[int]] = field(default_factory=list)
 
     def torch_device(self) -> torch.device:
         from bench.engine import pick_device

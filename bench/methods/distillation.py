@@ -37,7 +37,9 @@ from bench.engine.soft_labels import BatchedTeachers, SoftLabelCache, drawn_view
 from bench.errors import BenchError
 from bench.io import atomic_write_json
 from bench.methods.base import MethodJob
-from bench.methods.common import load_teachers
+from bench.engine import load_model
+from bench.methods.common import EVAL_SPLITS, load_teachers, predictions
+from bench.metrics import kl_from
 from bench.recipes import TrainConfig
 from bench.system import world
 
@@ -101,6 +103,25 @@ def student_config(job: MethodJob[Any], seed: int, epochs: int | None, extra: di
                        data_root=job.data_root, device=job.device, epochs=epochs, extra=extra, **recipe)
 
 
+def on(split: str) -> dict[str, str]:
+    """The recipe override that trains a student on `split` (none for the training split, so the
+    students trained before transfer splits existed keep their folders)."""
+    return {} if split == "train" else {"train_split": split}
+
+
+def kl_from_group(job: MethodJob[Any], workdir: Path, loaded=None) -> dict[str, float]:
+    """KL(the group's ensemble || the student) at T = 1 on val and test (`val_kl_from_ensemble`,
+    `test_kl_from_ensemble`), as WeightFormer's records have it: how close each student came to
+    the ensemble it imitates. The teachers' predictions are the files earlier jobs kept."""
+    loaded = loaded or load_teachers(job)
+    student = load_model(workdir / "model.safetensors", job.torch_device(), arch=job.arch)
+    out = {}
+    for split in EVAL_SPLITS:
+        probs, _ = predictions(job, [student, *loaded], split, [None, *job.teachers])
+        out[f"{split}_kl_from_ensemble"] = kl_from(torch.stack(probs[1:]).mean(0), probs[0])
+    return out
+
+
 def distill(job: MethodJob[Any], *, student_seed: int, temperature: float, alpha: float, epochs: int | None,
             n_teachers: int | None = None, overrides: Mapping[str, Any] | None = None,
             extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -131,7 +152,7 @@ def distill(job: MethodJob[Any], *, student_seed: int, temperature: float, alpha
     workdir = Path(job.workdir)
     cache = None if resolved.beton_train is not None else soft_label_cache(
         teachers, teacher_job.teachers, job.dataset, root=job.data_root, image_size=resolved.image_size,
-        num_classes=meta["num_classes"], device=job.torch_device())
+        num_classes=meta["num_classes"], device=job.torch_device(), split=resolved.train_split)
     criterion = KDCriterion(teachers, temperature, alpha, cache)
     out = train(cfg, workdir, criterion=criterion, progress=False)
     timing = workdir / "soft_labels.json"
@@ -141,6 +162,7 @@ def distill(job: MethodJob[Any], *, student_seed: int, temperature: float, alpha
     cache_s = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
 
     record: dict[str, Any] = {k: out["metrics"][k] for m in METRICS for k in (m, f"val_{m}")}
+    record.update(kl_from_group(job, workdir, loaded if n_teachers is None else None))
     record.update({
         # The student's training (its forwards, backwards and the teachers' forwards on its
         # batches) plus reading and filling the soft-label cache (entries earlier jobs left in the
@@ -154,5 +176,6 @@ def distill(job: MethodJob[Any], *, student_seed: int, temperature: float, alpha
         "epochs": out["epochs"],
         "soft_label_cache": cache is not None,
         "teacher_forward": teachers.mode,
+        "distill_on": resolved.train_split,
     })
     return record

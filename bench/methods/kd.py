@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.methods.base import MethodJob
-from bench.methods.distillation import distill
+from bench.methods.distillation import distill, on
 from bench.options import DistillOptions
 
 SEED_OFFSET = 10_000
@@ -18,4 +18,4 @@ SEED_OFFSET = 10_000
 def run(job: MethodJob[DistillOptions]) -> dict[str, Any]:
     o = job.options
     return distill(job, student_seed=SEED_OFFSET + job.seed, temperature=o.temperature, alpha=o.alpha,
-                   epochs=o.epochs)
+                   epochs=o.epochs, overrides=on(o.distill_on))

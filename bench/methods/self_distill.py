@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.methods.base import MethodJob
-from bench.methods.distillation import distill
+from bench.methods.distillation import distill, on
 from bench.options import DistillOptions
 
 SEED_OFFSET = 20_000
@@ -18,5 +18,5 @@ SEED_OFFSET = 20_000
 def run(job: MethodJob[DistillOptions]) -> dict[str, Any]:
     o = job.options
     record = distill(job, student_seed=SEED_OFFSET + job.seed, temperature=o.temperature, alpha=o.alpha,
-                     epochs=o.epochs, n_teachers=1)
+                     epochs=o.epochs, n_teachers=1, overrides=on(o.distill_on))
     return {**record, "teacher_member": job.members[0]}

@@ -18,7 +18,7 @@ from bench.checkpoint import paths, read_meta, save_checkpoint
 from bench.engine import barrier
 from bench.errors import BenchError
 from bench.methods.base import MethodJob
-from bench.methods.distillation import distill, student_config
+from bench.methods.distillation import distill, on, student_config
 from bench.methods.weightformer_student import predict
 from bench.options import WeightFormerFTOptions
 from bench.system import world
@@ -51,7 +51,7 @@ def run(job: MethodJob[WeightFormerFTOptions]) -> dict[str, Any]:
     record = distill(job, student_seed=SEED_OFFSET + job.seed, temperature=o.ft_temperature, alpha=o.alpha,
                      epochs=o.ft_epochs,
                      overrides={"init_from": str(paths(start)[0]), "train_fraction": o.ft_fraction, "lr": lr,
-                                "warmup_epochs": 0, "schedule": "cosine"},
+                                "warmup_epochs": 0, "schedule": "cosine", **on(o.ft_on)},
                      extra={"start_sha256": meta["sha256"]})
     return {**record, **meta["fields"], "wf_ft_epochs": o.ft_epochs, "wf_ft_fraction": o.ft_fraction, "ft_lr": lr,
-            "ft_temperature": o.ft_temperature}
+            "ft_temperature": o.ft_temperature, "ft_on": o.ft_on}

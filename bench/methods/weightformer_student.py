@@ -27,6 +27,13 @@ from bench.weights.tokens import weight_layers
 
 def predict(job: MethodJob[WeightFormerOptions]) -> tuple[torch.nn.Module, list, dict[str, Any]]:
     """(student with re-estimated statistics, the loaded teachers, record fields)."""
+    student, teachers, fields, _ = predictor(job)
+    return student, teachers, fields
+
+
+def predictor(job: MethodJob[WeightFormerOptions]):
+    """`predict`'s three, and `again(models)`: the student the same WeightFormer predicts from other
+    teachers (the first their anchor), statistics re-estimated the same way."""
     if job.weightformer is None:
         raise BenchError(f"{job.method} needs a meta-trained WeightFormer: run it through bench.sweep "
                          f"(its meta_train stage makes one)")
@@ -43,14 +50,19 @@ def predict(job: MethodJob[WeightFormerOptions]) -> tuple[torch.nn.Module, list,
                          f"another config than this job's options")
     train_batches = make_loader(job.dataset, "train", batch_size=128, train=False, root=job.data_root,
                                 image_size=meta["image_size"], device=device)
+
+    def again(group: list[torch.nn.Module]) -> tuple[torch.nn.Module, int]:
+        student = predict_student(wf, copy.deepcopy(group[0]), job.arch, group)
+        return student, reestimate_norm_stats(student, train_batches, job.options.bn_batches)
+
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     synchronize()
     t0 = time.perf_counter()
-    student = predict_student(wf, copy.deepcopy(models[0]), job.arch, models)
-    used = reestimate_norm_stats(student, train_batches, job.options.bn_batches)
+    student, used = again(models)
     synchronize()
     predict_s = time.perf_counter() - t0
     fields = {"predict_s": predict_s, "meta_train_s": wf_meta["meta_train_s"], "bn_batches": used,
-              "infer_forwards": 1, "wf_n_teachers": len(models),
+              "infer_forwards": 1, "wf_n_teachers": len(models), "wf_members": len(wf_meta["members"]),
+              "wf_steps_run": wf_meta.get("steps_run", wf_meta["steps"]),
               **{f"wf_{k}": v for k, v in cfg.identity().items()}}
-    return student, teachers, fields
+    return student, teachers, fields, again

@@ -22,10 +22,13 @@ def column(df: pd.DataFrame, name: str, default=None) -> pd.Series:
     return values.where(values.notna(), default)
 
 
-def setting_label(arch: str, dataset: str, init: str | None) -> str:
-    # Pools of one (arch, dataset) but another initialisation are separate columns.
+def setting_label(arch: str, dataset: str, init: str | None, pool: str | None = None, scale: str | None = None) -> str:
+    # Pools of one (arch, dataset) but another initialisation are separate columns; so is a pool the
+    # grid names itself (a teacher zoo beside the default pool of the same setting).
     missing = init is None or (isinstance(init, float) and math.isnan(init))
-    return f"{arch} / {dataset}" + ("" if missing or init == "scratch" else f" [{init}]")
+    label = f"{arch} / {dataset}" + ("" if missing or init == "scratch" else f" [{init}]")
+    named = isinstance(pool, str) and pool and not missing and pool != f"{arch}-{dataset}-{scale}-{init}"
+    return label + (f" [{pool}]" if named and isinstance(scale, str) else "")
 
 
 def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -35,7 +38,8 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     done["variant"] = [v if isinstance(v, str) and v else m for v, m in
                        zip(column(done, "variant"), done.method)]
     done["teacher_part"] = column(done, "teacher_part", "meta_train")
-    done["setting"] = [setting_label(a, d, i) for a, d, i in zip(done.arch, done.dataset, column(done, "init"))]
+    done["setting"] = [setting_label(a, d, i, p, s) for a, d, i, p, s in
+                       zip(done.arch, done.dataset, column(done, "init"), column(done, "pool"), column(done, "scale"))]
     for metric in ("top1", "top5", "nll", "ece", "val_top1"):
         done[metric] = pd.to_numeric(column(done, metric), errors="coerce")
     return done

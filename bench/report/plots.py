@@ -6,13 +6,15 @@ The default of a setting is its value in the runs of the plain variant (`weightf
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
 from bench.io import atomic_write_bytes
-from bench.report.frame import WF_METHODS, column, setting_label
+from bench.report.diagnostics import interval, per_group
+from bench.report.frame import WF_METHODS, column
 
 # axis -> (record column, x-axis label with its unit)
 AXES = {
@@ -57,9 +59,11 @@ def wf_axes(runs: pd.DataFrame) -> pd.DataFrame:
         # dtype object keeps None (an axis a method does not have, e.g. fine-tuning epochs of plain
         # WeightFormer runs) as None: a float column would turn it into NaN, which equals nothing.
         wf[f"axis_{axis}"] = pd.Series([norm(v) for v in column(wf, col)], index=wf.index, dtype=object)
-    wf["series_any_init"] = [f"{m}, {a} / {d}" for m, a, d in zip(wf.method, wf.arch, wf.dataset)]
-    wf["series"] = [f"{m}, {setting_label(a, d, i)}" for m, a, d, i in
-                    zip(wf.method, wf.arch, wf.dataset, column(wf, "init"))]
+    named = [isinstance(p, str) and p != f"{a}-{d}-{s}-{i}" for p, a, d, s, i in
+             zip(column(wf, "pool"), wf.arch, wf.dataset, column(wf, "scale"), column(wf, "init"))]
+    wf["series_any_init"] = [f"{m}, {a} / {d}" + (f" [{p}]" if n else "")
+                             for m, a, d, p, n in zip(wf.method, wf.arch, wf.dataset, column(wf, "pool"), named)]
+    wf["series"] = [f"{m}, {setting}" for m, setting in zip(wf.method, wf.setting)]
     return wf
 
 
@@ -76,7 +80,8 @@ def at_defaults(group: pd.DataFrame, method: str, axis: str) -> pd.DataFrame:
 
 
 def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """axis, series, value, mean, std (n-1), n of top-1: the numbers behind every plot."""
+    """axis, series, setting, value, mean, std (n-1), n of top-1, and the 95% t interval's half-width
+    over distinct groups of teachers (`groups`, `ci_half`): the numbers behind every plot."""
     wf, rows = wf_axes(runs), []
     for axis in AXES:
         for series, group in wf.groupby("series_any_init" if axis == "init" else "series", sort=True):
@@ -85,18 +90,37 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
                 v = runs_at[f"axis_{axis}"].iloc[0]
                 if v is not None:
                     top1 = runs_at.top1.dropna()
-                    rows.append({"axis": axis, "series": series, "value": v, "mean": top1.mean(),
-                                 "std": top1.std(), "n": len(top1)})
+                    mean, half = interval(per_group(runs_at, "top1"))
+                    rows.append({"axis": axis, "series": series, "setting": series.split(", ", 1)[1], "value": v,
+                                 "mean": top1.mean(), "std": top1.std(), "n": len(top1),
+                                 "groups": int(per_group(runs_at, "top1").notna().sum()), "ci_half": half})
     rows.sort(key=lambda r: (list(AXES).index(r["axis"]), r["series"], str(type(r["value"])), r["value"]))
-    table = pd.DataFrame(rows, columns=["axis", "series", "value", "mean", "std", "n"])
+    table = pd.DataFrame(rows, columns=["axis", "series", "setting", "value", "mean", "std", "n", "groups", "ci_half"])
     # Only axes the records vary: two distinct values at least within one series.
     varied = set(table.groupby(["axis", "series"]).value.agg(lambda v: len(set(map(repr, v)))).loc[lambda n: n >= 2]
                  .index.get_level_values("axis"))
     return table[table.axis.isin(varied)].reset_index(drop=True)
 
 
-def plot_axis(table: pd.DataFrame, axis: str, grid: str) -> dict[str, bytes]:
-    """PNG and PDF of one axis: top-1 mean ± std over seeds per series."""
+REFERENCES = {"single": ("tab:gray", ":"), "ensemble": ("tab:green", "--"), "kd": ("tab:red", "-.")}
+
+
+def references(runs: pd.DataFrame) -> pd.DataFrame:
+    """setting, method, mean, ci_half, groups: single, ensemble and KD (their plain variants, seen
+    teachers) per setting: the reference lines of every ablation panel."""
+    rows = []
+    plain = runs[runs.method.isin(list(REFERENCES)) & (runs.variant == runs.method) &
+                 (runs.teacher_part == "meta_train")]
+    for (setting, method), r in plain.groupby(["setting", "method"], sort=True):
+        mean, half = interval(per_group(r, "top1"))
+        rows.append({"setting": setting, "method": method, "mean": mean, "ci_half": half,
+                     "groups": int(per_group(r, "top1").notna().sum())})
+    return pd.DataFrame(rows, columns=["setting", "method", "mean", "ci_half", "groups"])
+
+
+def plot_axis(table: pd.DataFrame, axis: str, grid: str, refs: pd.DataFrame | None = None) -> dict[str, bytes]:
+    """PNG and PDF of one axis: one panel per series (method, setting), top-1 mean with its 95% t
+    interval over distinct groups, the setting's single / ensemble / KD as reference lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -105,24 +129,35 @@ def plot_axis(table: pd.DataFrame, axis: str, grid: str) -> dict[str, bytes]:
     numeric = all(isinstance(v, float) for v in values)
     where = (lambda v: v) if numeric else {v: i for i, v in enumerate(values)}.get
     series = sorted(set(table.series))
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for i, s in enumerate(series):
+    cols = min(3, len(series))
+    rows_n = math.ceil(len(series) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
+    refs = refs if refs is not None else pd.DataFrame(columns=["setting", "method", "mean", "ci_half", "groups"])
+    for ax, s in zip(axes.flat, series):
         rows = table[table.series == s].copy()
         rows["x"] = [where(norm(v)) for v in rows.value]
         rows = rows.sort_values("x")
-        dodge = 0 if numeric else (i - (len(series) - 1) / 2) * 0.06  # keep categorical error bars apart
-        ax.errorbar(rows.x + dodge, rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3,
-                    linestyle="-" if numeric else "none", label=s)
-    if not numeric:
-        ax.set_xticks(range(len(values)), [{True: "on", False: "off"}.get(v, str(v)) for v in values])
-        ax.set_xlim(-0.5, len(values) - 0.5)
-    elif len(values) <= 8:  # ticks at the values tried, whole numbers without ".0"
-        ax.set_xticks(values, [f"{v:g}" for v in values])
-    ax.set_xlabel(AXES[axis][1])
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(f"{grid}: WeightFormer ablation, {axis}\n(mean ± std over seeds)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(title="method, setting", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
+        ax.errorbar(rows.x, rows["mean"], yerr=rows.ci_half.fillna(0), marker="o", capsize=3,
+                    linestyle="-" if numeric else "none", color="tab:blue",
+                    label=f"WeightFormer ({int(rows.groups.min())}-{int(rows.groups.max())} groups)")
+        for r in refs[refs.setting == rows.setting.iloc[0]].itertuples():
+            colour, style = REFERENCES[r.method]
+            ax.axhline(r.mean, color=colour, linestyle=style, linewidth=1.1, label=f"{r.method} ({r.groups} groups)")
+            if not pd.isna(r.ci_half):
+                ax.axhspan(r.mean - r.ci_half, r.mean + r.ci_half, color=colour, alpha=0.12, linewidth=0)
+        if not numeric:
+            ax.set_xticks(range(len(values)), [{True: "on", False: "off"}.get(v, str(v)) for v in values])
+            ax.set_xlim(-0.5, len(values) - 0.5)
+        elif len(values) <= 8:  # ticks at the values tried, whole numbers without ".0"
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.set_xlabel(AXES[axis][1], fontsize=8)
+        ax.set_ylabel("test top-1 accuracy (%)", fontsize=8)
+        ax.set_title(s, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    for ax in list(axes.flat)[len(series):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{grid}: WeightFormer ablation, {axis} (mean, 95% t interval over distinct groups)", fontsize=10)
     out = {}
     for fmt, metadata in SAVE_METADATA.items():
         buf = io.BytesIO()
@@ -132,14 +167,19 @@ def plot_axis(table: pd.DataFrame, axis: str, grid: str) -> dict[str, bytes]:
     return out
 
 
-def write_ablations(runs: pd.DataFrame, folder: Path, grid: str) -> tuple[pd.DataFrame, list[str]]:
-    """plots/<axis>.{png,pdf} for every varied axis; returns the numbers and the axes drawn."""
+def write_ablations(runs: pd.DataFrame, folder: Path, grid: str,
+                    extra: dict[str, dict[str, bytes]] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """plots/<axis>.{png,pdf} for every varied axis, and the `extra` figures ({name: {ext: bytes}});
+    returns the numbers and the axes drawn."""
     table = ablation_table(runs)
     axes = [a for a in AXES if (table.axis == a).any()]
     written = set()
     for axis in axes:
-        for fmt, data in plot_axis(table[table.axis == axis], axis, grid).items():
+        for fmt, data in plot_axis(table[table.axis == axis], axis, grid, references(runs)).items():
             written.add(atomic_write_bytes(folder / "plots" / f"{axis}.{fmt}", data))
+    for name, figure in (extra or {}).items():
+        for fmt, data in figure.items():
+            written.add(atomic_write_bytes(folder / "plots" / f"{name}.{fmt}", data))
     for old in (folder / "plots").glob("*"):  # plots of an axis the records no longer vary
         if old.suffix[1:] in SAVE_METADATA and old not in written:
             old.unlink()

@@ -37,6 +37,7 @@ from bench.errors import BenchError, cli
 from bench.io import atomic_write_bytes
 from bench.paths import results_root
 from bench.plan import STAGES, Roots
+from bench.report import diagnostics
 from bench.report.claims import anchors, claim_table, claims_render, groups_of
 from bench.report.frame import (DASH, WF_METHODS, column, csv_text, fmt, label_runs, md_table, method_runs,
                                 order_columns, order_rows, setting_label, tex_table)
@@ -48,7 +49,10 @@ METRICS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "nll": "NLL (nats)", "ece":
            "val_top1": "val top-1 (%): where settings are chosen"}
 LOWER_IS_BETTER = ("nll", "ece")
 FORMATS = ("md", "tex", "csv")
-OUTPUTS = {f"{n}.{f}" for n in ("main_table", "claims", "costs") for f in FORMATS} | {"ablations.csv", "anchors.md"}
+PLOT_TITLES = {"pool_size": "WeightFormer against its meta-train pool size, with single, ensemble and KD",
+               "meta_training": "every meta-training's train and val KL"}
+OUTPUTS = {f"{n}.{f}" for n in ("main_table", "claims", "costs", "diagnostics", "ladder") for f in FORMATS} | {
+    "ablations.csv", "anchors.md", "pool_size.csv", "meta_training.csv"}
 
 
 @dataclass
@@ -80,7 +84,7 @@ def grid_plan(grid: str | Path, scales: set[str] | None = None) -> Plan | None:
                     continue
                 t = job.spec["teachers"][0]
                 variant = job.spec.get("variant") or job.spec["method"]
-                setting = setting_label(t["arch"], t["dataset"], t["init"])
+                setting = setting_label(t["arch"], t["dataset"], t["init"], t["pool"], t["scale"])
                 plan.expected[variant, setting] += 1
                 plan.methods.setdefault(variant, job.spec["method"])
                 if setting not in plan.settings:
@@ -330,7 +334,28 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
         for ext, data in (("md", md), ("tex", tex), ("csv", csv_text(frame))):
             if ext in formats:
                 write(f"{name}.{ext}", data)
-    ablations, axes = write_ablations(done, out, grid)
+    diag = diagnostics.diagnostics_table(done)
+    if len(diag):
+        outputs_wf = {"diagnostics": (*diagnostics.render(diag, "WeightFormer diagnostics", grid, diagnostics.DIAG_NOTE), diag)}
+        ladder = diagnostics.ladder_table(diag)
+        if len(ladder):
+            outputs_wf["ladder"] = (*diagnostics.render(ladder, "capacity ladder", grid, diagnostics.LADDER_NOTE), ladder)
+        for name, (md, tex, frame) in outputs_wf.items():
+            for ext, data in (("md", md), ("tex", tex), ("csv", csv_text(frame))):
+                if ext in formats:
+                    write(f"{name}.{ext}", data)
+    extra_plots = {}
+    sizes = diagnostics.pool_size_table(done)
+    if len(sizes):
+        extra_plots["pool_size"] = diagnostics.plot_pool_size(sizes, grid)
+        if "csv" in formats:
+            write("pool_size.csv", csv_text(sizes))
+    curves = diagnostics.curve_rows(runs)
+    if len(curves):
+        extra_plots["meta_training"] = diagnostics.plot_curves(curves, grid)
+        if "csv" in formats:
+            write("meta_training.csv", csv_text(curves))
+    ablations, axes = write_ablations(done, out, grid, extra_plots)
     if axes and "csv" in formats:
         write("ablations.csv", csv_text(ablations))
     anchor_text = anchors(done, settings, plan.counterpart if plan else {})
@@ -347,6 +372,7 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
         (out / name).unlink(missing_ok=True)
     links = [f"- [{n}]({n})" for n in written if n != "failed.md"] + \
         [f"- [plots/{a}.png](plots/{a}.png), [pdf](plots/{a}.pdf): top-1 against {a}" for a in axes] + \
+        [f"- [plots/{a}.png](plots/{a}.png), [pdf](plots/{a}.pdf): {PLOT_TITLES[a]}" for a in extra_plots] + \
         [f"- [failed.md](failed.md): {len(failures)} failed runs, {len(missing)} incomplete cells, "
          f"{len(skipped)} unreadable records skipped"]
     write("index.md", f"# Report: {grid}\n\n## Provenance (from the records)\n\n" +

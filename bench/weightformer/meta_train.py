@@ -24,7 +24,7 @@ at once naming the step and the term; the last good checkpoint is kept.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,8 @@ class SoftLabels:
 
     def __init__(self, models: Sequence[nn.Module], dataset: str, root: str | None, image_size: int,
                  device: torch.device, batch_size: int, seed: int, temperature: float,
-                 steps: int, checkpoints: Sequence[Path] | None = None, channels_last: bool = False) -> None:
+                 steps: int, checkpoints: Sequence[Path] | None = None, channels_last: bool = False,
+                 split: str = "train") -> None:
         self.temperature, self.batch_size, self.seed = temperature, batch_size, seed
         # Convolutions run faster on channels-last images, on a CPU too (the teachers and the student).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -123,12 +124,12 @@ class SoftLabels:
         spec = dataset_spec(dataset)
         common = dict(root=root, image_size=image_size, device=device)
         self.augmented = not (spec.augment == "none" and spec.in_memory)
-        loader = make_loader(dataset, "train", batch_size=batch_size, train=True, seed=seed, **common)
+        loader = make_loader(dataset, split, batch_size=batch_size, train=True, seed=seed, **common)
         self.cache = soft_label_cache(self.teachers, checkpoints, dataset, root=root, image_size=image_size,
-                                      num_classes=spec.num_classes, device=device)
+                                      num_classes=spec.num_classes, device=device, split=split)
         self.cached = self.cache is not None
         if not self.augmented:
-            whole = make_loader(dataset, "train", batch_size=512, train=False, **common)
+            whole = make_loader(dataset, split, batch_size=512, train=False, **common)
             self.images = torch.cat([x for x, *_ in whole]).contiguous(memory_format=self.memory_format)
             if self.cached:
                 self.cache.fill(torch.arange(len(self.images)), torch.zeros(len(self.images), dtype=torch.int64))
@@ -151,6 +152,45 @@ class SoftLabels:
         return x, self.teachers.mean_soft_labels(x, self.temperature, members=group)
 
 
+class ValKL:
+    """Eq. 1 on val images for fixed groups of the meta-train part: what early stopping watches.
+
+    The groups (`cfg.val_groups`, each a random order of N members, the first the anchor) and the
+    images (the first `cfg.val_images` of the val split) are fixed for the run; the teachers' soft
+    labels on them are computed once. The student runs as in training (BatchNorm on the statistics
+    of each batch of `cfg.batch_size` images), so the number is the training objective on unseen images."""
+
+    def __init__(self, models: Sequence[nn.Module], dataset: str, root: str | None, image_size: int,
+                 device: torch.device, n_part: int, n_teachers: int, cfg: WFConfig,
+                 memory_format: torch.memory_format) -> None:
+        gen = torch.Generator().manual_seed(cfg.seed + 104_729)
+        self.groups = [torch.randperm(n_part, generator=gen)[:n_teachers].tolist() for _ in range(cfg.val_groups)]
+        loader = make_loader(dataset, "val", batch_size=cfg.batch_size, train=False, root=root,
+                             image_size=image_size, device=device)
+        chunks, count = [], 0
+        for x, *_ in loader:
+            chunks.append(x[:cfg.val_images - count].contiguous(memory_format=memory_format))
+            count += len(chunks[-1])
+            if count >= cfg.val_images:
+                break
+        self.batches, self.temperature = chunks, cfg.temperature
+        used = sorted({k for g in self.groups for k in g})
+        with torch.no_grad():
+            probs = {k: [(models[k](x).float() / cfg.temperature).softmax(-1) for x in chunks] for k in used}
+        self.targets = [[torch.stack([probs[k][i] for k in g]).mean(0) for i in range(len(chunks))] for g in self.groups]
+
+    @torch.no_grad()
+    def __call__(self, logits_of: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor],
+                 tokens_of: Callable[[list[int]], list[torch.Tensor]]) -> float:
+        total, count = 0.0, 0
+        for group, targets in zip(self.groups, self.targets):
+            tokens = tokens_of(group)
+            for x, target in zip(self.batches, targets):
+                total += float(ensemble_kl(logits_of(tokens, x), target, self.temperature)) * len(x)
+                count += len(x)
+        return total / count
+
+
 class MetaTrainTask:
     """One step: draw a group (and its order) from the meta-train part, predict its student,
     eq. 1 (+ shift consistency) on a batch of training images."""
@@ -163,6 +203,7 @@ class MetaTrainTask:
         self.pool_tokens, self.data, self.n_part, self.n_teachers = pool_tokens, data, n_part, n_teachers
         self.cfg, self.device = cfg, device
         self.extra = passthrough(student.state_dict())
+        self.val: ValKL | None = None  # set where early stopping watches the val KL
 
     def _logits(self, tokens, x):
         fresh = {k: v.clone() for k, v in self.extra.items()}  # BatchNorm counts in place
@@ -182,8 +223,11 @@ class MetaTrainTask:
             return {"kl": kl, "shift": shift, "loss": kl + self.cfg.shift_weight * shift}
 
     def log_row(self, step: int, means: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]:
-        return {"step": step, "kl": means["kl"].item(), "shift": means["shift"].item() if "shift" in means else 0.0,
-                "meta_train_s": seconds}
+        row = {"step": step, "kl": means["kl"].item(), "shift": means["shift"].item() if "shift" in means else 0.0,
+               "meta_train_s": seconds}
+        if self.val is not None:
+            row["val_kl"] = self.val(self._logits, lambda g: self.pool_tokens.group(g, self.device))
+        return row
 
 
 def meta_train(out: str | Path, *, teachers: Sequence[Path], members: Sequence[int], arch: str, dataset: str,
@@ -220,17 +264,25 @@ def meta_train(out: str | Path, *, teachers: Sequence[Path], members: Sequence[i
             block.compile(dynamic=True)
     optimizer = make_optimizer(wf, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     data = SoftLabels(models, dataset, data_root, tmeta["image_size"], device, cfg.batch_size, cfg.seed,
-                      cfg.temperature, checkpoints=teachers, steps=cfg.steps, channels_last=channels_last)
+                      cfg.temperature, checkpoints=teachers, steps=cfg.steps, channels_last=channels_last,
+                      split=cfg.distill_on)
     # The architecture run with the predicted weights; train mode: BatchNorm on batch statistics.
     student = copy.deepcopy(models[0]).train()
     task = MetaTrainTask(wf, optimizer, student, layers, pool_tokens, data, len(members), n_teachers, cfg, device)
+    if cfg.patience > 0:
+        task.val = ValKL(models, dataset, data_root, tmeta["image_size"], device, len(members), n_teachers, cfg,
+                         data.memory_format)
     warmup = round(cfg.warmup * cfg.steps)
     history, seconds = fit(
         task, folder, steps=cfg.steps, log_every=cfg.checkpoint_every, lr=cfg.lr, clip=cfg.clip,
         schedule=lambda s: lr_factor(s, cfg.steps, warmup, "cosine"),
-        checkpoint_meta=lambda step: identity, describe=lambda r: f"kl {r['kl']:.4f}",
-        desc=f"weightformer: meta-training {pool} N={n_teachers}", progress=progress)
-    meta = {**identity, "steps": cfg.steps, "history": history, "meta_train_s": seconds,
+        checkpoint_meta=lambda step: identity,
+        describe=lambda r: f"kl {r['kl']:.4f}" + (f" val {r['val_kl']:.4f}" if "val_kl" in r else ""),
+        desc=f"weightformer: meta-training {pool} N={n_teachers}", progress=progress,
+        monitor="val_kl" if cfg.patience > 0 else None, patience=cfg.patience)
+    best = min(history, key=lambda r: r["val_kl"]) if cfg.patience > 0 else history[-1]
+    meta = {**identity, "steps": cfg.steps, "steps_run": history[-1]["step"], "best_step": best["step"],
+            "history": history, "meta_train_s": seconds,
             "num_classes": tmeta["num_classes"], "image_size": tmeta["image_size"], "in_chans": tmeta["in_chans"],
             "soft_label_cache": data.cached, "layers": len(layers),
             "parameters": sum(p.numel() for p in wf.parameters())}

@@ -1,0 +1,267 @@
+"""What a WeightFormer learnt: per-variant diagnostics, the capacity ladder, WeightFormer against
+the size of its meta-train pool, and every meta-training's curves.
+
+- diagnostics: per (setting, WeightFormer variant) over distinct groups: top-1, WF − anchor (paired
+  per group, 95% t interval), KL(ensemble || ·) at T = 1 on test of the student, its anchor and KD
+  on the same groups, the student's agreement with its anchor and with the students predicted from
+  the same anchor and other partners (`partner_agreement`: near 100 % means the prediction ignores
+  the partners), the meta-train pool and how many steps its meta-training ran.
+- ladder: on a setting that has a `fit_group` variant, its rows for one fixed group (a WeightFormer
+  fitted to each group alone), the pool (seen groups, the same pool size) and unseen groups.
+- pool size: WeightFormer's top-1 on seen and unseen groups against the meta-train pool size, with
+  single, ensemble and KD on the same unseen groups as reference lines (plots/pool_size.{png,pdf}).
+- meta-training curves: train KL (eq. 1) and, where early stopping watched it, val KL per step
+  (plots/meta_training.{png,pdf}).
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import pandas as pd
+from scipy import stats
+
+from bench.report.claims import groups_of
+from bench.report.frame import DASH, WF_METHODS, column, fmt, md_table, tex_table
+
+LEVEL = 0.95
+
+
+def interval(values: pd.Series) -> tuple[float, float]:
+    """(mean, half-width of its 95% t interval); the half-width is NaN below two values."""
+    values = values.dropna().astype(float)
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    if n < 2:
+        return float(values.mean()), math.nan
+    return float(values.mean()), float(stats.t.ppf(0.5 + LEVEL / 2, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
+
+
+def per_group(rows: pd.DataFrame, name: str) -> pd.Series:
+    """`name` averaged per distinct group of teachers (the unit of replication)."""
+    values = pd.to_numeric(column(rows, name), errors="coerce")
+    return values.groupby(groups_of(rows)).mean()
+
+
+def _option(rows: pd.DataFrame, name: str, default=None) -> pd.Series:
+    return column(rows, f"option_{name}", default)
+
+
+def rung(row) -> str:
+    if row.get("option_fit_group") is True:
+        return "one group"
+    return "unseen" if row.get("teacher_part") == "held_out" else "seen"
+
+
+def _kd_kl(done: pd.DataFrame, setting: str, groups: pd.Series) -> float:
+    """KD's mean test KL(ensemble || KD) over the groups given, KD trained on the training split."""
+    kd = done[(done.setting == setting) & (done.method == "kd")]
+    kd = kd[[v in (None, "train") for v in _option(kd, "distill_on")]]
+    if not len(kd) or "test_kl_from_ensemble" not in kd:
+        return math.nan
+    by_group = per_group(kd, "test_kl_from_ensemble")
+    shared = [g for g in groups.index if g in by_group.index]
+    return float(by_group[shared].mean()) if shared else math.nan
+
+
+def diagnostics_table(done: pd.DataFrame) -> pd.DataFrame:
+    """One row per (setting, WeightFormer variant): the numbers the module's docstring lists."""
+    wf = done[done.method == "weightformer"] if "method" in done else done.iloc[:0]
+    rows = []
+    for (setting, variant), runs in (wf.groupby(["setting", "variant"], sort=True) if len(wf) else []):
+        top1 = per_group(runs, "top1")
+        diff = (per_group(runs, "top1") - per_group(runs, "anchor_top1")).dropna()
+        d, half = interval(diff)
+        first = runs.iloc[0]
+        rows.append({
+            "setting": setting, "variant": variant, "rung": rung(first),
+            "pool_size": _int(first.get("wf_members")), "drawn_from": _int(first.get("option_pool_size")),
+            "distill_on": first.get("wf_distill_on") if isinstance(first.get("wf_distill_on"), str) else "train",
+            "groups": len(top1), "top1": float(top1.mean()), "anchor_top1": float(per_group(runs, "anchor_top1").mean()),
+            "wf_minus_anchor": d, "ci_half": half,
+            "kl_student": float(per_group(runs, "test_kl_from_ensemble").mean()),
+            "kl_anchor": float(per_group(runs, "test_anchor_kl_from_ensemble").mean()),
+            "kl_kd": _kd_kl(done, setting, top1),
+            "anchor_agreement": float(per_group(runs, "anchor_agreement").mean()),
+            "partner_agreement": float(per_group(runs, "partner_agreement").mean()),
+            "steps_run": float(pd.to_numeric(column(runs, "wf_steps_run"), errors="coerce").mean()),
+        })
+    return pd.DataFrame(rows, columns=["setting", "variant", "rung", "pool_size", "drawn_from", "distill_on", "groups", "top1",
+                                       "anchor_top1", "wf_minus_anchor", "ci_half", "kl_student", "kl_anchor",
+                                       "kl_kd", "anchor_agreement", "partner_agreement", "steps_run"])
+
+
+def _int(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def ladder_table(diag: pd.DataFrame) -> pd.DataFrame:
+    """Per setting with a `one group` row: that rung, then the seen and unseen rows of a WeightFormer
+    meta-trained on the members its groups were drawn from (`pool_size`; eq. 1 on the training
+    split), in that order."""
+    rows = []
+    for setting, d in diag.groupby("setting", sort=True):
+        fitted = d[d.rung == "one group"]
+        if not len(fitted):
+            continue
+        size = fitted.drawn_from.iloc[0]
+        rows.append(fitted.iloc[0])
+        for name in ("seen", "unseen"):
+            match = d[(d.rung == name) & (d.pool_size == size) & (d.drawn_from == size) & (d.distill_on == "train")]
+            if len(match):
+                rows.append(match.iloc[0])
+    return pd.DataFrame(rows, columns=diag.columns).reset_index(drop=True)
+
+
+HEADER = ["setting", "variant", "rung", "meta-train teachers", "groups", "WF top-1", "anchor top-1",
+          "WF − anchor (pp) [95% CI]", "KL(ens‖WF)", "KL(ens‖anchor)", "KL(ens‖KD)", "agrees with anchor (%)",
+          "agrees across partners (%)", "steps run"]
+
+
+def render(table: pd.DataFrame, title: str, grid: str, note: str) -> tuple[str, str]:
+    def ci(r) -> str:
+        if pd.isna(r.wf_minus_anchor):
+            return DASH
+        return f"{r.wf_minus_anchor:+.2f}" + ("" if pd.isna(r.ci_half) else
+                                               f" [{r.wf_minus_anchor - r.ci_half:+.2f}, {r.wf_minus_anchor + r.ci_half:+.2f}]")
+
+    cells = pd.DataFrame([[r.setting, r.variant, r.rung + ("" if r.distill_on == "train" else f" ({r.distill_on})"),
+                           DASH if r.pool_size is None or pd.isna(r.pool_size) else str(int(r.pool_size)),
+                           str(r.groups), fmt(r.top1), fmt(r.anchor_top1), ci(r), fmt(r.kl_student, 4),
+                           fmt(r.kl_anchor, 4), fmt(r.kl_kd, 4), fmt(r.anchor_agreement, 1),
+                           fmt(r.partner_agreement, 1), fmt(r.steps_run, 0)] for r in table.itertuples()],
+                         columns=HEADER)
+    md = f"# {grid}: {title}\n\n{note}\n\n" + md_table(cells)
+    return md, tex_table(cells, f"{grid}: {title}. {note}", align="lll" + "r" * (len(HEADER) - 3))
+
+
+DIAG_NOTE = ("Means over distinct groups of teachers (groups); WF − anchor paired per group with its 95% t "
+             "interval; KL at T = 1 on the test split, KD's on the same groups; agreement: % of test images "
+             "with the same top class (across partners: the students predicted from the same anchor with other "
+             "partner sets); steps run: meta-training steps before early stopping (or the limit).")
+LADDER_NOTE = ("How well WeightFormer fits: one group (a WeightFormer fitted to each group alone), the pool it "
+               "was meta-trained on (seen groups) and held-out teachers (unseen groups), one pool size.")
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+def pool_size_table(done: pd.DataFrame) -> pd.DataFrame:
+    """setting, series, pool_size, mean, ci_half, groups: WeightFormer seen / unseen (and on the transfer
+    split) against the meta-train pool size, and the unseen groups' single / ensemble / KD (pool_size NaN)."""
+    wf = done[done.method == "weightformer"] if "method" in done else done.iloc[:0]
+    wf = wf[[o is not True for o in _option(wf, "fit_group")]]
+    rows = []
+    for setting, runs in (wf.groupby("setting", sort=True) if len(wf) else []):
+        sizes = pd.to_numeric(column(runs, "wf_members"), errors="coerce")
+        if sizes.nunique() < 2:
+            continue
+        on = column(runs, "wf_distill_on", "train")
+        # A step limit other than the setting's usual one is its own series (a longer meta-training).
+        limits = pd.to_numeric(_option(runs, "steps"), errors="coerce").fillna(-1)
+        usual = limits.mode().iloc[0]
+        for (part, split, size, limit), r in runs.groupby([runs.teacher_part, on, sizes, limits], sort=True):
+            series = ("unseen" if part == "held_out" else "seen") + ("" if split == "train" else f", eq. 1 on {split}") + \
+                ("" if limit == usual or limit < 0 else f", {int(limit)} steps")
+            m, h = interval(per_group(r, "top1"))
+            rows.append({"setting": setting, "series": f"WeightFormer, {series}", "pool_size": float(size),
+                         "mean": m, "ci_half": h, "groups": r.pipe(groups_of).nunique()})
+        refs = done[(done.setting == setting) & (done.teacher_part == "held_out") &
+                    done.method.isin(["single", "ensemble", "kd"])]
+        for (method, split), r in refs.groupby([refs.method, column(refs, "option_distill_on", "train")], sort=True):
+            m, h = interval(per_group(r, "top1"))
+            label = {"single": "single", "ensemble": "ensemble", "kd": "KD"}[method] + \
+                ("" if split == "train" else f" on {split}")
+            rows.append({"setting": setting, "series": f"{label} (unseen groups)", "pool_size": math.nan,
+                         "mean": m, "ci_half": h, "groups": r.pipe(groups_of).nunique()})
+    return pd.DataFrame(rows, columns=["setting", "series", "pool_size", "mean", "ci_half", "groups"])
+
+
+SAVE_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
+
+
+def _figure_bytes(fig) -> dict[str, bytes]:
+    import matplotlib.pyplot as plt
+
+    out = {}
+    for ext, metadata in SAVE_METADATA.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight", metadata=metadata)
+        out[ext] = buf.getvalue()
+    plt.close(fig)
+    return out
+
+
+def plot_pool_size(table: pd.DataFrame, grid: str) -> dict[str, bytes]:
+    """One panel per setting: WeightFormer against pool size (log2 axis, 95% intervals over groups),
+    the unseen groups' references as horizontal lines with shaded intervals."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = sorted(set(table.setting))
+    fig, axes = plt.subplots(1, len(settings), figsize=(6.4 * len(settings), 4.2), squeeze=False)
+    styles = {"single": ("tab:gray", ":"), "ensemble": ("tab:green", "--"), "KD": ("tab:red", "-."),
+              "KD on transfer": ("tab:purple", (0, (5, 2, 1, 2, 1, 2)))}
+    for ax, setting in zip(axes[0], settings):
+        t = table[table.setting == setting]
+        for series, rows in t[t.pool_size.notna()].groupby("series", sort=True):
+            rows = rows.sort_values("pool_size")
+            ax.errorbar(rows.pool_size, rows["mean"], yerr=rows.ci_half.fillna(0), marker="o", capsize=3,
+                        linestyle="-" if len(rows) > 1 else "none", label=f"{series} (n = {rows.groups.min()} groups)")
+        for r in t[t.pool_size.isna()].itertuples():
+            colour, style = styles.get(r.series.split(" (")[0], ("tab:brown", "-"))
+            ax.axhline(r.mean, color=colour, linestyle=style, linewidth=1.2, label=f"{r.series} (n = {r.groups})")
+            if not pd.isna(r.ci_half):
+                ax.axhspan(r.mean - r.ci_half, r.mean + r.ci_half, color=colour, alpha=0.12, linewidth=0)
+        sizes = sorted(set(t.pool_size.dropna()))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [f"{s:g}" for s in sizes])
+        ax.set_xlabel("meta-train pool size (teachers)")
+        ax.set_ylabel("test top-1 accuracy (%)")
+        ax.set_title(setting, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
+    fig.suptitle(f"{grid}: WeightFormer vs meta-train pool size (mean, 95% t interval over distinct groups)",
+                 fontsize=10)
+    return _figure_bytes(fig)
+
+
+def curve_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each finished meta-training's curve, one row per log point: label, step, kl, val_kl."""
+    meta = runs[(runs.stage == "meta_train") & (column(runs, "status") == "done")]
+    rows = []
+    for r in meta.itertuples():
+        curve = getattr(r, "curve", None)
+        if not isinstance(curve, list):
+            continue
+        members = getattr(r, "wf_members", None)
+        split = getattr(r, "wf_distill_on", None)
+        label = f"{r.pool} N={int(r.n_teachers)}, {int(members) if members == members and members else '?'} teachers" + \
+            (f", eq. 1 on {split}" if isinstance(split, str) else "") + f" [{r.run_id[:6]}]"
+        rows += [{"label": label, "step": p["step"], "kl": p["kl"], "val_kl": p.get("val_kl", math.nan)} for p in curve]
+    return pd.DataFrame(rows, columns=["label", "step", "kl", "val_kl"])
+
+
+def plot_curves(curves: pd.DataFrame, grid: str) -> dict[str, bytes]:
+    """Train KL (solid) and val KL (dashed, same colour) per meta-training, log y."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    for i, (label, c) in enumerate(curves.groupby("label", sort=True)):
+        colour = f"C{i % 10}"
+        ax.plot(c.step, c.kl, color=colour, linewidth=1, label=label)
+        if c.val_kl.notna().any():
+            ax.plot(c.step, c.val_kl, color=colour, linewidth=1, linestyle="--")
+    ax.set_yscale("log")
+    ax.set_xlabel("meta-training step")
+    ax.set_ylabel("eq. 1 KL (nats; solid: training batches, dashed: val)")
+    ax.set_title(f"{grid}: meta-training curves", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=6)
+    return _figure_bytes(fig)
