@@ -167,8 +167,10 @@ def pool_size_table(done: pd.DataFrame) -> pd.DataFrame:
             series = ("unseen" if part == "held_out" else "seen") + ("" if split == "train" else f", eq. 1 on {split}") + \
                 ("" if limit == usual or limit < 0 else f", {int(limit)} steps")
             m, h = interval(per_group(r, "top1"))
+            d, dh = interval((per_group(r, "top1") - per_group(r, "anchor_top1")).dropna())
             rows.append({"setting": setting, "series": f"WeightFormer, {series}", "pool_size": float(size),
-                         "mean": m, "ci_half": h, "groups": r.pipe(groups_of).nunique()})
+                         "mean": m, "ci_half": h, "minus_anchor": d, "minus_anchor_ci_half": dh,
+                         "groups": r.pipe(groups_of).nunique()})
         refs = done[(done.setting == setting) & (done.teacher_part == "held_out") &
                     done.method.isin(["single", "ensemble", "kd"])]
         for (method, split), r in refs.groupby([refs.method, column(refs, "option_distill_on", "train")], sort=True):
@@ -176,8 +178,10 @@ def pool_size_table(done: pd.DataFrame) -> pd.DataFrame:
             label = {"single": "single", "ensemble": "ensemble", "kd": "KD"}[method] + \
                 ("" if split == "train" else f" on {split}")
             rows.append({"setting": setting, "series": f"{label} (unseen groups)", "pool_size": math.nan,
-                         "mean": m, "ci_half": h, "groups": r.pipe(groups_of).nunique()})
-    return pd.DataFrame(rows, columns=["setting", "series", "pool_size", "mean", "ci_half", "groups"])
+                         "mean": m, "ci_half": h, "minus_anchor": math.nan, "minus_anchor_ci_half": math.nan,
+                         "groups": r.pipe(groups_of).nunique()})
+    return pd.DataFrame(rows, columns=["setting", "series", "pool_size", "mean", "ci_half", "minus_anchor",
+                                       "minus_anchor_ci_half", "groups"])
 
 
 SAVE_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
@@ -196,22 +200,31 @@ def _figure_bytes(fig) -> dict[str, bytes]:
 
 
 def plot_pool_size(table: pd.DataFrame, grid: str) -> dict[str, bytes]:
-    """One panel per setting: WeightFormer against pool size (log2 axis, 95% intervals over groups),
-    the unseen groups' references as horizontal lines with shaded intervals."""
+    """One column of panels per setting: above, WeightFormer's top-1 against pool size (log2 axis,
+    95% intervals over groups) with the unseen groups' references as horizontal lines with shaded
+    intervals; below, WeightFormer − its anchor paired per group (free of the teachers' own spread)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     settings = sorted(set(table.setting))
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.4 * len(settings), 4.2), squeeze=False)
+    fig, axes = plt.subplots(2, len(settings), figsize=(6.4 * len(settings), 7.4), squeeze=False,
+                             sharex="col", gridspec_kw={"height_ratios": [3, 2]})
     styles = {"single": ("tab:gray", ":"), "ensemble": ("tab:green", "--"), "KD": ("tab:red", "-."),
               "KD on transfer": ("tab:purple", (0, (5, 2, 1, 2, 1, 2)))}
-    for ax, setting in zip(axes[0], settings):
+    for ax, low, setting in zip(axes[0], axes[1], settings):
         t = table[table.setting == setting]
-        for series, rows in t[t.pool_size.notna()].groupby("series", sort=True):
+        for i, (series, rows) in enumerate(t[t.pool_size.notna()].groupby("series", sort=True)):
             rows = rows.sort_values("pool_size")
+            line = "-" if len(rows) > 1 else "none"
             ax.errorbar(rows.pool_size, rows["mean"], yerr=rows.ci_half.fillna(0), marker="o", capsize=3,
-                        linestyle="-" if len(rows) > 1 else "none", label=f"{series} (n = {rows.groups.min()} groups)")
+                        color=f"C{i}", linestyle=line, label=f"{series} (n = {rows.groups.min()} groups)")
+            low.errorbar(rows.pool_size, rows.minus_anchor, yerr=rows.minus_anchor_ci_half.fillna(0), marker="o",
+                         capsize=3, color=f"C{i}", linestyle=line)
+        low.axhline(0, color="black", linewidth=0.8)
+        low.set_ylabel("WF − anchor, paired (pp)")
+        low.set_xlabel("meta-train pool size (teachers)")
+        low.grid(alpha=0.3)
         for r in t[t.pool_size.isna()].itertuples():
             colour, style = styles.get(r.series.split(" (")[0], ("tab:brown", "-"))
             ax.axhline(r.mean, color=colour, linestyle=style, linewidth=1.2, label=f"{r.series} (n = {r.groups})")
@@ -219,8 +232,7 @@ def plot_pool_size(table: pd.DataFrame, grid: str) -> dict[str, bytes]:
                 ax.axhspan(r.mean - r.ci_half, r.mean + r.ci_half, color=colour, alpha=0.12, linewidth=0)
         sizes = sorted(set(t.pool_size.dropna()))
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [f"{s:g}" for s in sizes])
-        ax.set_xlabel("meta-train pool size (teachers)")
+        low.set_xticks(sizes, [f"{s:g}" for s in sizes])
         ax.set_ylabel("test top-1 accuracy (%)")
         ax.set_title(setting, fontsize=10)
         ax.grid(alpha=0.3)
