@@ -72,7 +72,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         meta = json.loads(sidecar.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"checkpoint sidecar {sidecar} is not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    given = meta.get("format") if isinstance(meta, dict) else None
+    family, _, version = FORMAT.rpartition("/")
+    if isinstance(given, str) and given.startswith(family + "/") and given != FORMAT:
+        raise CheckpointError(f"checkpoint sidecar {sidecar} has format {given!r}; this ensemble-bench reads "
+                              f"{FORMAT!r} only (written by another version of it: use that version)")
+    if given != FORMAT:
         raise CheckpointError(f"checkpoint sidecar {sidecar} is not an {FORMAT} sidecar")
     return meta
 

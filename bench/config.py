@@ -44,14 +44,14 @@ from bench.methods import METHODS, method_options
 from bench.models import ARCHS, SCALES
 from bench.options import COMMON_OPTIONS, WeightFormerOptions
 from bench.paths import project_root
-from bench.recipes import TrainConfig
+from bench.recipes import TrainConfig, check_training
 
 GRID_DIR = project_root() / "sweeps"
 INITS = ("scratch", "shared", "pretrained")
 # The training fields a pool's recipe may set (the rest are fixed by the pool and the member).
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig)
                     if f.name not in ("arch", "dataset", "scale", "seed", "init_seed", "pretrained", "extra",
-                                      "device", "init_from", "train_fraction"))
+                                      "device", "init_from", "train_fraction", "train_split"))
 
 
 @dataclass(frozen=True)
@@ -130,9 +130,36 @@ def grid_path(grid: str) -> Path:
     return GRID_DIR / f"{grid}.yaml"
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys of a mapping without a word (a method listed twice
+    would run with the second's options only): refuse them, naming both lines."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    line = first.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if line != key_node.start_mark.line + 1:
+                    raise _DuplicateKey(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                                        f"(first at line {line}); YAML would keep only the last")
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as err:
+        raise BenchError(f"{path}: {err}") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
@@ -219,6 +246,10 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
         if held_out >= members:
             raise r.fail(f"{where}.held_out", f"{held_out} leaves no meta-train members out of {members}")
         recipe = r.mapping(p.get("recipe") or {}, f"{where}.recipe", RECIPE_KEYS)
+        check_training(recipe, f"{path}: {where}.recipe")
+        # The recipe with the (dataset, scale) defaults filled in: warm-up and milestones against epochs.
+        check_training(dataclasses.asdict(TrainConfig(arch, dataset, scale, **recipe).resolved()),
+                       f"{path}: {where}.recipe")
         available = members - held_out if part == "meta_train" else held_out
         if n_teachers > available:
             label = "meta-train" if part == "meta_train" else "held-out"

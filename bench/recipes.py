@@ -9,12 +9,73 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.data import DATASETS, dataset_spec
+from collections.abc import Mapping
+
+from bench.data import DATASETS, TRANSFER, dataset_spec
 from bench.errors import BenchError, choose
 from bench.models import ARCH_SPECS, ARCHS, SCALES
+from bench.options import Rule
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
+
+# What each training field accepts (a grid's pool recipe, a flag of bench.train, a resolved
+# config): checked when a grid loads, so a bad value stops it before any teacher trains. Null
+# (or absent) means the (dataset, scale) recipe's value.
+FROM_RECIPE = "the data set's recipe"
+
+
+def _one_of(values: tuple[str, ...], none: str | None = FROM_RECIPE) -> Rule:
+    return Rule(str, f"one of: {', '.join(values)}", lambda v: v in values, none)
+
+
+def _increasing(values: list) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values) and \
+        all(a < b for a, b in zip(values, values[1:]))
+
+
+TRAINING_RULES: dict[str, Rule] = {
+    "epochs": Rule(int, "a whole number >= 1", lambda v: v >= 1, FROM_RECIPE),
+    "batch_size": Rule(int, "a whole number >= 1", lambda v: v >= 1, FROM_RECIPE),
+    "optimizer": _one_of(OPTIMIZERS),
+    "lr": Rule(float, "a finite number > 0", lambda v: v > 0, FROM_RECIPE),
+    "momentum": Rule(float, "a number in [0, 1)", lambda v: 0 <= v < 1),
+    "weight_decay": Rule(float, "a finite number >= 0", lambda v: v >= 0, FROM_RECIPE),
+    "schedule": _one_of(SCHEDULES),
+    "warmup_epochs": Rule(float, "a finite number >= 0", lambda v: v >= 0, FROM_RECIPE),
+    "milestones": Rule(list, "a list of increasing whole numbers >= 1", _increasing),
+    "gamma": Rule(float, "a number in (0, 1]", lambda v: 0 < v <= 1),
+    "label_smoothing": Rule(float, "a number in [0, 1)", lambda v: 0 <= v < 1, FROM_RECIPE),
+    "image_size": Rule(int, "a whole number >= 4", lambda v: v >= 4, "the data set's size"),
+    "data_root": Rule(str, "a path", bool, "BENCH_DATA"),
+    "beton_train": Rule(str, "a path", bool, "none"),
+    "beton_test": Rule(str, "a path", bool, "none"),
+    "train_fraction": Rule(float, "a number in (0, 1]", lambda v: 0 < v <= 1),
+    "train_split": _one_of(("train", TRANSFER), None),
+}
+
+
+def check_training(values: Mapping[str, Any], where: str, joint: bool = True) -> dict[str, Any]:
+    """`values` (training fields) with each one checked against TRAINING_RULES; `where` begins every
+    error and the key follows it (`<where>.epochs: -1 is not a whole number >= 1 or null (...)`).
+    `joint`: also the rules between fields (a pool's own recipe; a student that overrides only its
+    epochs keeps the pool's milestones, which its schedule then never reaches)."""
+    out = {}
+    for key, value in values.items():
+        rule = TRAINING_RULES.get(key)
+        if rule is None:
+            out[key] = value
+            continue
+        out[key] = rule.accept(list(value) if isinstance(value, tuple) else value, f"{where}.{key}")
+    epochs, warmup = out.get("epochs"), out.get("warmup_epochs")
+    if not joint:
+        return out
+    if epochs is not None and warmup is not None and warmup > epochs:
+        raise BenchError(f"{where}.warmup_epochs: {warmup:g} is longer than the {epochs} epochs")
+    milestones = out.get("milestones") or []
+    if epochs is not None and milestones and milestones[-1] >= epochs:
+        raise BenchError(f"{where}.milestones: {milestones} reach past the last of the {epochs} epochs")
+    return out
 
 # Defaults per (dataset, scale); a grid or a flag overrides any of them.
 RECIPES: dict[tuple[str, str], dict[str, Any]] = {
@@ -79,14 +140,7 @@ class TrainConfig:
         cfg = dataclasses.replace(self, **filled)
         cfg.image_size = cfg.image_size or dataset_spec(cfg.dataset).image_size
         cfg.milestones = tuple(cfg.milestones)
-        choose("optimizer", cfg.optimizer, OPTIMIZERS)
-        choose("schedule", cfg.schedule, SCHEDULES)
-        choose("train_split", cfg.train_split, ("train", "transfer"))
-        if not 0 < cfg.train_fraction <= 1:
-            raise BenchError(f"train_fraction must be in (0, 1], got {cfg.train_fraction}")
-        if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-            raise BenchError(f"epochs, batch_size and lr must be positive (got {cfg.epochs}, "
-                             f"{cfg.batch_size}, {cfg.lr})")
+        check_training({k: getattr(cfg, k) for k in TRAINING_RULES}, "recipe", joint=False)
         return cfg
 
     def to_json(self) -> dict[str, Any]:

@@ -26,6 +26,9 @@ from bench.io import atomic_write_json
 REQUIRED_KEYS = ("run_id", "grid", "stage", "method", "arch", "dataset", "scale", "seed",
                  "n_teachers", "status", "top1", "top5", "nll", "ece", "wall_s")
 STATUSES = ("done", "failed")
+# A record's layout version. Records without one are schema 1; a record of a later schema (written
+# by a newer ensemble-bench) is skipped with a warning naming it rather than read as this one.
+SCHEMA = 1
 
 
 def run_id(spec: Mapping[str, Any]) -> str:
@@ -83,7 +86,7 @@ def _machine() -> dict[str, Any]:
 def write_record(records_dir: str | Path, record: Mapping[str, Any]) -> Path:
     """Write a record, stamped with its provenance (commit, host, hardware, finished: UTC time)."""
     stamp = {**_machine(), "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    record = make_record(**{**stamp, **record})
+    record = make_record(**{"schema": SCHEMA, **stamp, **record})
     return atomic_write_json(Path(records_dir) / f"{record['run_id']}.json", record)
 
 
@@ -92,6 +95,10 @@ def read_record(path: str | Path) -> dict[str, Any] | None:
         record = json.loads(Path(path).read_text())
         if not isinstance(record, dict) or "run_id" not in record:
             raise ValueError("not a record object")
+        schema = record.get("schema", 1)
+        if not isinstance(schema, int) or isinstance(schema, bool) or not 1 <= schema <= SCHEMA:
+            raise ValueError(f"record schema {schema!r}; this ensemble-bench reads schema 1 to {SCHEMA} "
+                             f"(written by another version of it)")
         return record
     except (OSError, ValueError, UnicodeDecodeError) as err:
         warnings.warn(f"skipping unreadable record {path}: {err}", stacklevel=2)

@@ -35,7 +35,8 @@ from bench.estimate import (DEFAULT_TFLOPS, TFLOPS_SOURCE, check_tflops, gpu_hou
                             training_config)
 from bench.io import atomic_write_json
 from bench.models import SCALES
-from bench.paths import project_root
+from bench.data import dataset_spec
+from bench.paths import data_root, project_root
 from bench.plan import STAGES, Job, Roots, unit_spec, units
 from bench.stages import run_job
 
@@ -512,13 +513,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, what: str = "results root", create: bool = True) -> None:
+    """That `folder` can be written: made and written to, or (`create=False`, a dry run, which
+    makes nothing) that its nearest existing ancestor is a writable folder."""
+    if not create:
+        existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+        if not existing.is_dir():
+            raise BenchError(f"{what} {folder} is not writable ({existing} is a file, not a folder)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise BenchError(f"{what} {folder} is not writable ({existing}: permission denied)")
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise BenchError(f"results root {folder} is not writable ({err.strerror})") from None
+        raise BenchError(f"{what} {folder} is not writable ({err.strerror})") from None
+
+
+def preflight(plan: Plan, roots: Roots, create: bool) -> None:
+    """The checks a submission makes before anything runs, the same for --dry-run: the results and
+    (where jobs will write there) teachers roots writable, a data root present for every pool
+    with work to do whose data set is read from disk."""
+    check_writable(roots.results / plan.grid.name, "results root", create)
+    if plan.todo.get("teachers") or plan.todo.get("meta_train"):
+        check_writable(roots.teachers, "teachers root", create)
+    busy = {j.spec.get("pool") or j.spec["teachers"][0]["pool"] for jobs in plan.todo.values() for j in jobs}
+    for pool in plan.grid.pools:
+        if pool.name not in busy or not dataset_spec(pool.dataset).needs_root:
+            continue
+        root = pool.recipe.get("data_root") or data_root()
+        if root is None:
+            raise BenchError(f"pool {pool.name}: dataset {pool.dataset!r} needs a data root (--data-root, "
+                             f"BENCH_DATA or the pool recipe's data_root); see the README's data section")
+        if not Path(root).is_dir():
+            raise BenchError(f"pool {pool.name}: data root {root} is not a folder")
 
 
 def resolve_cluster(name: str) -> str:
@@ -555,8 +584,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.dry_run:
         print_pools(plan)
         print_estimate(plan, resources, a.gpu_tflops)
+        preflight(plan, roots, create=False)
         return
-    check_writable(roots.results / grid.name)
+    preflight(plan, roots, create=True)
     running_driver = _running_local_driver(grid.name, roots)
     if running_driver:
         raise BenchError(f"a local driver of grid {grid.name!r} is still running (pid {running_driver}); "

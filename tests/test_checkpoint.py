@@ -89,3 +89,16 @@ def test_versioned_checkpoint_survives_a_kill_between_weights_and_sidecar(tmp_pa
     (tmp_path / "checkpoint-deadbeef0000.safetensors").write_bytes(b"half-written")
     tensors, meta = load_checkpoint(tmp_path / "checkpoint")
     assert meta["epoch"] == 2 and torch.equal(tensors["w"], torch.ones(3))
+
+
+def test_a_checkpoint_of_a_future_format_is_refused_not_misread(tmp_path):
+    save_checkpoint(tmp_path / "m", tensors(), {"arch": "vgg11"})
+    _, sidecar = paths(tmp_path / "m")
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "format": "ensemble-bench-checkpoint/2"}))
+    with pytest.raises(CheckpointError, match="has format 'ensemble-bench-checkpoint/2'; this ensemble-bench "
+                                              "reads 'ensemble-bench-checkpoint/1' only"):
+        load_checkpoint(tmp_path / "m")
+    sidecar.write_text(json.dumps({**meta, "format": "something-else"}))
+    with pytest.raises(CheckpointError, match="is not an ensemble-bench-checkpoint/1 sidecar"):
+        load_checkpoint(tmp_path / "m")

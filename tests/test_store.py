@@ -47,3 +47,14 @@ def test_records_are_flat_and_statuses_checked(tmp_path):
 def test_empty_folder_gives_an_empty_table_with_the_columns(tmp_path):
     table = load_records(tmp_path)
     assert len(table) == 0 and set(REQUIRED_KEYS) <= set(table.columns)
+
+
+def test_a_record_of_a_future_schema_is_skipped_naming_it(tmp_path):
+    records = tmp_path / "records"
+    path = write_record(records, {"run_id": "ok", "status": "done"})
+    assert json.loads(path.read_text())["schema"] == 1
+    (records / "old.json").write_text(json.dumps({"run_id": "old", "status": "done"}))  # before schemas: 1
+    (records / "new.json").write_text(json.dumps({"run_id": "new", "status": "done", "schema": 2}))
+    with pytest.warns(UserWarning, match="new.json: record schema 2; this ensemble-bench reads schema 1 to 1"):
+        table = load_records(records)
+    assert sorted(table.run_id) == ["ok", "old"]

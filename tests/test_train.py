@@ -99,7 +99,7 @@ def run_cli(*args):
     (["--arch", "vgg13", "--dataset", "digits"], ["unknown arch 'vgg13'", "vgg11"]),
     (["--arch", "vgg11", "--dataset", "svhn"], ["unknown dataset 'svhn'", "cifar10"]),
     (["--arch", "vgg11", "--dataset", "digits", "--scale", "huge"], ["unknown scale 'huge'", "tiny"]),
-    (["--arch", "vgg11", "--dataset", "digits", "--optimizer", "lion"], ["unknown optimizer 'lion'", "adamw"]),
+    (["--arch", "vgg11", "--dataset", "digits", "--optimizer", "lion"], ["recipe.optimizer: 'lion' is not one of: sgd, adamw"]),
     (["--arch", "vgg11", "--dataset", "cifar10", "--scale", "tiny"], ["needs a data root"]),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, words):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -147,6 +148,11 @@ def load_dataset(name: str, root: str | Path | None = None, split: str = "train"
         raise BenchError(f"dataset {name!r} needs a data root (--data-root or BENCH_DATA); "
                          f"see the README's data section for the layout")
     loader: Callable = importlib.import_module(f"bench.data.{spec.module}").load
+    # A misspelled option would otherwise be dropped or surface as a TypeError deep in a job.
+    valid = [p for p in inspect.signature(loader).parameters if p not in ("root", "split", "variant")]
+    for key in options:
+        if key not in valid:
+            raise BenchError(f"dataset {name!r}: unknown option {key!r}; valid: {', '.join(valid)}")
     options = {**spec.options, **options}
     if spec.module == "cifar":
         options.setdefault("variant", name)

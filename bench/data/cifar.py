@@ -135,7 +135,7 @@ def _folder(root: Path, v: Variant) -> Path:
 
 
 def load(root: Path | None, split: str, variant: str = "cifar10", verify_md5: bool = False,
-         download: bool = False, **_) -> ImageSet:
+         download: bool = False) -> ImageSet:
     v = VARIANTS[choose("cifar variant", variant, VARIANTS)]
     choose("split", split, VARIANTS[variant].files)
     if root is None:

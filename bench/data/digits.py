@@ -32,7 +32,7 @@ def _split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
     return {"train": np.sort(np.concatenate(train)), "test": np.sort(np.concatenate(test))}
 
 
-def load(root: Path | None, split: str, image_size: int = 16, channels: int = 1, **_) -> ImageSet:
+def load(root: Path | None, split: str, image_size: int = 16, channels: int = 1) -> ImageSet:
     from sklearn.datasets import load_digits
 
     if image_size < 8:

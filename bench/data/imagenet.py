@@ -8,7 +8,7 @@ held-out set. Labels index the sorted wnids, which must be the same in train/ an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from PIL import Image
 from torchvision.datasets import ImageFolder
@@ -65,7 +65,7 @@ class ImageNetFolder(ImageFolder):
 
 
 def load(root: Path | None, split: str, transform: Callable | None = None,
-         target_transform: Callable | None = None, **_: Any) -> ImageNetFolder:
+         target_transform: Callable | None = None) -> ImageNetFolder:
     choose("split", split, FOLDERS)
     if root is None:
         raise BenchError(f"imagenet needs a data root: {_layout(Path('<root>'))}")

@@ -69,7 +69,7 @@ def _encode(patches: torch.Tensor, channels: int, grid: int, patch: int) -> torc
 def load(root: Path | None, split: str, seed: int = 0, num_classes: int = 10, views: int = 2,
          image_size: int = 16, patch: int = 4, channels: int = 3, n_train: int = 2000,
          n_val: int = 1000, n_test: int = 1000, n_transfer: int = 0, single_view_fraction: float = 0.2, noise: float = 0.1,
-         feature_noise: float = 0.1, **_) -> ImageSet:
+         feature_noise: float = 0.1) -> ImageSet:
     """Generate one split; `root` is ignored.
 
     `noise` is the expected norm of each patch's Gaussian noise (per-coordinate std
