@@ -63,8 +63,8 @@ def member_dir(roots: Roots, spec: dict[str, Any]) -> Path:
     return roots.teachers / f"{spec['pool']}-{run_id(spec['recipe'])[:6]}" / f"member-{spec['member']}"
 
 
-def record_path(roots: Roots, grid: Grid, job: Job) -> Path:
-    return roots.results / grid.name / "records" / f"{job.run_id}.json"
+def record_path(roots: Roots, grid: Grid | str, job: Job) -> Path:
+    return roots.results / (grid if isinstance(grid, str) else grid.name) / "records" / f"{job.run_id}.json"
 
 
 class TeachersStage:

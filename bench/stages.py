@@ -145,7 +145,32 @@ RUNNERS: dict[str, Callable[[dict[str, Any], str, Roots], dict[str, Any]]] = {
     "teachers": run_teachers, "meta_train": run_meta_train, "methods": run_methods}
 
 
-def run_job(spec: dict[str, Any], grid: str, roots: Roots, cpus: int | None = None) -> dict[str, Any]:
+def lock_paths(spec: dict[str, Any], grid: str, roots: Roots) -> list[Path]:
+    """A job's locks: one per teacher (a stack holds each of its members', so a member run alone by
+    one sweep and in a stack by another is still run once) and per WeightFormer, beside the
+    teachers every grid shares; one per method run, in its grid's results."""
+    if spec["stage"] == "methods":
+        return [roots.results / grid / "locks" / f"{run_id(spec)}.lock"]
+    return [roots.teachers / ".locks" / f"{run_id(s)}.lock" for s in spec.get("stack", [spec])]
+
+
+def run_once(spec: dict[str, Any], grid: str, roots: Roots, rerun: bool = False) -> dict[str, Any]:
+    """The stage's runner under the job's locks (bench.locks). A job already done (another sweep
+    finished it after this one was planned, or while this one waited) is not run again, unless
+    `rerun` (`--force`) asks for its method run anew."""
+    from bench.locks import locked
+    from bench.plan import STAGES, Job
+
+    stage = STAGES[spec["stage"]]
+    jobs = [Job(spec["stage"], s, "") for s in spec.get("stack", [spec])]
+    with locked(lock_paths(spec, grid, roots), f"{spec['stage']} job {run_id(spec)}"):
+        if not (rerun and spec["stage"] == "methods") and all(stage.done(job, grid, roots) for job in jobs):
+            return {"already_done": True}
+        return RUNNERS[spec["stage"]](spec, grid, roots)
+
+
+def run_job(spec: dict[str, Any], grid: str, roots: Roots, cpus: int | None = None,
+            rerun: bool = False) -> dict[str, Any]:
     """Entry point of every job. Interrupted training resumes from its own epoch checkpoint.
 
     Threads follow the CPUs the job was given (`cpus`, else SLURM's allocation, else the
@@ -155,7 +180,11 @@ def run_job(spec: dict[str, Any], grid: str, roots: Roots, cpus: int | None = No
     parallel: each task joins a torch.distributed group (nccl on GPUs, else gloo) whose
     rendezvous submitit's job environment exports (MASTER_ADDR = the job's first node,
     MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK), runs the job, and leaves the group at the end.
-    Outside a submitit job (the debug executor, tests) or with one task nothing changes."""
+    Outside a submitit job (the debug executor, tests) or with one task nothing changes.
+
+    A single-task job runs under its locks (`run_once`): a second run of the same job (two sweeps
+    of one grid) waits for the first and then finds it done. (The tasks of one data-parallel job
+    share their SLURM job and are its one run.)"""
     import submitit
     import torch.distributed as dist
 
@@ -167,7 +196,7 @@ def run_job(spec: dict[str, Any], grid: str, roots: Roots, cpus: int | None = No
     except RuntimeError:  # not inside a submitit job: a single process
         tasks = 1
     if tasks <= 1:
-        return RUNNERS[spec["stage"]](spec, grid, roots)
+        return run_once(spec, grid, roots, rerun)
     # overwrite: the values derived from SLURM's own variables win over any inherited ones (a
     # MASTER_PORT already set is kept: submitit reads it). CUDA_VISIBLE_DEVICES is left alone:
     # bench.engine.train picks cuda:LOCAL_RANK among the GPUs the task sees, which works both when

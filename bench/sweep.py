@@ -51,8 +51,9 @@ class JobRunner(submitit.helpers.Checkpointable):
     calls `checkpoint`, which resubmits the same call: the training run resumes from its last
     epoch checkpoint on disk, so only the unfinished epoch is lost."""
 
-    def __call__(self, spec: dict[str, Any], grid: str, roots: Roots, cpus: int | None = None) -> dict[str, Any]:
-        return run_job(spec, grid, roots, cpus)
+    def __call__(self, spec: dict[str, Any], grid: str, roots: Roots, cpus: int | None = None,
+                 rerun: bool = False) -> dict[str, Any]:
+        return run_job(spec, grid, roots, cpus, rerun=rerun)
 
 
 class BundleRunner(JobRunner):
@@ -63,12 +64,12 @@ class BundleRunner(JobRunner):
     USR2, it finds the finished ones done and resumes the rest."""
 
     def __call__(self, jobs: list[tuple[str, dict[str, Any]]], grid: str, roots: Roots,  # type: ignore[override]
-                 cpus: int | None = None) -> dict[str, dict[str, Any]]:
+                 cpus: int | None = None, rerun: bool = False) -> dict[str, dict[str, Any]]:
         outcome: dict[str, dict[str, Any]] = {}
         for rid, spec in jobs:
             started = time.time()
             try:
-                run_job(spec, grid, roots, cpus)
+                run_job(spec, grid, roots, cpus, rerun=rerun)
                 outcome[rid] = {"state": "done", "started": started, "ended": time.time()}
             except Exception as err:  # noqa: BLE001 - recorded per task; the job wrote its failed record
                 outcome[rid] = {"state": "failed", "reason": f"{type(err).__name__}: {last_line(err)}"[:500],
@@ -130,6 +131,7 @@ class Plan:
     roots: Roots
     stages: dict[str, list[Job]]
     done: set[str]  # run_ids already finished before this sweep
+    rerun: bool = False  # --force: method jobs run even where a record says done
 
     @property
     def todo(self) -> dict[str, list[Job]]:
@@ -165,7 +167,7 @@ def make_plan(grid: Grid, roots: Roots, force: bool = False) -> Plan:
     stages = {name: stage.plan(grid, roots) for name, stage in STAGES.items()}
     done = {j.run_id for name, jobs in stages.items() for j in jobs
             if STAGES[name].done(j, grid, roots) and not (force and name == "methods")}
-    return Plan(grid, roots, stages, done)
+    return Plan(grid, roots, stages, done, rerun=force)
 
 
 def sweep_dir(plan: Plan) -> Path:
@@ -252,7 +254,7 @@ def run_debug(plan: Plan, resources: dict[str, dict[str, Any]] | None = None) ->
             states.update({j.run_id: {"state": "skipped", "reason": "a job it needs did not finish"} for j in unit})
             continue
         try:
-            run_job(unit_spec(unit), plan.grid.name, plan.roots)
+            run_job(unit_spec(unit), plan.grid.name, plan.roots, rerun=plan.rerun)
             states.update(unit_states(plan, unit, None))
         except Exception as err:
             states.update(unit_states(plan, unit, err))
@@ -320,7 +322,7 @@ def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None 
             res = resources[stage]
             executors[stage].update_parameters(timeout_min=int(res["timeout_min"]) * len(bundle))
             handle = executors[stage].submit(BundleRunner(), [(u[0].run_id, unit_spec(u)) for u in bundle],
-                                             plan.grid.name, plan.roots, int(res["cpus"]))
+                                             plan.grid.name, plan.roots, int(res["cpus"]), plan.rerun)
             running[handle.job_id] = (bundle, handle)
             for unit in bundle:
                 states.update({j.run_id: {"state": "running", "job_id": handle.job_id, "started": time.time()}
@@ -358,7 +360,8 @@ def submit_slurm(plan: Plan, resources: dict[str, dict[str, Any]]) -> dict[str, 
                                                      "kill-on-invalid-dep": "yes"}
         ex.update_parameters(**params)
         with ex.batch():  # one array task per unit: a job, or a stack of teacher jobs
-            handles = [ex.submit(JobRunner(), unit_spec(u), plan.grid.name, plan.roots) for u in tasks]
+            handles = [ex.submit(JobRunner(), unit_spec(u), plan.grid.name, plan.roots, None, plan.rerun)
+                       for u in tasks]
         for u, h in zip(tasks, handles):
             for j in u:
                 job_ids[j.run_id] = h.job_id
