@@ -461,6 +461,54 @@ def print_status(grid: str, roots: Roots) -> None:
     failed = [j for js in manifest["stages"].values() for j in js if states_of(states, j) == "failed"]
     for j in failed[:20]:
         print(f"  failed: {j['label']} {j.get('reason', '')} {j.get('log', '')}".rstrip())
+    print(disk_line(grid, Roots(Path(manifest["teachers_root"]), Path(manifest["results_root"]))))
+
+
+# What a sweep leaves beside its records, by folder of results/<grid>/: the executors' logs and the
+# distilled / fine-tuned students' run folders (checkpoints: a finished job's record holds its numbers).
+CLEANABLE = {"jobs": "local job logs", "slurm": "SLURM job logs", "students": "students' run folders"}
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def size_text(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 1024:.0f} kB"
+
+
+def disk_line(grid: str, roots: Roots) -> str:
+    sizes = {name: folder_bytes(roots.results / grid / name) for name in CLEANABLE}
+    parts = ", ".join(f"{CLEANABLE[n]} {size_text(b)}" for n, b in sizes.items())
+    return f"  disk under {roots.results / grid}: {parts}" + \
+        (f" (--clean removes those of finished jobs)" if any(sizes.values()) else "")
+
+
+def clean(grid: str, roots: Roots) -> None:
+    """Remove the logs and students' folders of finished jobs, never records, teachers or
+    WeightFormers; the logs of failed jobs stay (their tracebacks), and nothing is removed while
+    a job of the sweep runs or waits."""
+    manifest, states = current_states(grid, roots)
+    busy = [rid for s in states.values() for rid, v in s.items() if v in ("running", "pending")]
+    if busy or _running_local_driver(grid, roots):
+        raise BenchError(f"grid {grid!r} still has {len(busy)} running or pending jobs: clean after the sweep ends")
+    keep = {str(j["job_id"]).split("_")[0] for js in manifest["stages"].values() for j in js
+            if j.get("job_id") and states_of(states, j) == "failed"}
+    base = roots.results / grid
+    freed = 0
+    for name in ("jobs", "slurm"):
+        for path in sorted((base / name).glob("*")) if (base / name).is_dir() else []:
+            if any(k in path.name for k in keep):
+                continue
+            freed += folder_bytes(path) if path.is_dir() else path.stat().st_size
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    done = {rid for s in states.values() for rid, v in s.items() if v == "done"}
+    for path in sorted((base / "students").glob("*")) if (base / "students").is_dir() else []:
+        if path.name in done:
+            freed += folder_bytes(path)
+            shutil.rmtree(path)
+    print(f"removed {size_text(freed)} of logs and students' folders of finished jobs under {base}"
+          + (f"; kept the logs of {len(keep)} failed jobs" if keep else ""))
 
 
 def states_of(states: dict[str, dict[str, str]], j: dict[str, Any]) -> str | None:
@@ -502,6 +550,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"(default {DEFAULT_TFLOPS:g}: {TFLOPS_SOURCE})".replace("%", "%%"))
     p.add_argument("--wait", action="store_true", help="block until every job has finished")
     p.add_argument("--status", action="store_true", help="print the sweep's state and exit")
+    p.add_argument("--clean", action="store_true",
+                   help="remove the logs and students' folders of finished jobs (never records or teachers)")
     p.add_argument("--force", action="store_true",
                    help="rerun the methods stage even where records exist (finished teachers are kept)")
     p.add_argument("--results-root")
@@ -569,6 +619,9 @@ def main(argv: list[str] | None = None) -> None:
     roots = Roots.resolve(a.teachers_root, a.results_root)
     if a.status:
         print_status(grid_path(a.grid).stem, roots)
+        return
+    if a.clean:
+        clean(grid_path(a.grid).stem, roots)
         return
     check_tflops(a.gpu_tflops)
     grid = load_grid(a.grid, a.scale)

@@ -92,6 +92,24 @@ def test_local_executor_respects_its_parallelism_cap(mini, tmp_path):
     # One slot: the ready jobs of a stage share one subprocess (a bundle), at most BUNDLE_MAX of them.
     teachers = manifest["stages"]["teachers"]
     assert len({j["job_id"] for j in teachers}) == -(-len(teachers) // BUNDLE_MAX)
+    # Disk hygiene: --status sizes the logs; --clean removes the logs and students' folders of
+    # finished jobs and nothing else.
+    base = r.results / "mini"
+    method = manifest["stages"]["methods"][0]["run_id"]
+    for name in (method, "not-a-job"):
+        (base / "students" / name).mkdir(parents=True)
+        (base / "students" / name / "last.safetensors").write_bytes(b"0" * 1000)
+    status = sweep("--grid", str(mini), "--status", "--results-root", str(r.results), "--teachers-root", str(r.teachers))
+    assert f"disk under {base}: local job logs " in status.stdout and "students' run folders 2 kB" in status.stdout
+    records = sorted(p.read_bytes() for p in (base / "records").glob("*.json"))
+    teacher_files = sorted(str(p) for p in r.teachers.rglob("*"))
+    assert any((base / "jobs").iterdir())
+    cleaned = sweep("--grid", str(mini), "--clean", "--results-root", str(r.results), "--teachers-root", str(r.teachers))
+    assert cleaned.returncode == 0 and "removed" in cleaned.stdout, cleaned.stderr
+    assert not any((base / "jobs").iterdir())
+    assert sorted(p.name for p in (base / "students").iterdir()) == ["not-a-job"]
+    assert sorted(p.read_bytes() for p in (base / "records").glob("*.json")) == records
+    assert sorted(str(p) for p in r.teachers.rglob("*")) == teacher_files
 
 
 def test_a_bundle_runs_every_job_whatever_fails(tmp_path):
