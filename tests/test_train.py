@@ -153,3 +153,22 @@ def test_train_fraction_is_a_fixed_subset(tmp_path):
     assert torch.equal(full.images[loader.indices], loader.images) and len(set(loader.indices.tolist())) == len(loader.labels)
     with pytest.raises(BenchError, match=r"train_fraction must be in \(0, 1\]"):
         TrainConfig(arch="vgg11", dataset="digits", train_fraction=0.0).resolved()
+
+
+def test_a_loss_that_turns_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Training and every loss given as a criterion (KD, self-distillation, fine-tuning) run on
+    the engine's loop, which checks each loss term before stepping."""
+    calls = {"n": 0}
+
+    def nan_in_epoch_two(logits, images, labels, indices, views):
+        calls["n"] += 1
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        return loss * float("nan") if calls["n"] == 20 else loss  # 17 steps an epoch: epoch 2
+
+    cfg = TrainConfig(arch="vgg11", seed=0, **{**FAST, "epochs": 2})
+    with pytest.raises(BenchError, match=r"stopped at step 19: the training loss is nan \(the last good "
+                                         r"checkpoint is kept\)"):
+        train(cfg, tmp_path, criterion=nan_in_epoch_two, progress=False)
+    _, meta = load_checkpoint(tmp_path / "checkpoint")
+    assert meta["epoch"] == 1 and not (tmp_path / "model.json").exists()
+    assert all(torch.isfinite(t).all() for t in load_checkpoint(tmp_path / "checkpoint")[0].values())
