@@ -381,3 +381,16 @@ def test_multiview_bad_sizes():
         load_dataset("multiview", None, "train", channels=1, views=4)
     with pytest.raises(BenchError, match="not a multiple of patch"):
         load_dataset("multiview", None, "train", image_size=15)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "not an image"])
+def test_an_unreadable_imagenet_image_is_named_in_one_line(tmp_path, damage):
+    _imagenet(tmp_path)
+    bad = tmp_path / "train" / WNIDS[1] / f"{WNIDS[1]}_rgb.JPEG"
+    data = bad.read_bytes()
+    bad.write_bytes({"empty": b"", "truncated": data[:len(data) // 2], "not an image": b"<html>404</html>"}[damage])
+    folder = load_dataset("imagenet", tmp_path, "train")
+    index = [Path(p).name for p, _ in folder.samples].index(bad.name)
+    with pytest.raises(BenchError, match=f"{bad}: unreadable image") as err:
+        folder[index]
+    assert "\n" not in str(err.value)

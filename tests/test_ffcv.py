@@ -254,3 +254,15 @@ def test_job_cpus(monkeypatch):
     assert fd.job_cpus() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "0")  # not a budget: ignored
     assert fd.job_cpus() == allowed
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_corrupt_beton_is_refused_in_one_line(tmp_path, damage):
+    need_ffcv()
+    out = fd.write_beton_from(ColourImages(3), tmp_path / "v.beton", num_workers=1)
+    data = out.read_bytes()
+    out.write_bytes({"garbage": bytes(range(256)) * 8, "truncated": data[:len(data) // 3], "empty": b""}[damage])
+    with pytest.raises(BenchError, match=r"v.beton: not a readable .beton") as err:
+        fd.make_ffcv_loader(out, train=False, batch_size=2, seed=0, image_size=24, mean=MEAN, std=STD,
+                            device="cpu")
+    assert "\n" not in str(err.value)
