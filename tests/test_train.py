@@ -151,7 +151,7 @@ def test_train_fraction_is_a_fixed_subset(tmp_path):
     assert torch.equal(again.images, loader.images)
     # A subset's samples keep their index in the whole split.
     assert torch.equal(full.images[loader.indices], loader.images) and len(set(loader.indices.tolist())) == len(loader.labels)
-    with pytest.raises(BenchError, match=r"train_fraction must be in \(0, 1\]"):
+    with pytest.raises(BenchError, match=r"recipe.train_fraction: 0.0 is not a number in \(0, 1\]"):
         TrainConfig(arch="vgg11", dataset="digits", train_fraction=0.0).resolved()
 
 
