@@ -33,7 +33,7 @@ from bench.config import Grid, grid_path, load_grid, read_yaml
 from bench.errors import BenchError, choose, cli
 from bench.estimate import (DEFAULT_TFLOPS, TFLOPS_SOURCE, check_tflops, gpu_hours, job_flops, net_of,
                             training_config)
-from bench.io import atomic_write_json
+from bench.io import atomic_write_json, remove_stale_temps
 from bench.models import SCALES
 from bench.data import dataset_spec
 from bench.paths import data_root, project_root
@@ -635,6 +635,9 @@ def main(argv: list[str] | None = None) -> None:
     flags = {"partition": a.partition, "account": a.account, "gpus": a.gpus, "cpus": a.cpus,
              "mem_gb": a.mem_gb, "timeout_min": a.timeout_min, "stack": a.stack}
     resources = {s: load_resources(a.cluster_config, grid.scale, s, flags) for s in STAGES}
+    if not a.dry_run:  # what killed writers left (bench.io); a dry run changes nothing
+        for root in (roots.results / grid.name, roots.teachers):
+            remove_stale_temps(root)
     plan = make_plan(grid, roots, force=a.force)
     print_plan(plan, cluster, resources)
     if a.dry_run:

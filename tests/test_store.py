@@ -58,3 +58,24 @@ def test_a_record_of_a_future_schema_is_skipped_naming_it(tmp_path):
     with pytest.warns(UserWarning, match="new.json: record schema 2; this ensemble-bench reads schema 1 to 1"):
         table = load_records(records)
     assert sorted(table.run_id) == ["ok", "old"]
+
+
+def test_a_dead_writers_temporary_file_is_removed_and_a_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+
+    from bench.io import HOST, remove_stale_temps
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = HOST.split(".")[0]
+    dead = tmp_path / "records" / f".a.json.{host}.{gone.pid}.k2j4x9zz.tmp"
+    live = tmp_path / "records" / f".b.json.{host}.{os.getpid()}.q8w7e6rr.tmp"
+    foreign = tmp_path / f".c.json.otherhost.1.abcdefgh.tmp"
+    for p in (dead, live, foreign):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("{")
+    assert remove_stale_temps(tmp_path) == [dead]
+    assert live.exists() and foreign.exists()
+    os.utime(foreign, (0, 0))  # a day and more without its writer
+    assert remove_stale_temps(tmp_path) == [foreign]

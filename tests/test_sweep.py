@@ -1,7 +1,10 @@
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -269,3 +272,47 @@ def test_pools_with_other_recipes_never_share_a_teacher_folder(mini, tmp_path):
     assert member_dir(r, teacher_spec(one, 0)) != member_dir(r, teacher_spec(two, 0))
     mini.write_text(MINI)  # the same pool and recipe again: the same folder, shared
     assert member_dir(r, teacher_spec(load_grid(mini, "tiny").pools[0], 0)) == member_dir(r, teacher_spec(one, 0))
+
+
+def _run_tree(tmp_path, name):
+    return ["--teachers-root", str(tmp_path / name / "teachers"), "--results-root", str(tmp_path / name / "results")]
+
+
+def test_a_killed_driver_and_its_jobs_cost_nothing_on_rerun(mini, tmp_path):
+    """SIGKILL the local driver and every job it started once the teachers are done; the same
+    command then finishes the grid: every record once, every file whole, no temporary file, locks
+    released, and the metrics of an uninterrupted run to the bit."""
+    mini.write_text(MINI.replace("[single, ensemble]", "[single, ensemble, kd]"))
+    cmd = [sys.executable, "-m", "bench.sweep", "--grid", str(mini), "--cluster", "local", "--wait", "--quiet"]
+    proc = subprocess.Popen(cmd + _run_tree(tmp_path, "killed"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    records = tmp_path / "killed" / "results" / "mini" / "records"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if sum(1 for p in records.glob("*.json") if json.loads(p.read_text())["stage"] == "teachers") == 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the job subprocesses it started
+    proc.wait()
+    finished = {p.stem for p in records.glob("*.json") if json.loads(p.read_text())["stage"] == "methods"}
+    assert len(finished) < 6, "the sweep must be killed before its methods finish for this test to mean anything"
+    # A temporary file a killed writer left behind (no process has that pid).
+    (records / f".x.json.{socket.gethostname().split('.')[0]}.999999999.abcd1234.tmp").write_text("{")
+
+    rerun = subprocess.run(cmd + _run_tree(tmp_path, "killed"), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    clean = subprocess.run(cmd + _run_tree(tmp_path, "clean"), capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+
+    def table(name):
+        t = load_records(tmp_path / name / "results" / "mini" / "records")
+        return t.set_index("run_id")[["stage", "top1", "top5", "nll", "ece"]].sort_index()
+
+    killed, whole = table("killed"), table("clean")
+    assert list(killed.index) == list(whole.index) and len(killed) == 3 + 6
+    assert killed.equals(whole)
+    for root in (tmp_path / "killed" / "results", tmp_path / "killed" / "teachers"):
+        assert not [p for p in root.rglob("*.tmp")]
+        for p in root.rglob("*.json"):
+            json.loads(p.read_text())
+        assert not [p for p in root.rglob("*.lock")]
