@@ -172,3 +172,52 @@ def test_the_sbatch_driver_script_runs_a_grid_and_its_report(tmp_path):
     assert state() == "COMPLETED", log[-3000:]
     assert (tmp_path / "r" / "driven" / "report" / "main_table.md").exists()
     assert set(load_records(tmp_path / "r" / "driven").status) == {"done"}
+
+
+FAULT_GRID = """
+n_teachers: 2
+seeds: 1
+pools:
+  - arch: vgg11
+    dataset: digits
+    members: 3
+    held_out: 0
+    recipe: {epochs: 1}
+methods: [single, ensemble]
+"""
+
+
+def test_a_cancelled_array_task_fails_its_dependents_and_a_rerun_submits_only_what_is_missing(tmp_path):
+    grid = tmp_path / "faults.yaml"
+    grid.write_text(FAULT_GRID)
+    base = [sys.executable, "-m", "bench.sweep", "--grid", str(grid), "--partition", "debug", "--timeout-min", "20",
+            "--mem-gb", "2", "--teachers-root", str(tmp_path / "t"), "--results-root", str(tmp_path / "r")]
+    submit = base + ["--cluster", "slurm", "--stack", "1"]
+    r = subprocess.run(submit, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert r.returncode == 0, r.stdout + r.stderr
+    manifest_file = tmp_path / "r" / "faults" / "sweep.json"
+    first = json.loads(manifest_file.read_text())
+    teachers = first["stages"]["teachers"]
+    assert len(teachers) == 2  # the one group's two members; the third is never trained
+    cancelled = teachers[0]["job_id"]
+    subprocess.run(["scancel", cancelled], check=True)
+    arrays = sorted({j["job_id"].split("_")[0] for s in first["stages"].values() for j in s if j.get("job_id")})
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", ",".join(arrays)], capture_output=True,
+                                        text=True).stdout.strip(), 300, "the first submission to leave the queue")
+
+    status = subprocess.run(base + ["--status"], capture_output=True, text=True, env=os.environ.copy()).stdout
+    counts = {line.split()[0]: [int(x) for x in line.split()[1:6]] for line in status.splitlines()
+              if line.split() and line.split()[0] in ("teachers", "methods") and len(line.split()) == 6}
+    assert counts["teachers"] == [1, 0, 0, 1, 0], status  # done, running, pending, failed, skipped
+    assert counts["methods"][0] == 0 and counts["methods"][3] == 2, status
+    records = load_records(tmp_path / "r" / "faults")
+    assert set(records.stage) == {"teachers"} and len(records) == 1  # no method ran on a missing teacher
+
+    again = subprocess.run(submit + ["--wait"], capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "teachers      2 jobs,    1 to run" in again.stdout and "methods       2 jobs,    2 to run" in again.stdout
+    second = json.loads(manifest_file.read_text())
+    resubmitted = [j for j in second["stages"]["teachers"] if j.get("job_id")]
+    assert [j["run_id"] for j in resubmitted] == [teachers[0]["run_id"]]
+    records = load_records(tmp_path / "r" / "faults")
+    assert len(records) == 2 + 2 and set(records.status) == {"done"}
