@@ -1,6 +1,7 @@
 """One error type for bad input, and the wrapper that turns it into one line and exit code 2."""
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from typing import Callable, Iterable, TypeVar
@@ -20,8 +21,14 @@ def choose(kind: str, value: str, valid: Iterable[str]) -> str:
     return value
 
 
+# The machine's faults, not the code's: a full disk or quota, a read-only or failing file system,
+# a path the user may not write. One line names the file; a traceback would say nothing more.
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
 def cli(main: F) -> F:
-    """Decorate a command-line entry point: a BenchError exits 2 with `error: <message>`."""
+    """Decorate a command-line entry point: a BenchError, or an OSError of the machine's
+    (ENVIRONMENT_ERRNOS), exits 2 with `error: <message>`."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -29,6 +36,12 @@ def cli(main: F) -> F:
             return main(*args, **kwargs)
         except BenchError as err:
             print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except OSError as err:
+            if err.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"error: {where}{err.strerror or err}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -162,3 +162,26 @@ def test_a_pool_read_from_disk_needs_its_data_root_before_anything_runs(tmp_path
 def test_an_unknown_dataset_option_is_refused_with_the_valid_ones(tmp_path, name, options, valid):
     with pytest.raises(BenchError, match=f"dataset '{name}': unknown option '{next(iter(options))}'; valid: {valid}"):
         load_dataset(name, tmp_path, "train", **options)
+
+
+def test_a_full_disk_stops_the_sweep_in_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    import bench.io
+
+    def full(*args, dir=None, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dir))
+
+    monkeypatch.setattr(bench.io.tempfile, "mkstemp", full)
+    grid = tmp_path / "g.yaml"
+    grid.write_text(POOL.format(recipe="{epochs: 1}"))
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--grid", str(grid), "--cluster", "debug", "--teachers-root", str(tmp_path / "teachers"),
+              "--results-root", str(results)])
+    monkeypatch.setattr(bench.io.tempfile, "mkstemp", tempfile.mkstemp)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    # Each job fails on its first write; the sweep ends on the manifest's, in one line, no traceback.
+    assert exit_.value.code == 2 and last == f"error: {results / 'g'}: No space left on device"
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p != grid]
