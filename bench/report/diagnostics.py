@@ -15,14 +15,13 @@ the size of its meta-train pool, and every meta-training's curves.
 """
 from __future__ import annotations
 
-import io
 import math
 
 import pandas as pd
 from scipy import stats
 
 from bench.report.claims import groups_of
-from bench.report.frame import DASH, WF_METHODS, column, fmt, md_table, tex_table
+from bench.report.frame import DASH, WF_METHODS, column, figure_bytes, fmt, md_table, tex_table
 
 LEVEL = 0.95
 
@@ -184,21 +183,6 @@ def pool_size_table(done: pd.DataFrame) -> pd.DataFrame:
                                        "minus_anchor_ci_half", "groups"])
 
 
-SAVE_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
-
-
-def _figure_bytes(fig) -> dict[str, bytes]:
-    import matplotlib.pyplot as plt
-
-    out = {}
-    for ext, metadata in SAVE_METADATA.items():
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight", metadata=metadata)
-        out[ext] = buf.getvalue()
-    plt.close(fig)
-    return out
-
-
 def plot_pool_size(table: pd.DataFrame, grid: str) -> dict[str, bytes]:
     """One column of panels per setting: above, WeightFormer's top-1 against pool size (log2 axis,
     95% intervals over groups) with the unseen groups' references as horizontal lines with shaded
@@ -239,7 +223,7 @@ def plot_pool_size(table: pd.DataFrame, grid: str) -> dict[str, bytes]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
     fig.suptitle(f"{grid}: WeightFormer vs meta-train pool size (mean, 95% t interval over distinct groups)",
                  fontsize=10)
-    return _figure_bytes(fig)
+    return figure_bytes(fig)
 
 
 def curve_rows(runs: pd.DataFrame) -> pd.DataFrame:
@@ -276,4 +260,4 @@ def plot_curves(curves: pd.DataFrame, grid: str) -> dict[str, bytes]:
     ax.set_title(f"{grid}: meta-training curves", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=6)
-    return _figure_bytes(fig)
+    return figure_bytes(fig)

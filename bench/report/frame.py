@@ -2,6 +2,7 @@
 Markdown / LaTeX (booktabs) / CSV rendering through pandas that gives the same bytes for the same input."""
 from __future__ import annotations
 
+import io
 import math
 from typing import Iterable, Sequence
 
@@ -112,3 +113,21 @@ def csv_text(df: pd.DataFrame) -> bytes:
 
 def fmt(value, digits: int = 2, missing: str = DASH) -> str:
     return missing if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
+# Matplotlib stamps its version and the time into PNG and PDF files: left out, a rerun of the
+# report on the same records writes the same bytes.
+SAVE_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
+
+
+def figure_bytes(fig) -> dict[str, bytes]:
+    """The figure as PNG and PDF bytes (SAVE_METADATA); the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    out = {}
+    for kind, metadata in SAVE_METADATA.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format=kind, dpi=150, bbox_inches="tight", metadata=metadata)
+        out[kind] = buf.getvalue()
+    plt.close(fig)
+    return out

@@ -5,7 +5,6 @@ The default of a setting is its value in the runs of the plain variant (`weightf
 """
 from __future__ import annotations
 
-import io
 import math
 from collections import Counter
 from pathlib import Path
@@ -14,7 +13,7 @@ import pandas as pd
 
 from bench.io import atomic_write_bytes
 from bench.report.diagnostics import interval, per_group
-from bench.report.frame import WF_METHODS, column
+from bench.report.frame import SAVE_METADATA, WF_METHODS, column, figure_bytes
 
 # axis -> (record column, x-axis label with its unit)
 AXES = {
@@ -32,7 +31,6 @@ AXES = {
     "teacher_part": ("teacher_part", "teachers (meta_train = seen, held_out = unseen)"),
 }
 # Bytes depend on nothing but the data: no creation dates, no software versions.
-SAVE_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
 
 
 def norm(value):
@@ -158,13 +156,7 @@ def plot_axis(table: pd.DataFrame, axis: str, grid: str, refs: pd.DataFrame | No
     for ax in list(axes.flat)[len(series):]:
         ax.set_visible(False)
     fig.suptitle(f"{grid}: WeightFormer ablation, {axis} (mean, 95% t interval over distinct groups)", fontsize=10)
-    out = {}
-    for fmt, metadata in SAVE_METADATA.items():
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
-        out[fmt] = buf.getvalue()
-    plt.close(fig)
-    return out
+    return figure_bytes(fig)
 
 
 def write_ablations(runs: pd.DataFrame, folder: Path, grid: str,
