@@ -92,11 +92,10 @@ def test_a_stale_lock_is_taken_over_not_waited_on(tmp_path, monkeypatch, capsys,
     if why == "untouched for":
         old = time.time() - locks.STALE_S - 5
         os.utime(path, (old, old))
-    t0 = time.time()
     stages.run_once(SPEC, "g", Roots(tmp_path / "t", tmp_path / "r"))
-    assert time.time() - t0 < 10
     assert (tmp_path / "runs.log").read_text().count("\n") == 1
-    assert re.search(f"took over a stale lock \\({why}", capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert re.search(f"took over a stale lock \\({why}", err) and "waiting" not in err  # never waited on
     assert not path.exists() and not list(path.parent.glob("*.stale-*"))
 
 
