@@ -109,6 +109,8 @@ def locked(paths: list[Path], label: str) -> Iterator[None]:
             while not _create(path, me):
                 held = _read(path)
                 why = stale(path, held, me)
+                if why == "released":  # its owner finished between our two looks
+                    continue
                 if why:
                     _remove_stale(path, held, me)
                     print(f"{label}: took over a stale lock ({why})", file=sys.stderr, flush=True)
