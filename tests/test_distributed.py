@@ -335,6 +335,10 @@ def test_single_task_jobs_stay_single_process(tmp_path, monkeypatch, slurm_env):
     for k, v in slurm_env.items():
         monkeypatch.setenv(k, v)
     seen = {}
+    from bench import plan
+
+    # A stage is a planner (its done-check) and a runner: a single-task job checks done under its lock.
+    monkeypatch.setitem(plan.STAGES, "probe", type("Probe", (), {"done": lambda self, job, grid, roots: False})())
     monkeypatch.setitem(stages.RUNNERS, "probe", lambda spec, grid, roots: seen.update(
         initialized=torch.distributed.is_initialized(), master=os.environ.get("MASTER_ADDR")) or seen)
     stages.run_job({"stage": "probe"}, "g", stages.Roots(tmp_path, tmp_path), cpus=torch.get_num_threads())
