@@ -5,6 +5,7 @@ a record that says why.
 """
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -165,6 +166,7 @@ def run_once(spec: dict[str, Any], grid: str, roots: Roots, rerun: bool = False)
     jobs = [Job(spec["stage"], s, "") for s in spec.get("stack", [spec])]
     with locked(lock_paths(spec, grid, roots), f"{spec['stage']} job {run_id(spec)}"):
         if not (rerun and spec["stage"] == "methods") and all(stage.done(job, grid, roots) for job in jobs):
+            print(f"{spec['stage']} job {run_id(spec)}: done by another run; not run again", file=sys.stderr, flush=True)
             return {"already_done": True}
         return RUNNERS[spec["stage"]](spec, grid, roots)
 

@@ -316,3 +316,24 @@ def test_a_killed_driver_and_its_jobs_cost_nothing_on_rerun(mini, tmp_path):
         for p in root.rglob("*.json"):
             json.loads(p.read_text())
         assert not [p for p in root.rglob("*.lock")]
+
+
+def test_two_sweeps_of_one_grid_started_at_once_run_each_job_once(mini, tmp_path):
+    """Both finish; the second waits on the first's locks and finds its jobs done: every teacher
+    trained once (its log has one line per epoch), every record once and whole, no lock left."""
+    mini.write_text(MINI.replace("[single, ensemble]", "[single, ensemble, kd]"))
+    cmd = [sys.executable, "-m", "bench.sweep", "--grid", str(mini), "--cluster", "debug", *_run_tree(tmp_path, "both")]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    # Each task (the one stack of 3 teachers, 6 method runs) was run by one sweep and found done by
+    # the other, which had planned it too.
+    skipped = sum(err.count("done by another run; not run again") for _, err in outs)
+    assert skipped == 1 + 6, [o[1][-2000:] for o in outs]
+    results, teachers = tmp_path / "both" / "results", tmp_path / "both" / "teachers"
+    table = load_records(results / "mini")
+    assert len(table) == 3 + 6 and set(table.status) == {"done"} and table.run_id.is_unique
+    logs = sorted(teachers.rglob("member-*/log.jsonl"))
+    assert len(logs) == 3 and all(len(p.read_text().splitlines()) == 1 for p in logs)  # 1 epoch, once
+    assert not list(teachers.rglob("*.lock")) and not list(results.rglob("*.lock"))
+    assert not list(tmp_path.rglob("*.tmp"))
