@@ -3,9 +3,10 @@ beside a local driver, a requeued task beside its first life.
 
 A lock is a file created with O_EXCL (atomic on local and NFS v3+ file systems) holding its
 owner (host, pid, SLURM job id, start time); a thread touches it every HEARTBEAT_S seconds while
-the job runs. A lock is stale, and taken over, when its process is gone (same host), when it is
-this SLURM job's own from before a requeue, when its SLURM job has left the queue, or when
-nobody has touched it for STALE_S seconds (a host that died). A live lock is waited on, never
+the job runs. A lock is stale, and taken over, when its process is gone (on this host, the pid says so
+whatever SLURM says), when it is another host's lock of this SLURM job from before a requeue,
+when its SLURM job has left the queue, or when nobody has touched it for STALE_S seconds (a host
+that died). A live lock is waited on, never
 broken; the waiter then finds the job done and does nothing, or runs it.
 """
 from __future__ import annotations
@@ -76,10 +77,10 @@ def stale(path: Path, held: dict[str, Any] | None, me: dict[str, Any]) -> str | 
         return f"untouched for {age:.0f} s"
     if held is None:
         return None  # being written this instant
+    if held.get("host") == me["host"]:  # this host can tell: the owner runs or not, whatever SLURM says
+        return None if _pid_alive(held.get("pid")) else f"process {held.get('pid')} is gone"
     if held.get("slurm_job") and held.get("slurm_job") == me.get("slurm_job"):
         return "this SLURM job's own, from before a requeue"
-    if held.get("host") == me["host"] and not _pid_alive(held.get("pid")):
-        return f"process {held.get('pid')} is gone"
     if held.get("slurm_job") and _slurm_job_queued(str(held["slurm_job"])) is False:
         return f"SLURM job {held['slurm_job']} has ended"
     return None

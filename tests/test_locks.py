@@ -124,3 +124,17 @@ def test_a_stack_holds_each_members_lock():
     paths = stages.lock_paths({"stage": "teachers", "stack": members}, "g", roots)
     assert paths == [roots.teachers / ".locks" / f"{run_id(m)}.lock" for m in members]
     assert stages.lock_paths(members[1], "other", roots) == [paths[1]]  # alone, from another grid: the same lock
+
+
+def test_a_live_sibling_in_the_same_slurm_job_is_not_a_requeue(tmp_path, monkeypatch):
+    """Local jobs run inside one allocation share its SLURM job id: a live one keeps its lock,
+    whatever squeue says of that id."""
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    sibling = subprocess.Popen(["sleep", "30"])
+    try:
+        path = lock_file(tmp_path, pid=sibling.pid, slurm_job="41")
+        assert locks.stale(path, json.loads(path.read_text()), locks.owner()) is None
+    finally:
+        sibling.kill()
+        sibling.wait()
+    assert locks.stale(path, json.loads(path.read_text()), locks.owner()) == f"process {sibling.pid} is gone"
