@@ -46,12 +46,15 @@ def atomic_write_lines(path: str | os.PathLike, rows: list[dict]) -> Path:
     return atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: Any) -> bool:
+    """Whether a process of this host has the pid `pid` (another user's counts; None or <= 0: no)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # alive, another user's
         return True
     return True
 
@@ -68,7 +71,7 @@ def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
             continue
         mine = m["host"] == HOST.split(".")[0]
         try:
-            gone = not _alive(int(m["pid"])) if mine else time.time() - path.stat().st_mtime > FOREIGN_TEMP_S
+            gone = not pid_alive(int(m["pid"])) if mine else time.time() - path.stat().st_mtime > FOREIGN_TEMP_S
         except FileNotFoundError:
             continue
         if gone:

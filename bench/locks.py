@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.io import pid_alive
+
 HEARTBEAT_S = 30.0
 STALE_S = 600.0
 POLL_S = 5.0
@@ -40,18 +42,6 @@ def _read(path: Path) -> dict[str, Any] | None:
         return held if isinstance(held, dict) else None
     except (OSError, ValueError, UnicodeDecodeError):
         return None  # half written or gone: judged by its age below
-
-
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _slurm_job_queued(job: str) -> bool | None:
@@ -78,7 +68,7 @@ def stale(path: Path, held: dict[str, Any] | None, me: dict[str, Any]) -> str | 
     if held is None:
         return None  # being written this instant
     if held.get("host") == me["host"]:  # this host can tell: the owner runs or not, whatever SLURM says
-        return None if _pid_alive(held.get("pid")) else f"process {held.get('pid')} is gone"
+        return None if pid_alive(held.get("pid")) else f"process {held.get('pid')} is gone"
     if held.get("slurm_job") and held.get("slurm_job") == me.get("slurm_job"):
         return "this SLURM job's own, from before a requeue"
     if held.get("slurm_job") and _slurm_job_queued(str(held["slurm_job"])) is False:

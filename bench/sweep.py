@@ -33,7 +33,7 @@ from bench.config import Grid, grid_path, load_grid, read_yaml
 from bench.errors import BenchError, choose, cli
 from bench.estimate import (DEFAULT_TFLOPS, TFLOPS_SOURCE, check_tflops, gpu_hours, job_flops, net_of,
                             training_config)
-from bench.io import atomic_write_json, remove_stale_temps
+from bench.io import atomic_write_json, pid_alive, remove_stale_temps
 from bench.models import SCALES
 from bench.data import dataset_spec
 from bench.paths import data_root, project_root
@@ -403,7 +403,7 @@ def current_states(grid: str, roots: Roots) -> tuple[dict[str, Any], dict[str, d
     roots = Roots(Path(manifest["teachers_root"]), Path(manifest["results_root"]))  # the sweep's own
     live = squeue_states([j["job_id"] for s in manifest["stages"].values() for j in s if j.get("job_id")]) \
         if manifest["cluster"] == "slurm" else {}
-    driver_alive = manifest["cluster"] != "local" or _alive(manifest.get("driver_pid"))
+    driver_alive = manifest["cluster"] != "local" or pid_alive(manifest.get("driver_pid"))
     plan = make_plan(load_grid(manifest["grid_file"], manifest["scale"]), roots)
     out: dict[str, dict[str, str]] = {}
     for stage, jobs in manifest["stages"].items():
@@ -431,17 +431,7 @@ def _running_local_driver(grid: str, roots: Roots) -> int | None:
     pid = manifest.get("driver_pid")
     mine = pid == os.getpid()
     return pid if manifest.get("cluster") == "local" and not manifest.get("finished") and not mine \
-        and _alive(pid) else None
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
+        and pid_alive(pid) else None
 
 
 def print_status(grid: str, roots: Roots) -> None:
@@ -481,7 +471,7 @@ def disk_line(grid: str, roots: Roots) -> str:
     sizes = {name: folder_bytes(roots.results / grid / name) for name in CLEANABLE}
     parts = ", ".join(f"{CLEANABLE[n]} {size_text(b)}" for n, b in sizes.items())
     return f"  disk under {roots.results / grid}: {parts}" + \
-        (f" (--clean removes those of finished jobs)" if any(sizes.values()) else "")
+        (" (--clean removes those of finished jobs)" if any(sizes.values()) else "")
 
 
 def clean(grid: str, roots: Roots) -> None:

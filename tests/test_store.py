@@ -71,7 +71,7 @@ def test_a_dead_writers_temporary_file_is_removed_and_a_live_ones_kept(tmp_path)
     host = HOST.split(".")[0]
     dead = tmp_path / "records" / f".a.json.{host}.{gone.pid}.k2j4x9zz.tmp"
     live = tmp_path / "records" / f".b.json.{host}.{os.getpid()}.q8w7e6rr.tmp"
-    foreign = tmp_path / f".c.json.otherhost.1.abcdefgh.tmp"
+    foreign = tmp_path / ".c.json.otherhost.1.abcdefgh.tmp"
     for p in (dead, live, foreign):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("{")

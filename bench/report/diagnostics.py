@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import stats
 
 from bench.report.claims import groups_of
-from bench.report.frame import DASH, WF_METHODS, column, figure_bytes, fmt, md_table, tex_table
+from bench.report.frame import DASH, column, figure_bytes, fmt, md_table, tex_table
 
 LEVEL = 0.95
 
