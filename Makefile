@@ -1,7 +1,7 @@
 # The two commands of the README. Both install what they need first (idempotent, fast once done).
 PYTHON ?= python
 
-.PHONY: install demo test gpu-check
+.PHONY: install demo test smoke-test gpu-check
 
 install: .make/installed
 
@@ -21,6 +21,11 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest
+
+# The paper-scale main table's smoke (VGG-11, ResNet-50) on the CPU through SLURM (needs one:
+# bench/scripts/slurm_local.sh start), some minutes; CI runs it after the suite.
+smoke-test: install
+	$(PYTHON) -m pytest -m slow
 
 # On one CUDA GPU, under 8 minutes: the paper-shape meta-training step (ResNet-50, ViT-B/32, N = 4,
 # bf16, with and without checkpointing), a ResNet-50 teacher epoch's images/s, vmap vs looped

@@ -114,6 +114,16 @@ def method_applies(options: dict[str, Any], pool: PoolSpec) -> bool:
             and pool.name in options.get("pools", [pool.name]))
 
 
+def select_archs(grid: Grid, archs: list[str]) -> Grid:
+    """The grid with only its pools of these architectures (`--archs`)."""
+    have = sorted({p.arch for p in grid.pools})
+    bad = [a for a in archs if a not in have]
+    if bad or not archs:
+        raise BenchError(f"--archs {','.join(archs)}: grid {grid.name} has no pool of {', '.join(bad) or 'none'}; "
+                         f"its architectures: {', '.join(have)}")
+    return dataclasses.replace(grid, pools=tuple(p for p in grid.pools if p.arch in archs))
+
+
 def grid_names() -> list[str]:
     return sorted(p.stem for p in GRID_DIR.glob("*.yaml") if p.stem != "cluster")
 

@@ -84,8 +84,13 @@ def _machine() -> dict[str, Any]:
 
 
 def write_record(records_dir: str | Path, record: Mapping[str, Any]) -> Path:
-    """Write a record, stamped with its provenance (commit, host, hardware, finished: UTC time)."""
+    """Write a record, stamped with its provenance (commit, host, hardware, finished: UTC time) and,
+    in a smoke run, its step cap (`smoke_steps`: the report marks such records as no result)."""
+    from bench.system import smoke_steps
+
     stamp = {**_machine(), "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if smoke_steps() is not None:
+        stamp["smoke_steps"] = smoke_steps()
     record = make_record(**{"schema": SCHEMA, **stamp, **record})
     return atomic_write_json(Path(records_dir) / f"{record['run_id']}.json", record)
 

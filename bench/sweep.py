@@ -4,6 +4,7 @@
     python -m bench.sweep --grid main_table --scale tiny --wait     # ... and follow to the end
     python -m bench.sweep --grid main_table --status                # done / running / failed / pending
     python -m bench.sweep --grid main_table --dry-run               # the plan; submits nothing
+    python -m bench.sweep --grid main_table --scale paper --smoke   # every job for 2 steps first (bench.smoke)
 
 Finished jobs are found (by run_id) and skipped, so rerunning after any failure does only what
 is missing. On SLURM every stage is one job array, the next stage waiting on it with `afterok`;
@@ -22,14 +23,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import submitit
 from tqdm import tqdm
 
-from bench.config import Grid, grid_path, load_grid, read_yaml
+from bench import smoke
+from bench.config import Grid, grid_path, load_grid, read_yaml, select_archs
 from bench.errors import BenchError, choose, cli
 from bench.estimate import (DEFAULT_TFLOPS, TFLOPS_SOURCE, check_tflops, gpu_hours, job_flops, net_of,
                             training_config)
@@ -132,6 +134,8 @@ class Plan:
     stages: dict[str, list[Job]]
     done: set[str]  # run_ids already finished before this sweep
     rerun: bool = False  # --force: method jobs run even where a record says done
+    # How the grid file was narrowed (--archs, --smoke): kept in the manifest, so --status plans alike.
+    selection: dict[str, Any] = field(default_factory=dict)
 
     @property
     def todo(self) -> dict[str, list[Job]]:
@@ -163,11 +167,19 @@ def unit_label(unit: list[Job]) -> str:
     return unit[0].label if len(unit) == 1 else f"{unit[0].label} and {len(unit) - 1} more (a stack)"
 
 
-def make_plan(grid: Grid, roots: Roots, force: bool = False) -> Plan:
+def make_plan(grid: Grid, roots: Roots, force: bool = False, selection: dict[str, Any] | None = None) -> Plan:
     stages = {name: stage.plan(grid, roots) for name, stage in STAGES.items()}
     done = {j.run_id for name, jobs in stages.items() for j in jobs
             if STAGES[name].done(j, grid, roots) and not (force and name == "methods")}
-    return Plan(grid, roots, stages, done, rerun=force)
+    return Plan(grid, roots, stages, done, rerun=force, selection=dict(selection or {}))
+
+
+def selected_grid(grid: str | Path, scale: str, selection: dict[str, Any]) -> Grid:
+    """The grid file narrowed as `selection` says: `archs` (--archs), `smoke_steps` (--smoke)."""
+    out = load_grid(grid, scale)
+    if selection.get("archs"):
+        out = select_archs(out, list(selection["archs"]))
+    return smoke.smoke_grid(out) if selection.get("smoke_steps") else out
 
 
 def sweep_dir(plan: Plan) -> Path:
@@ -189,7 +201,7 @@ def write_manifest(plan: Plan, cluster: str, states: dict[str, dict[str, Any]], 
     atomic_write_json(manifest_path(plan.grid.name, plan.roots), {
         "grid": plan.grid.name, "grid_file": str(plan.grid.path), "scale": plan.grid.scale, "cluster": cluster,
         "teachers_root": str(plan.roots.teachers), "results_root": str(plan.roots.results),
-        "updated": dt.datetime.now().isoformat(timespec="seconds"), **extra,
+        "updated": dt.datetime.now().isoformat(timespec="seconds"), "selection": plan.selection, **extra,
         "stages": {s: [{"run_id": j.run_id, "label": j.label, **states.get(j.run_id, {})} for j in jobs]
                    for s, jobs in plan.stages.items()}})
 
@@ -404,7 +416,7 @@ def current_states(grid: str, roots: Roots) -> tuple[dict[str, Any], dict[str, d
     live = squeue_states([j["job_id"] for s in manifest["stages"].values() for j in s if j.get("job_id")]) \
         if manifest["cluster"] == "slurm" else {}
     driver_alive = manifest["cluster"] != "local" or pid_alive(manifest.get("driver_pid"))
-    plan = make_plan(load_grid(manifest["grid_file"], manifest["scale"]), roots)
+    plan = make_plan(selected_grid(manifest["grid_file"], manifest["scale"], manifest.get("selection") or {}), roots)
     out: dict[str, dict[str, str]] = {}
     for stage, jobs in manifest["stages"].items():
         out[stage] = {}
@@ -544,6 +556,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="remove the logs and students' folders of finished jobs (never records or teachers)")
     p.add_argument("--force", action="store_true",
                    help="rerun the methods stage even where records exist (finished teachers are kept)")
+    p.add_argument("--smoke", action="store_true",
+                   help="run the plan capped to --smoke-steps steps a job on synthetic data in the real formats, "
+                        "first seed only, records under <results root>/smoke/ (bench/smoke.py)")
+    p.add_argument("--smoke-steps", type=int, default=2, help="--smoke: optimiser steps per training loop")
+    p.add_argument("--archs", help="only the pools of these architectures (comma-separated)")
     p.add_argument("--results-root")
     p.add_argument("--teachers-root")
     p.add_argument("--cluster-config", type=Path, default=CLUSTER_FILE, help="per-stage resources")
@@ -574,7 +591,7 @@ def check_writable(folder: Path, what: str = "results root", create: bool = True
         raise BenchError(f"{what} {folder} is not writable ({err.strerror})") from None
 
 
-def preflight(plan: Plan, roots: Roots, create: bool) -> None:
+def preflight(plan: Plan, roots: Roots, create: bool, smoke: bool = False) -> None:
     """The checks a submission makes before anything runs, the same for --dry-run: the results and
     (where jobs will write there) teachers roots writable, a data root present for every pool
     with work to do whose data set is read from disk."""
@@ -582,7 +599,7 @@ def preflight(plan: Plan, roots: Roots, create: bool) -> None:
     if plan.todo.get("teachers") or plan.todo.get("meta_train"):
         check_writable(roots.teachers, "teachers root", create)
     busy = {j.spec.get("pool") or j.spec["teachers"][0]["pool"] for jobs in plan.todo.values() for j in jobs}
-    for pool in plan.grid.pools:
+    for pool in plan.grid.pools if not smoke else ():  # a smoke writes its own data
         if pool.name not in busy or not dataset_spec(pool.dataset).needs_root:
             continue
         root = pool.recipe.get("data_root") or data_root()
@@ -606,7 +623,13 @@ def resolve_cluster(name: str) -> str:
 @cli
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
-    roots = Roots.resolve(a.teachers_root, a.results_root)
+    roots = base = Roots.resolve(a.teachers_root, a.results_root)
+    if a.smoke:
+        if a.data_root:
+            raise BenchError("--smoke reads its own synthetic data (written under the smoke's results); "
+                             "leave out --data-root")
+        smoke.check_steps(a.smoke_steps)
+        roots = smoke.smoke_roots(roots)
     if a.status:
         print_status(grid_path(a.grid).stem, roots)
         return
@@ -614,7 +637,9 @@ def main(argv: list[str] | None = None) -> None:
         clean(grid_path(a.grid).stem, roots)
         return
     check_tflops(a.gpu_tflops)
-    grid = load_grid(a.grid, a.scale)
+    selection = {**({"archs": a.archs.split(",")} if a.archs is not None else {}),
+                 **({"smoke_steps": a.smoke_steps} if a.smoke else {})}
+    grid = selected_grid(a.grid, a.scale, selection)
     cluster = resolve_cluster(a.cluster)
     if a.max_parallel is not None and a.max_parallel < 1:
         raise BenchError(f"--max-parallel must be at least 1, got {a.max_parallel}")
@@ -625,17 +650,23 @@ def main(argv: list[str] | None = None) -> None:
     flags = {"partition": a.partition, "account": a.account, "gpus": a.gpus, "cpus": a.cpus,
              "mem_gb": a.mem_gb, "timeout_min": a.timeout_min, "stack": a.stack}
     resources = {s: load_resources(a.cluster_config, grid.scale, s, flags) for s in STAGES}
+    if a.smoke:
+        resources = {s: smoke.resources(r, flags) for s, r in resources.items()}
+        data = smoke.prepare(grid, roots, a.smoke_steps, write=not a.dry_run)
+        print(f"smoke run: every training loop stops after {a.smoke_steps} steps; seed {grid.seeds[0]} only; "
+              f"synthetic data in {data}; records under {roots.results / grid.name} (never results)")
     if not a.dry_run:  # what killed writers left (bench.io); a dry run changes nothing
         for root in (roots.results / grid.name, roots.teachers):
             remove_stale_temps(root)
-    plan = make_plan(grid, roots, force=a.force)
+    plan = make_plan(grid, roots, force=a.force, selection=selection)
     print_plan(plan, cluster, resources)
     if a.dry_run:
         print_pools(plan)
-        print_estimate(plan, resources, a.gpu_tflops)
-        preflight(plan, roots, create=False)
+        if not a.smoke:  # a smoke's jobs stop after a few steps: the count would be the full run's
+            print_estimate(plan, resources, a.gpu_tflops)
+        preflight(plan, roots, create=False, smoke=a.smoke)
         return
-    preflight(plan, roots, create=True)
+    preflight(plan, roots, create=True, smoke=a.smoke)
     running_driver = _running_local_driver(grid.name, roots)
     if running_driver:
         raise BenchError(f"a local driver of grid {grid.name!r} is still running (pid {running_driver}); "
@@ -651,8 +682,10 @@ def main(argv: list[str] | None = None) -> None:
     elif cluster == "local":
         log = roots.results / grid.name / "sweep.log"
         cmd = [sys.executable, "-m", "bench.sweep", "--grid", str(grid.path), "--scale", grid.scale,
-               "--cluster", "local", "--wait", "--quiet", "--teachers-root", str(roots.teachers),
-               "--results-root", str(roots.results), "--cluster-config", str(a.cluster_config)]
+               "--cluster", "local", "--wait", "--quiet", "--teachers-root", str(base.teachers),
+               "--results-root", str(base.results), "--cluster-config", str(a.cluster_config)]
+        cmd += ["--smoke", "--smoke-steps", str(a.smoke_steps)] if a.smoke else []
+        cmd += ["--archs", a.archs] if a.archs is not None else []
         cmd += ["--max-parallel", str(a.max_parallel)] if a.max_parallel else []
         cmd += ["--force"] if a.force else []
         for flag, value in flags.items():  # the driver must plan with the same resources

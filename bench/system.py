@@ -1,6 +1,7 @@
 """Where this process stands in its job: the CPUs it was given and its torch.distributed rank.
 
-A leaf module: data loaders (workers), the engine (threads, ranks) and the sweep's stages read it.
+A leaf module: data loaders (workers), the engine (threads, ranks, a smoke run's step cap) and the
+sweep's stages read it.
 """
 from __future__ import annotations
 
@@ -29,6 +30,22 @@ def job_cpus() -> int:
         if n > 0:
             return max(1, min(n, allowed))
     return max(1, allowed)
+
+
+# `python -m bench.sweep --smoke` exports the step cap to every job it runs (bench.smoke).
+SMOKE_STEPS_ENV = "BENCH_SMOKE_STEPS"
+
+
+def smoke_steps() -> int | None:
+    """The optimiser steps every training loop of a smoke run stops at; None outside one."""
+    value = os.environ.get(SMOKE_STEPS_ENV, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def capped_steps(steps: int) -> int:
+    """`steps`, or the smoke cap where it is lower: what a training loop runs and its caches hold."""
+    cap = smoke_steps()
+    return steps if cap is None else min(steps, cap)
 
 
 def world() -> tuple[int, int]:

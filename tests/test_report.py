@@ -366,3 +366,20 @@ def test_the_report_loads_no_training_code():
     training = [m for m in loaded if any(m == t or m.startswith(f"{t}.") for t in TRAINING)
                 or (m.startswith("bench.methods.") and m not in LIGHT_METHOD_MODULES)]
     assert training == []
+
+
+def test_a_run_with_a_non_finite_metric_is_named_and_left_out_of_its_cell(tmp_path):
+    folder = tmp_path / "g" / "records"
+    run(folder, "single", [96.0, 97.0, 98.0])
+    # A record holds a NaN or inf as null (bench.store): seed 3's NLL did not come out finite.
+    write_record(folder, {"run_id": "single-nan", "status": "done", "stage": "methods", "method": "single",
+                          "arch": "vgg11", "dataset": "digits", "scale": "tiny", "init": "scratch", "seed": 3,
+                          "top1": 10.0, "top5": 50.0, "nll": float("nan"), "ece": float("inf")})
+    text = report("g", tmp_path)
+    tables = text.split("## Runs without")[0].lower()
+    assert "nan" not in tables and "inf" not in tables
+    nll = md_cells(text, "NLL (nats)")
+    assert "(n=3" in nll.iloc[0, 1]  # the non-finite run is not averaged in
+    assert "single on vgg11 / digits, seed 3 (run single-nan): nll, ece not finite" in text
+    failed = (tmp_path / "g" / "report" / "failed.md").read_text()
+    assert "## Runs without a finite value (1)" in failed and "nll, ece not finite" in failed

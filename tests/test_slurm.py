@@ -227,3 +227,29 @@ def test_a_cancelled_array_task_fails_its_dependents_and_a_rerun_submits_only_wh
     assert [j["run_id"] for j in resubmitted] == [teachers[0]["run_id"]]
     records = load_records(tmp_path / "r" / "faults")
     assert len(records) == 2 + 2 and set(records.status) == {"done"}
+
+
+@pytest.mark.slow
+def test_the_paper_scale_main_table_smoke_runs_through_slurm(tmp_path):
+    """`--smoke` of the paper-scale main table on the CPU, VGG-11 / CIFAR-10 and ResNet-50 /
+    CIFAR-100 (ViT-B/32 starts from pretrained weights this machine cannot download): every stage
+    as SLURM arrays with afterok, each job 1 step (the default is 2), at the real widths, resolutions
+    and batch sizes. (`slow`: left out of `make test`; `make smoke-test` runs it, and CI after the suite.)"""
+    results = tmp_path / "r"
+    cmd = [sys.executable, "-m", "bench.sweep", "--grid", "main_table", "--scale", "paper", "--smoke",
+           "--archs", "vgg11,resnet50", "--cluster", "slurm", "--partition", "debug", "--gpus", "0",
+           "--cpus", "1", "--mem-gb", "7", "--smoke-steps", "1", "--results-root", str(results)]
+    r = subprocess.run(cmd + ["--wait"], capture_output=True, text=True, timeout=2400, env=os.environ.copy())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = load_records(results / "smoke" / "main_table")
+    assert (runs.status == "done").all() and (runs.smoke_steps == 1).all()
+    methods = runs[runs.stage == "methods"]
+    grid = load_grid("main_table", "paper")
+    assert len(methods) == sum(1 for m in grid.methods for p in grid.pools if p.arch != "vit_b32"
+                               and p.arch in m.options.get("archs", [p.arch]))
+    assert runs[runs.stage == "teachers"].top1.notna().all()  # the capped run still evaluates at its end
+    assert (runs[runs.stage == "meta_train"].steps_run == 1).all()
+    scripts = "".join(p.read_text() for p in (results / "smoke" / "main_table" / "slurm").rglob("*_submission.sh"))
+    assert "--dependency=afterok:" in scripts and "--array=" in scripts
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert again.returncode == 0 and "nothing to run: every job is done" in again.stdout, again.stdout + again.stderr

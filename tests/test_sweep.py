@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench.config import load_grid
@@ -337,3 +338,62 @@ def test_two_sweeps_of_one_grid_started_at_once_run_each_job_once(mini, tmp_path
     assert len(logs) == 3 and all(len(p.read_text().splitlines()) == 1 for p in logs)  # 1 epoch, once
     assert not list(teachers.rglob("*.lock")) and not list(results.rglob("*.lock"))
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+KILL_GRID = """
+n_teachers: 2
+seeds: 1
+pools:
+  - arch: vgg11
+    dataset: digits
+    members: 3
+    held_out: 0
+    recipe: {epochs: 3}
+methods:
+  single: {}
+  kd: {epochs: 3}
+  weightformer: {steps: 30, d_model: 16, depth: 1, heads: 2, checkpoint_every: 10}
+"""
+# Where each kill lands: the first epoch or log point of that loop is on disk, the run not finished.
+KILL_POINTS = {"teacher training": "teachers/*/member-*/checkpoint.json",
+               "meta-training": "teachers/*/weightformer-*/checkpoint.json",
+               "a KD student": "results/kill/students/*/checkpoint.json"}
+
+
+def _sweep_tree(tmp_path, name):
+    grid = tmp_path / "kill.yaml"
+    grid.write_text(KILL_GRID)
+    return [sys.executable, "-m", "bench.sweep", "--grid", str(grid), "--cluster", "debug", "--stack", "1",
+            *_run_tree(tmp_path, name)]
+
+
+def test_a_sweep_killed_in_each_loop_resumes_to_an_uninterrupted_runs_numbers(tmp_path):
+    """SIGKILL the sweep (the debug executor: the job runs in its process) once teacher training,
+    then meta-training, then a KD student has checkpointed but not finished, rerunning the same
+    command after each kill; the last rerun finishes the grid: every record once, every file
+    whole, no temporary file or lock left, the numbers of an uninterrupted run to the bit (each
+    loop resumes from its checkpoint and makes the steps it would have made)."""
+    cmd = _sweep_tree(tmp_path, "killed")
+    tree = tmp_path / "killed"
+    for point, pattern in KILL_POINTS.items():
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not list(tree.glob(pattern)):
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, f"the sweep ended before the kill in {point}"
+        assert list(tree.glob(pattern)), f"killed before {point} began"
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    whole = subprocess.run(_sweep_tree(tmp_path, "whole"), capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    cols = ["stage", "method", "top1", "top5", "nll", "ece"]
+    killed, clean = (load_records(tmp_path / name / "results" / "kill").set_index("run_id")[cols].sort_index()
+                     for name in ("killed", "whole"))
+    assert len(killed) == 3 + 1 + 3 and killed.index.is_unique  # teachers, the WeightFormer, methods
+    pd.testing.assert_frame_equal(killed, clean)
+    for root in (tree / "results", tree / "teachers"):
+        assert not list(root.rglob("*.tmp")) and not list(root.rglob("*.lock"))
+        for p in root.rglob("*.json"):
+            json.loads(p.read_text())

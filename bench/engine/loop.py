@@ -23,6 +23,7 @@ from tqdm import tqdm
 from bench.engine.checkpointer import RunFolder
 from bench.engine.optim import set_lr
 from bench.errors import BenchError
+from bench.system import capped_steps
 
 
 class NonFiniteLoss(BenchError):
@@ -38,13 +39,24 @@ class Task(Protocol):
     def log_row(self, step: int, means: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]: ...
 
 
+def batches_per_epoch(loader) -> int:
+    """len(loader), refused when nought: a split smaller than one batch (the last partial batch is
+    dropped) would otherwise fail as a division by zero, or loop forever."""
+    n = len(loader)
+    if n == 0:
+        size = getattr(loader, "batch_size", None)
+        raise BenchError(f"the training split holds fewer images than one batch{f' ({size})' if size else ''}; "
+                         f"lower the batch size or use more data")
+    return n
+
+
 class StepBatches:
     """The batch of step s from a loader of epochs (`len(loader)` steps each) for a loop that may
     start at any step: a new epoch, or a jump (a resume), restarts the loader at that epoch (its
     order and augmentation) and skips ahead, so a resumed run sees the batches it would have seen."""
 
     def __init__(self, loader) -> None:
-        self.loader, self.per_epoch = loader, len(loader)
+        self.loader, self.per_epoch = loader, batches_per_epoch(loader)
         self._batches, self._next = None, -1
 
     def __call__(self, step: int) -> tuple[Any, bool]:
@@ -73,7 +85,9 @@ def fit(task: Task, folder: RunFolder, *, steps: int, log_every: int, lr: float,
         quiet: bool = False, monitor: str | None = None, patience: int = 0) -> tuple[list[dict[str, Any]], float]:
     """Run (or resume) steps [0, steps); log, checkpoint every `log_every` steps and at the end.
     Returns the history (one row per log point) and the seconds spent in steps. With `monitor` and
-    `patience` > 0 the run stops early (the module's docstring) and the model ends at its best log point."""
+    `patience` > 0 the run stops early (the module's docstring) and the model ends at its best log point.
+    In a smoke run (bench.system.smoke_steps) every loop stops after that many steps, logging at the last."""
+    steps = capped_steps(steps)
     resumed = folder.resume(task.model, task.optimizer)
     start, history, seconds = (0, [], 0.0) if resumed is None else (
         resumed["step"], resumed["history"], resumed["seconds"])

@@ -45,8 +45,9 @@ from bench.checkpoint import CheckpointError, load_checkpoint, read_meta, save_c
 from bench.data import dataset_spec
 from bench.data.loaders import make_loader
 from bench.engine.devices import autocast
+from bench.engine.loop import batches_per_epoch
 from bench.errors import BenchError
-from bench.system import world
+from bench.system import capped_steps, world
 
 MODES = ("vmap", "loop")
 CHUNK = 256  # images per cache forward: any fixed size above one gives the online bits (module doc)
@@ -158,8 +159,9 @@ def cache_bytes(n_teachers: int, n_samples: int, n_views: int, n_classes: int) -
 def drawn_views(loader, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(sample indices, view ids) of every image that `steps` steps through `loader` draw (step s
     is batch s mod len(loader) of epoch s // len(loader), as `bench.engine.loop.StepBatches`
-    reads it), without making the images. Leaves the loader at epoch 0."""
-    per_epoch = len(loader)
+    reads it), without making the images. Leaves the loader at epoch 0. A smoke run's step cap
+    applies (bench.system.capped_steps): the loop will make no more steps than that."""
+    steps, per_epoch = capped_steps(steps), batches_per_epoch(loader)
     indices, views = [], []
     for epoch in range(-(-steps // per_epoch)):
         loader.set_epoch(epoch)

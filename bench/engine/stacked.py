@@ -52,7 +52,7 @@ from bench.errors import BenchError
 from bench.metrics import classification_metrics, for_split
 from bench.models import ARCH_SPECS, build_model
 from bench.recipes import TrainConfig
-from bench.system import world
+from bench.system import capped_steps, world
 
 
 class Unstackable(BenchError):
@@ -234,7 +234,8 @@ class StackedTask:
 
     def __init__(self, net: nn.Module, optimizer, train_loaders, eval_loaders, label_smoothing: float,
                  device: torch.device, channels_last: bool, steps: int) -> None:
-        self.model, self.optimizer, self.eval_loaders, self.steps = net, optimizer, eval_loaders, steps
+        # The last step the loop makes (a smoke run's cap, bench.system.capped_steps) evaluates.
+        self.model, self.optimizer, self.eval_loaders, self.steps = net, optimizer, eval_loaders, capped_steps(steps)
         self.members, self.label_smoothing, self.device = len(train_loaders), label_smoothing, device
         self.batches = [StepBatches(loader) for loader in train_loaders]
         self.steps_per_epoch = len(train_loaders[0])

@@ -38,7 +38,7 @@ from bench.errors import BenchError
 from bench.metrics import classification_metrics, for_split
 from bench.models import ARCH_SPECS, build_model
 from bench.recipes import TrainConfig, same_run
-from bench.system import world
+from bench.system import capped_steps, world
 
 # `criterion(logits, images, labels, indices, views) -> loss` replaces cross-entropy (distillation).
 Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -69,7 +69,8 @@ class SupervisedTask:
                  criterion: Criterion, device: torch.device, steps: int) -> None:
         self.cfg, self.model, self.net, self.optimizer = cfg, model, net, optimizer
         self.train_loader, self.eval_loaders, self.criterion, self.device = train_loader, eval_loaders, criterion, device
-        self.steps_per_epoch, self.steps = len(train_loader), steps
+        # The last step the loop makes (a smoke run's cap, bench.system.capped_steps) evaluates.
+        self.steps_per_epoch, self.steps = len(train_loader), capped_steps(steps)
         self.batches = StepBatches(train_loader)
 
     def loss(self, step: int) -> dict[str, torch.Tensor]:

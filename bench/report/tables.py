@@ -48,6 +48,7 @@ __all__ = ["METRICS", "cell_stats", "grid_plan", "report", "main"]
 METRICS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "nll": "NLL (nats)", "ece": "ECE (%)",
            "val_top1": "val top-1 (%): where settings are chosen"}
 LOWER_IS_BETTER = ("nll", "ece")
+RECORDED = ("top1", "top5", "nll", "ece")  # the test metrics every finished method run records
 FORMATS = ("md", "tex", "csv")
 PLOT_TITLES = {"pool_size": "WeightFormer against its meta-train pool size, with single, ensemble and KD",
                "meta_training": "every meta-training's train and val KL"}
@@ -178,6 +179,9 @@ def render_main(runs: pd.DataFrame, settings: list[str], plan: Plan | None, grid
     failed = runs[runs.status == "failed"]
     if len(failed):
         md.append("## Failed runs\n\n" + "".join(f"- {line}\n" for line in failed_lines(runs)))
+    if nonfinite_lines(runs):
+        md.append("## Runs without a finite value (left out of their cells)\n\n"
+                  + "".join(f"- {line}\n" for line in nonfinite_lines(runs)))
     cols = ["method", "variant", "setting", "metric", "mean", "std", "n", "groups", "expected", "best"]
     frame = pd.concat(long)[cols] if long else pd.DataFrame(columns=cols)
     if len(frame):  # long form in table order: metric, row, column
@@ -192,6 +196,19 @@ def failed_lines(runs: pd.DataFrame) -> list[str]:
     failed = failed[failed.status == "failed"]
     return [f"{r.variant} on {r.setting}, seed {fmt(r.seed, 0, '?')} ({r.stage}, run {r.run_id}): {r.reason}"
             for r in failed.sort_values(["stage", "variant", "setting", "seed", "run_id"], key=_sortable).itertuples()]
+
+
+def nonfinite_lines(runs: pd.DataFrame) -> list[str]:
+    """Finished method runs with a metric that is not a finite number: records hold a NaN or inf
+    as null (bench.store), and a cell's mean leaves such a run out (its n drops), so each is named."""
+    done = label_runs(method_runs(runs))
+    lines = []
+    for r in done.sort_values(["variant", "setting", "seed", "run_id"], key=_sortable).itertuples():
+        bad = [m for m in RECORDED if m in done.columns and not math.isfinite(float(getattr(r, m)))]
+        if bad:
+            lines.append(f"{r.variant} on {r.setting}, seed {fmt(r.seed, 0, '?')} (run {r.run_id}): "
+                         f"{', '.join(bad)} not finite")
+    return lines
 
 
 def _sortable(col: pd.Series) -> pd.Series:
@@ -308,6 +325,10 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
     skipped = [str(w.message).replace(f"{root}/", "") for w in caught]
     for message in skipped:
         warnings.warn(message, stacklevel=2)
+    if "smoke_steps" in runs.columns and runs.smoke_steps.notna().any():
+        raise BenchError(f"the records under {root / grid / 'records'} are a smoke run's (every job stopped after "
+                         f"{int(runs.smoke_steps.max())} steps on synthetic data, bench/smoke.py): they check "
+                         f"that the plan runs and are no results; `python -m bench.sweep --status --smoke` shows it")
     plan = grid_plan(grid_file or grid, record_scales(runs, root / grid))
     if runs.empty and plan is None:
         raise BenchError(f"no records for grid {grid!r} under {root / grid / 'records'}; run the sweep first")
@@ -364,6 +385,8 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
     failures, missing = failed_lines(runs), missing_lines(runs, plan)
     write("failed.md", f"# {grid}: failed runs and missing cells\n\n" + "\n".join([
         f"## Failed runs ({len(failures)})\n", *(f"- {x}" for x in failures or ["none"]),
+        f"\n## Runs without a finite value ({len(nonfinite_lines(runs))})\n",
+        *(f"- {x}" for x in nonfinite_lines(runs) or ["none"]),
         f"\n## Missing cells ({len(missing)})\n",
         *(f"- {x}" for x in missing or ["none" if plan else "unknown: the grid file is not known"]),
         f"\n## Unreadable records skipped ({len(skipped)})\n", *(f"- {x}" for x in skipped or ["none"])]) + "\n")
