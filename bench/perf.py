@@ -222,25 +222,10 @@ def meta_train_step_rows(quick: bool, repeat: int, archs: tuple[str, ...] | None
 
 # -- loader ----------------------------------------------------------------------------------
 
-def write_jpeg_folder(root: Path, classes: int, per_class: int, size: int, seed: int = 0) -> Path:
-    """An ImageNet-layout folder (train/<wnid>/*.JPEG) of random-texture JPEGs."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for c in range(classes):
-        folder = root / "train" / f"n{c:08d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            # Smooth noise compresses like a photograph, not like white noise.
-            small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
-            Image.fromarray(small).resize((size, size), Image.BILINEAR).save(folder / f"img_{i}.JPEG", quality=90)
-    return root
-
-
 def loader_rows(quick: bool, repeat: int) -> list[Row]:
     from bench.data.ffcv import ffcv_available, make_ffcv_loader, make_file_loader, write_beton_from
     from bench.data.imagenet import load as load_imagenet
+    from bench.data.synthetic import write_imagenet
     from bench.system import job_cpus
 
     if not ffcv_available():
@@ -248,7 +233,7 @@ def loader_rows(quick: bool, repeat: int) -> list[Row]:
     classes, per_class, size, image_size, batch = (10, 40, 96, 64, 50) if quick else (10, 200, 160, 128, 100)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_jpeg_folder(Path(tmp) / "jpegs", classes, per_class, size)
+        root = write_imagenet(Path(tmp) / "jpegs", {"train": per_class, "test": 0}, classes, size)
         folder = load_imagenet(root, "train")
         beton = write_beton_from(folder, Path(tmp) / "train.beton")
         common = dict(train=True, batch_size=batch, seed=0, image_size=image_size, mean=mean, std=std, device="cpu")
