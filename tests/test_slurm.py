@@ -229,6 +229,33 @@ def test_a_cancelled_array_task_fails_its_dependents_and_a_rerun_submits_only_wh
     assert len(records) == 2 + 2 and set(records.status) == {"done"}
 
 
+def test_two_slurm_submissions_of_one_grid_at_once_run_each_job_once(tmp_path):
+    """Both submissions' arrays run; every job runs in one of them and the other's task finds it
+    done (its log says so): each teacher trained once (one log line for its one epoch), every
+    record once and done, no lock left."""
+    grid = tmp_path / "twice.yaml"
+    grid.write_text(FAULT_GRID)
+    cmd = [sys.executable, "-m", "bench.sweep", "--grid", str(grid), "--cluster", "slurm", "--partition", "debug",
+           "--timeout-min", "20", "--mem-gb", "2", "--stack", "1", "--teachers-root", str(tmp_path / "t"),
+           "--results-root", str(tmp_path / "r")]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    arrays = sorted({line.split("array ")[1].split()[0] for out, _ in outs for line in out.splitlines()
+                     if "array " in line})
+    assert len(arrays) == 2 * 2, outs  # teachers and methods, twice
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", ",".join(arrays)], capture_output=True,
+                                        text=True).stdout.strip(), 600, "both submissions to leave the queue")
+    records = load_records(tmp_path / "r" / "twice")
+    assert len(records) == 2 + 2 and set(records.status) == {"done"} and records.run_id.is_unique
+    logs = sorted((tmp_path / "t").rglob("member-*/log.jsonl"))
+    assert len(logs) == 2 and all(len(p.read_text().splitlines()) == 1 for p in logs)
+    told = "".join(p.read_text() for p in (tmp_path / "r" / "twice" / "slurm").rglob("*_log.err"))
+    assert told.count("done by another run; not run again") == 2 + 2, told[-3000:]
+    assert not list(tmp_path.rglob("*.lock"))
+
+
 @pytest.mark.slow
 def test_the_paper_scale_main_table_smoke_runs_through_slurm(tmp_path):
     """`--smoke` of the paper-scale main table on the CPU, VGG-11 / CIFAR-10 and ResNet-50 /
