@@ -397,3 +397,37 @@ def test_a_sweep_killed_in_each_loop_resumes_to_an_uninterrupted_runs_numbers(tm
         assert not list(root.rglob("*.tmp")) and not list(root.rglob("*.lock"))
         for p in root.rglob("*.json"):
             json.loads(p.read_text())
+
+
+# Runs a sweep that SIGKILLs itself at the one instant a record is half made: its bytes are in the
+# temporary file, the rename into place not yet done.
+KILL_AT_RECORD = """
+import os, signal, runpy, sys
+real, arm = os.replace, sys.argv[-1] + ".arm"
+def replace(src, dst, *args, **kwargs):
+    if "/records/" in str(dst) and os.path.exists(arm):
+        os.unlink(arm)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *args, **kwargs)
+os.replace = replace
+sys.argv = ["bench.sweep", *sys.argv[1:-1]]
+runpy.run_module("bench.sweep", run_name="__main__")
+"""
+
+
+def test_a_sweep_killed_while_writing_a_record_finishes_on_rerun(mini, tmp_path):
+    """Killed between a record's write and its rename: the record is absent (not half there), its
+    temporary file is left; the same command removes that file, reruns only that job, and ends
+    with every record once, whole and done."""
+    args = ["--grid", str(mini), "--cluster", "debug", *_run_tree(tmp_path, "t")]
+    arm = tmp_path / "kill"
+    (tmp_path / "kill.arm").write_text("")
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_RECORD, *args, str(arm)], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    records = tmp_path / "t" / "results" / "mini" / "records"
+    assert len(list(records.glob(".*.tmp"))) == 1 and not list(records.glob("*.json"))  # the first record: a teacher's
+    rerun = subprocess.run([sys.executable, "-m", "bench.sweep", *args], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    table = load_records(records.parent)
+    assert len(table) == 3 + 4 and table.run_id.is_unique and set(table.status) == {"done"}
+    assert not list((tmp_path / "t").rglob("*.tmp")) and not list((tmp_path / "t").rglob("*.lock"))
