@@ -157,18 +157,23 @@ def test_cache_holds_the_teachers_logits_on_each_drawn_view_bit_for_bit():
 
 
 def test_a_row_does_not_depend_on_its_batch():
-    """What makes the cache exact: a row's logits are the same in any batch of more than one image."""
+    """What makes the cache exact: a row's logits are the same in any batch of 16 images or more
+    (the cache's CHUNK, the recipes' training batches); smaller batches agree to float rounding (on
+    some CPUs the last bits differ below 16 rows, hence the cache's fixed, padded chunks)."""
     for arch in ("vgg11", "resnet50", "vit_b32"):
         (model,) = _teachers(arch, 1, "loop").models
-        x = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+        x = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(3))
         # Contiguous, and channels-last as the loader's crops are (per layout: the two differ).
         for x in (x, x.contiguous(memory_format=torch.channels_last)):
             with torch.no_grad():
                 whole = model(x)
-                for b in (2, 7, 16):
-                    assert torch.equal(torch.cat([model(x[s:s + b]) for s in range(0, 32, b)]), whole), (arch, b)
-                perm = torch.randperm(32, generator=torch.Generator().manual_seed(4))
-                assert torch.equal(model(x[perm][:16]), whole[perm][:16]), arch  # other neighbours
+                for b in (16, 32):
+                    assert torch.equal(torch.cat([model(x[s:s + b]) for s in range(0, 64, b)]), whole), (arch, b)
+                for b in (2, 7):
+                    torch.testing.assert_close(torch.cat([model(x[s:s + b]) for s in range(0, 64, b)]), whole,
+                                               rtol=0, atol=1e-6)
+                perm = torch.randperm(64, generator=torch.Generator().manual_seed(4))
+                assert torch.equal(model(x[perm][:32]), whole[perm][:32]), arch  # other neighbours
 
 
 def _saved(teachers: BatchedTeachers, root: Path) -> list[Path]:

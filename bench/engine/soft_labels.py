@@ -18,9 +18,11 @@ Exactness: every cache forward has `CHUNK` images (the last chunk padded), made 
 own augmentation (`DeviceLoader.view_images`), so they have a training batch's memory layout
 too (a crop's tensor is channels-last strided; a contiguous copy of it gives other last bits).
 On a CPU a row's logits then do not depend on the other rows of its batch nor on the batch size
-(measured, torch 2.14.1, every tiny architecture, batches of 2 to 1024; a batch of ONE image
-differs in the last bit, hence the padding), so a looked-up soft label is bit for bit the
-online one and a student trained from the cache is the same student. On a GPU (bf16 autocast, cuDNN picks its
+once the batch holds 16 images or more (measured, torch 2.14.1, every tiny architecture, batches
+of 16 to 1024; below that some CPUs differ in the last bits, an Intel Xeon's ResNet under 16 rows,
+and a batch of ONE image does on every CPU measured, hence the fixed, padded chunks), so with
+training batches of 16 or more a looked-up soft label is bit for bit the online one and a student
+trained from the cache is the same student. On a GPU (bf16 autocast, cuDNN picks its
 algorithms per shape) they agree to bf16 rounding; the device type is part of a file's identity.
 
 `cache_budget_bytes()` (env `BENCH_SOFT_LABEL_CACHE_GB`, default 2 GiB) bounds a cache's
