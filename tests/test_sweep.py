@@ -348,11 +348,11 @@ pools:
     dataset: digits
     members: 3
     held_out: 0
-    recipe: {epochs: 3}
+    recipe: {epochs: 2}
 methods:
   single: {}
-  kd: {epochs: 3}
-  weightformer: {steps: 30, d_model: 16, depth: 1, heads: 2, checkpoint_every: 10}
+  kd: {epochs: 2}
+  weightformer: {steps: 20, d_model: 16, depth: 1, heads: 2, checkpoint_every: 10}
 """
 # Where each kill lands: the first epoch or log point of that loop is on disk, the run not finished.
 KILL_POINTS = {"teacher training": "teachers/*/member-*/checkpoint.json",
