@@ -124,6 +124,31 @@ def select_archs(grid: Grid, archs: list[str]) -> Grid:
     return dataclasses.replace(grid, pools=tuple(p for p in grid.pools if p.arch in archs))
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """`--seeds`: a count ("5": seeds 0..4) or distinct seeds and ranges ("5-9", "0,2,7-9")."""
+    bad = BenchError(f"--seeds {text}: expected a count (5), or distinct whole numbers >= 0 and ranges "
+                     f"(5-9 or 0,2,7-9)")
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) == 1 and parts[0].isdigit():
+        if int(parts[0]) < 1:
+            raise bad
+        return tuple(range(int(parts[0])))
+    seeds: list[int] = []
+    for part in parts:
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()) or (high and int(high) < int(low)):
+            raise bad
+        seeds += range(int(low), int(high or low) + 1)
+    if len(set(seeds)) != len(seeds):
+        raise bad
+    return tuple(seeds)
+
+
+def with_seeds(grid: Grid, seeds: tuple[int, ...]) -> Grid:
+    """The grid run with other seeds (`--seeds`: a rerun on other groups of teachers)."""
+    return dataclasses.replace(grid, seeds=tuple(seeds))
+
+
 def grid_names() -> list[str]:
     return sorted(p.stem for p in GRID_DIR.glob("*.yaml") if p.stem != "cluster")
 

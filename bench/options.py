@@ -208,8 +208,10 @@ def wf_config(options: Mapping[str, Any], scale: str, where: str = "weightformer
 
 def _given(name: str) -> Any:
     """A WeightFormer setting as a method's option: WFConfig's rule, and unset (None) until given,
-    because its default depends on the scale (SCALE_DEFAULTS)."""
-    return dataclasses.field(default=None, metadata={"rule": rules(WFConfig)[name]})
+    because its default depends on the scale (SCALE_DEFAULTS); null says the same, so a grid can
+    set a value at one scale only (`steps: {paper: null, tiny: 1000}`)."""
+    rule = dataclasses.replace(rules(WFConfig)[name], none="the scale's default")
+    return dataclasses.field(default=None, metadata={"rule": rule})
 
 
 # --- the methods' options -----------------------------------------------------------------------

@@ -31,7 +31,7 @@ import submitit
 from tqdm import tqdm
 
 from bench import smoke
-from bench.config import Grid, grid_path, load_grid, read_yaml, select_archs
+from bench.config import Grid, grid_path, load_grid, parse_seeds, read_yaml, select_archs, with_seeds
 from bench.errors import BenchError, choose, cli
 from bench.estimate import (DEFAULT_TFLOPS, TFLOPS_SOURCE, check_tflops, gpu_hours, job_flops, net_of,
                             training_config)
@@ -134,7 +134,8 @@ class Plan:
     stages: dict[str, list[Job]]
     done: set[str]  # run_ids already finished before this sweep
     rerun: bool = False  # --force: method jobs run even where a record says done
-    # How the grid file was narrowed (--archs, --smoke): kept in the manifest, so --status plans alike.
+    # How the grid file was narrowed (--seeds, --archs, --smoke): kept in the manifest, so --status
+    # and the report plan alike.
     selection: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -175,8 +176,11 @@ def make_plan(grid: Grid, roots: Roots, force: bool = False, selection: dict[str
 
 
 def selected_grid(grid: str | Path, scale: str, selection: dict[str, Any]) -> Grid:
-    """The grid file narrowed as `selection` says: `archs` (--archs), `smoke_steps` (--smoke)."""
+    """The grid file narrowed as `selection` says: `seeds` (--seeds), `archs` (--archs),
+    `smoke_steps` (--smoke)."""
     out = load_grid(grid, scale)
+    if selection.get("seeds"):
+        out = with_seeds(out, tuple(selection["seeds"]))
     if selection.get("archs"):
         out = select_archs(out, list(selection["archs"]))
     return smoke.smoke_grid(out) if selection.get("smoke_steps") else out
@@ -288,6 +292,7 @@ def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None 
     folder = sweep_dir(plan) / "jobs"
     states: dict[str, dict[str, Any]] = {rid: {"state": "done"} for rid in plan.done}
     pending = [u for s in plan.units(resources).values() for u in s]
+    cost = {id(u): unit_cost(u) for u in pending}
     for u in pending:
         states.update({j.run_id: {"state": "pending"} for j in u})
     running: dict[str, tuple[list[list[Job]], Any]] = {}  # submitit job id -> (its bundle of tasks, handle)
@@ -319,12 +324,14 @@ def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None 
                 changed = True
                 states.update({j.run_id: {"state": "skipped", "reason": "a job it needs failed"} for j in unit})
                 bar.update(len(unit))
-        ready = [u for u in pending if all(states.get(n, {}).get("state") == "done" for j in u for n in j.needs)]
+        ready = sorted((u for u in pending if all(states.get(n, {}).get("state") == "done" for j in u for n in j.needs)),
+                       key=lambda u: -cost[id(u)])
         while ready and len(running) < cap_for(ready[0][0], resources, cap):
-            stage = ready[0][0].stage
-            free = cap_for(ready[0][0], resources, cap) - len(running)
-            same = [u for u in ready if u[0].stage == stage]
-            bundle = same[:max(1, min(BUNDLE_MAX, -(-len(same) // free)))]
+            slots = cap_for(ready[0][0], resources, cap)
+            same = [u for u in ready if u[0].stage == ready[0][0].stage]
+            bundle = next_bundle(same, [cost[id(u)] for u in same], slots - len(running), slots,
+                                 sum(cost[id(u)] for u in pending))
+            stage = bundle[0][0].stage
             for unit in bundle:
                 pending.remove(unit)
                 ready.remove(unit)
@@ -347,6 +354,33 @@ def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None 
     bar.close()
     write_manifest(plan, "local", states, driver_pid=os.getpid(), peak_running=peak, finished=True)
     return states
+
+
+def unit_cost(unit: list[Job]) -> float:
+    """A task's work in FLOPs (bench.estimate): the local executor starts the largest ready tasks
+    first, so a long one is not left running alone at the end of a stage."""
+    try:
+        return sum(job_flops(j.stage, j.spec) for j in unit)
+    except (BenchError, KeyError, TypeError, ValueError):  # a spec the estimate cannot read: last
+        return 0.0
+
+
+def next_bundle(ready: list[list[Job]], costs: list[float], free: int, slots: int, remaining: float
+                ) -> list[list[Job]]:
+    """The tasks the next local subprocess runs, from `ready` (largest first, one stage) and their
+    `costs`: one subprocess per task would pay torch's import each time, one bundle of many would
+    leave the other slots idle at the end. So: at most BUNDLE_MAX tasks and at most the ready
+    count per free slot, and, with several slots, at most half a slot's fair share of the
+    `remaining` work (unless the bundle is one task)."""
+    count = max(1, min(BUNDLE_MAX, -(-len(ready) // free)))
+    budget = remaining / (2 * slots) if slots > 1 and remaining > 0 else float("inf")
+    bundle, total = [ready[0]], costs[0]
+    for unit, c in zip(ready[1:count], costs[1:count]):
+        if total + c > budget:
+            break
+        bundle.append(unit)
+        total += c
+    return bundle
 
 
 def cap_for(job: Job, resources: dict[str, dict[str, Any]], cap: int | None) -> int:
@@ -561,6 +595,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "first seed only, records under <results root>/smoke/ (bench/smoke.py)")
     p.add_argument("--smoke-steps", type=int, default=2, help="--smoke: optimiser steps per training loop")
     p.add_argument("--archs", help="only the pools of these architectures (comma-separated)")
+    p.add_argument("--seeds", help="instead of the grid's seeds: a count (5) or seeds and ranges (5-9): a rerun "
+                                   "on other groups of teachers, e.g. into its own --results-root")
     p.add_argument("--results-root")
     p.add_argument("--teachers-root")
     p.add_argument("--cluster-config", type=Path, default=CLUSTER_FILE, help="per-stage resources")
@@ -637,7 +673,8 @@ def main(argv: list[str] | None = None) -> None:
         clean(grid_path(a.grid).stem, roots)
         return
     check_tflops(a.gpu_tflops)
-    selection = {**({"archs": a.archs.split(",")} if a.archs is not None else {}),
+    selection = {**({"seeds": list(parse_seeds(a.seeds))} if a.seeds is not None else {}),
+                 **({"archs": a.archs.split(",")} if a.archs is not None else {}),
                  **({"smoke_steps": a.smoke_steps} if a.smoke else {})}
     grid = selected_grid(a.grid, a.scale, selection)
     cluster = resolve_cluster(a.cluster)
@@ -686,6 +723,7 @@ def main(argv: list[str] | None = None) -> None:
                "--results-root", str(base.results), "--cluster-config", str(a.cluster_config)]
         cmd += ["--smoke", "--smoke-steps", str(a.smoke_steps)] if a.smoke else []
         cmd += ["--archs", a.archs] if a.archs is not None else []
+        cmd += ["--seeds", a.seeds] if a.seeds is not None else []
         cmd += ["--max-parallel", str(a.max_parallel)] if a.max_parallel else []
         cmd += ["--force"] if a.force else []
         for flag, value in flags.items():  # the driver must plan with the same resources

@@ -72,6 +72,18 @@ def test_per_scale_option_values_are_checked_at_the_scale_loaded(tmp_path):
         load_grid(path, "paper")
 
 
+def test_a_weightformer_setting_given_at_one_scale_keeps_the_other_scales_default(tmp_path):
+    from bench.options import SCALE_DEFAULTS, WFConfig
+    path = grid_file(tmp_path, "  weightformer: {steps: {paper: null, tiny: 1000}}\n")
+    tiny, paper = (load_grid(path, s).methods[0].options for s in ("tiny", "paper"))
+    assert method_options("weightformer", tiny, "w").wf_config("tiny").steps == 1000
+    assert method_options("weightformer", paper, "w").wf_config("paper").steps == SCALE_DEFAULTS["paper"]["steps"]
+    assert SCALE_DEFAULTS["paper"]["steps"] != WFConfig().steps != 1000
+    path = grid_file(tmp_path, "  weightformer: {steps: 0}\n")
+    with pytest.raises(BenchError, match=r"steps: 0 is not a whole number >= 1 or null \(the scale's default\)"):
+        load_grid(path, "tiny")
+
+
 def test_the_sweep_refuses_a_bad_option_before_anything_is_planned(tmp_path):
     path = grid_file(tmp_path, "  single: {}\n  kd: {temperature: -1}\n")
     run = subprocess.run([sys.executable, "-m", "bench.sweep", "--grid", str(path), "--cluster", "debug",
@@ -114,8 +126,10 @@ def test_a_weightformer_setting_takes_the_scale_default_unless_given():
     assert typed.wf_config("tiny") == wf_config({"steps": 20, "cross": False}, "tiny")
     paper = typed.wf_config("paper")
     assert (paper.d_model, paper.heads, paper.steps, paper.cross) == (512, 8, 20, False)
-    with pytest.raises(BenchError, match=r"weightformer\.d_model: None is not a whole number >= 1"):
-        WeightFormerOptions.from_mapping({"d_model": None}, "weightformer")
+    # null is the scale's default too (a value given at one scale only).
+    assert WeightFormerOptions.from_mapping({"d_model": None}, "weightformer").wf_config("paper").d_model == 512
+    with pytest.raises(BenchError, match=r"weightformer\.d_model: 0 is not a whole number >= 1 or null"):
+        WeightFormerOptions.from_mapping({"d_model": 0}, "weightformer")
 
 
 def test_meta_train_config_is_the_resolved_weightformer_config_and_none_for_other_methods():

@@ -383,3 +383,37 @@ def test_a_run_with_a_non_finite_metric_is_named_and_left_out_of_its_cell(tmp_pa
     assert "single on vgg11 / digits, seed 3 (run single-nan): nll, ece not finite" in text
     failed = (tmp_path / "g" / "report" / "failed.md").read_text()
     assert "## Runs without a finite value (1)" in failed and "nll, ece not finite" in failed
+
+
+def test_rerun_sets_each_claim_beside_the_same_grid_run_with_other_seeds(tmp_path):
+    here = claims_grid(tmp_path / "here")
+    there = tmp_path / "there" / "c" / "records"
+    run(there, "single", [90.4, 90.5, 90.6], teacher_members=[[7, 8], [8, 9], [7, 9]])
+    run(there, "ensemble", [95.3, 95.6, 95.5], teacher_members=[[7, 8], [8, 9], [7, 9]])  # same: supported
+    run(there, "kd", [91.0, 90.0, 92.5], teacher_members=[[7, 8], [8, 9], [7, 9]])  # KD ≈ ensemble: flips
+    run(there, "self_distill", [91.0, 93.5, 90.6], teacher_members=[[7, 8], [8, 9], [7, 9]])  # to inconclusive
+    report("c", here.parent, rerun=tmp_path / "there")
+    md = (here / "report" / "rerun.md").read_text()
+    rows = md_cells(md).set_index(["claim", "setting"])
+    assert rows.loc[("ensemble > single", "vgg11 / digits"), "change"] == "same"
+    assert rows.loc[("KD ≈ ensemble", "vgg11 / digits"), "change"] == "flip"
+    assert rows.loc[("self-distillation > single", "vgg11 / digits"), "change"] == "to inconclusive"
+    # No WF runs in the rerun: those claims are not compared, whatever their verdict here.
+    assert rows.loc[("WF > single", "vgg11 / digits"), ["rerun", "change"]].tolist() == ["missing", "missing"]
+    assert ("3 claims with runs in both; flips between supported and not supported: 1; moves to or from "
+            "inconclusive: 1 (33%); 5 without runs in one of them") in md
+    # Here the records name no members (each seed its own group); the rerun's groups are other sets.
+    assert "- vgg11 / digits: 3 groups here, 3 in the rerun, 0 in both" in md
+    assert "[rerun.md](rerun.md)" in (here / "report" / "index.md").read_text()
+    report("c", here.parent)  # a later report without --rerun keeps the comparison and its link
+    assert "[rerun.md](rerun.md)" in (here / "report" / "index.md").read_text()
+    with pytest.raises(BenchError, match="--rerun .*empty: no finished method runs of grid 'c'"):
+        (tmp_path / "empty" / "c" / "records").mkdir(parents=True)
+        write_record(tmp_path / "empty" / "c" / "records", {"run_id": "t", "status": "done", "stage": "teachers"})
+        report("c", here.parent, rerun=tmp_path / "empty")
+
+def test_rerun_needs_one_grid(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--results-root", str(tmp_path), "--rerun", str(tmp_path / "there")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: --rerun sets one grid's claims beside its rerun's: name the grid with --grid\n"

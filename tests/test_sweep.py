@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -10,12 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.config import load_grid
+from bench.config import load_grid, parse_seeds
 from bench.errors import BenchError
 from bench.plan import Roots, teacher_spec
+from bench.report import report
 from bench.stages import run_methods
 from bench.store import load_records, run_id
-from bench.sweep import BUNDLE_MAX, CLUSTER_FILE, BundleRunner, load_resources, local_cap, make_plan, run_local
+from bench.sweep import (BUNDLE_MAX, CLUSTER_FILE, BundleRunner, load_resources, local_cap, make_plan, next_bundle,
+                         run_local, unit_cost)
 
 MINI = """
 n_teachers: 2
@@ -114,6 +117,22 @@ def test_local_executor_respects_its_parallelism_cap(mini, tmp_path):
     assert sorted(p.name for p in (base / "students").iterdir()) == ["not-a-job"]
     assert sorted(p.read_bytes() for p in (base / "records").glob("*.json")) == records
     assert sorted(str(p) for p in r.teachers.rglob("*")) == teacher_files
+
+
+def test_bundles_start_large_tasks_alone_and_share_out_small_ones(mini):
+    tasks = [[f"t{i}"] for i in range(20)]
+    # One slot: balance is moot, a bundle takes BUNDLE_MAX tasks whatever they cost.
+    assert len(next_bundle(tasks, [100.0] + [1.0] * 19, 1, 1, 119.0)) == BUNDLE_MAX
+    # Two slots: a task holding most of the remaining work runs alone ...
+    assert next_bundle(tasks[:4], [100.0, 1.0, 1.0, 1.0], 2, 2, 103.0) == [["t0"]]
+    # ... and small ones go together up to half a slot's share (200 / 4 = 50: five of 10).
+    assert len(next_bundle(tasks, [10.0] * 20, 2, 2, 200.0)) == 5
+    # Unknown costs (all 0): bundled by count alone, the ready tasks spread over the free slots.
+    assert len(next_bundle(tasks[:6], [0.0] * 6, 2, 2, 0.0)) == 3
+    # The plan's costs: a teacher's training outweighs one network's evaluation.
+    plan = make_plan(load_grid(mini, "tiny"), roots(mini.parent))
+    methods = {u[0].spec["method"]: unit_cost(u) for u in plan.units()["methods"]}
+    assert 0 < methods["single"] < methods["ensemble"] < unit_cost(plan.units()["teachers"][0])
 
 
 def test_a_bundle_runs_every_job_whatever_fails(tmp_path):
@@ -260,6 +279,34 @@ def test_a_list_of_seeds_plans_exactly_those_seeds(mini, tmp_path):
     mini.write_text(MINI.replace("seeds: 2", "seeds: [1, 1]"))
     with pytest.raises(BenchError, match=r"seeds: expected a count or a non-empty list of distinct"):
         load_grid(mini, "tiny")
+
+
+def test_seeds_flag_reruns_the_grid_on_other_groups(mini, tmp_path):
+    assert parse_seeds("3") == (0, 1, 2) and parse_seeds("5-7") == (5, 6, 7)
+    assert parse_seeds("0, 2,7-8") == (0, 2, 7, 8)
+    for bad in ("0", "7-5", "a", "1,1", "-3", "2-3,3", ""):
+        with pytest.raises(BenchError, match=f"--seeds {bad}: expected a count"):
+            parse_seeds(bad)
+    mini.write_text(MINI.replace("members: 3", "members: 5"))  # C(5, 2) = 10 groups
+    r = ["--results-root", str(tmp_path / "r"), "--teachers-root", str(tmp_path / "t")]
+    out = sweep("--grid", str(mini), "--seeds", "2-3", "--cluster", "debug", *r)
+    assert out.returncode == 0, out.stderr
+    grid = load_grid(mini, "tiny")
+    # The jobs of seeds 2 and 3: the grid's own plan with those seeds, found done; seeds 0-1 not run.
+    where = Roots.resolve(str(tmp_path / "t"), str(tmp_path / "r"))
+    rerun = make_plan(dataclasses.replace(grid, seeds=(2, 3)), where)
+    assert not any(rerun.todo.values()) and rerun.done
+    assert len(make_plan(grid, where).todo["methods"]) == 4
+    manifest = json.loads((tmp_path / "r" / "mini" / "sweep.json").read_text())
+    assert manifest["selection"] == {"seeds": [2, 3]}
+    status = sweep("--grid", str(mini), "--status", *r)
+    assert "methods        4" in status.stdout, status.stdout  # the seeds run, not the grid's 2
+    # The report plans the seeds the sweep ran: none of its records is left out as stale.
+    report("mini", tmp_path / "r", grid_file=mini)
+    assert "left out" not in (tmp_path / "r" / "mini" / "report" / "index.md").read_text()
+    bad = sweep("--grid", str(mini), "--seeds", "1,1", "--dry-run", *r)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("expected a count (5), or distinct whole numbers "
+                                                                ">= 0 and ranges (5-9 or 0,2,7-9)"), bad.stderr
 
 
 def test_pools_with_other_recipes_never_share_a_teacher_folder(mini, tmp_path):

@@ -180,6 +180,70 @@ def claims_render(table: pd.DataFrame, grid: str) -> tuple[str, str]:
     return md, tex_table(cells, f"{grid}: claims. {RULES}", align="llllrrrrl")
 
 
+# --- a rerun with other seeds ----------------------------------------------------------------
+
+def change(here: str, there: str) -> str:
+    """How a verdict moved between two runs: same, flip (supported <-> not supported), or a move
+    to or from inconclusive."""
+    if here == there:
+        return "same"
+    if "inconclusive" not in (here, there):
+        return "flip"
+    return "to inconclusive" if there == "inconclusive" else "from inconclusive"
+
+
+def rerun_table(here: pd.DataFrame, there: pd.DataFrame) -> pd.DataFrame:
+    """Two claim tables (claim_table) of one grid side by side, claim by claim: this run's and a
+    rerun's (other seeds, so other groups of teachers), and how each verdict moved."""
+    keys = ["paper", "claim", "setting"]
+    cols = ["verdict", "diff_pp", "ci_low", "ci_high", "groups"]
+    both = here[keys + cols].merge(there[keys + cols], on=keys, how="left", suffixes=("", "_rerun"))
+    # A claim without runs in either is not compared (its "inconclusive" says nothing about a rerun).
+    missing = both.groups_rerun.fillna(0).eq(0) | both.groups.eq(0)
+    both["verdict_rerun"] = both["verdict_rerun"].where(~missing, "missing")
+    both["change"] = [change(a, b) if b != "missing" else "missing"
+                      for a, b in zip(both.verdict, both.verdict_rerun)]
+    return both
+
+
+def shared_groups(here: pd.DataFrame, there: pd.DataFrame) -> dict[str, tuple[int, int, int]]:
+    """Per setting: (groups here, groups in the rerun, groups in both), over the method runs' groups
+    of teachers (as sets, each teacher part apart): a rerun is independent where none is shared."""
+    def groups(runs: pd.DataFrame) -> dict[str, set[str]]:
+        tagged = runs.assign(group=groups_of(runs).astype(str) + "@" + runs.teacher_part.astype(str))
+        return {s: set(g.group) for s, g in tagged.groupby("setting")}
+    a, b = groups(here), groups(there)
+    return {s: (len(a[s]), len(b.get(s, set())), len(a[s] & b.get(s, set()))) for s in a}
+
+
+def rerun_summary(table: pd.DataFrame) -> str:
+    counts = table.change.value_counts()
+    compared = len(table) - int(counts.get("missing", 0))
+    moved = int(counts.get("to inconclusive", 0) + counts.get("from inconclusive", 0))
+    return (f"{compared} claims with runs in both; flips between supported and not supported: "
+            f"{int(counts.get('flip', 0))}; moves to or from inconclusive: {moved} ({moved / max(1, compared):.0%})"
+            + (f"; {int(counts['missing'])} without runs in one of them" if counts.get("missing") else ""))
+
+
+def rerun_render(table: pd.DataFrame, shared: dict[str, tuple[int, int, int]], grid: str, rerun: str) -> str:
+    def side(r, suffix: str) -> str:
+        v = getattr(r, "verdict" + suffix)
+        ci_low = getattr(r, "ci_low" + suffix)
+        if v == "missing":
+            return v
+        ci = "" if pd.isna(ci_low) else f" [{ci_low:.2f}, {getattr(r, 'ci_high' + suffix):.2f}]"
+        n = int(getattr(r, "groups" + suffix))
+        return f"{v} ({fmt(getattr(r, 'diff_pp' + suffix))}{ci}, {n} group{'s' * (n != 1)})"
+    cells = pd.DataFrame([[r.claim, r.setting, side(r, ""), side(r, "_rerun"), r.change] for r in table.itertuples()],
+                         columns=["claim", "setting", "this run", "rerun", "change"])
+    lines = [f"- {s}: {n} groups here, {m} in the rerun, {k} in both" for s, (n, m, k) in shared.items()]
+    return (f"# {grid}: claims against a rerun with other seeds\n\nThis run's verdicts beside those of the "
+            f"same grid's records under {rerun} (Δ top-1 in pp, 95% paired t interval, distinct groups). A verdict "
+            f"that survives a rerun keeps its side; a flip between supported and not supported would undo it.\n\n"
+            f"{rerun_summary(table)}\n\nGroups of teachers per setting (as sets; the rerun is independent "
+            f"where none is shared):\n\n" + "\n".join(lines) + "\n\n" + md_table(cells))
+
+
 # --- Allen-Zhu & Li's published WRN-28-10 numbers ---------------------------------------------
 
 PUBLISHED = {  # top-1 %, (mean, std or None); single over 10 seeds, ensembles of 10

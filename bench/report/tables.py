@@ -32,13 +32,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.config import SCALES, grid_path, load_grid
+from bench.config import SCALES, grid_path, load_grid, with_seeds
 from bench.errors import BenchError, cli
 from bench.io import atomic_write_bytes
 from bench.paths import results_root
 from bench.plan import STAGES, Roots
 from bench.report import diagnostics
-from bench.report.claims import anchors, claim_table, claims_render, groups_of
+from bench.report.claims import (anchors, claim_table, claims_render, groups_of, rerun_render, rerun_table,
+                                 shared_groups)
 from bench.report.frame import (DASH, WF_METHODS, column, csv_text, fmt, label_runs, md_table, method_runs,
                                 order_columns, order_rows, setting_label, tex_table)
 from bench.report.plots import write_ablations
@@ -67,13 +68,16 @@ class Plan:
     counterpart: dict[tuple[str, str], str] = field(default_factory=dict)  # pool (arch, dataset) -> paper dataset
 
 
-def grid_plan(grid: str | Path, scales: set[str] | None = None) -> Plan | None:
-    """The grid file's plan; None when the grid file is not known."""
+def grid_plan(grid: str | Path, scales: set[str] | None = None, seeds: tuple[int, ...] | None = None) -> Plan | None:
+    """The grid file's plan (with `seeds` instead of its own where the sweep was given --seeds);
+    None when the grid file is not known."""
     plan, roots = Plan(), Roots(Path("."), Path("."))
     try:
         grids = {scale: load_grid(str(grid), scale) for scale in SCALES}
     except BenchError:
         return None
+    if seeds:
+        grids = {scale: with_seeds(g, seeds) for scale, g in grids.items()}
     for scale, g in grids.items():
         plan.counterpart.update({(p.arch, p.dataset): q.dataset for p, q in zip(g.pools, grids["paper"].pools)})
         for stage in STAGES.values():
@@ -305,20 +309,32 @@ def provenance(runs: pd.DataFrame, grid: str, plan: Plan | None) -> list[str]:
             f"records: {len(runs)}{planned} ({done} done, {len(runs) - done} failed; by stage: {stages or 'none'})"]
 
 
+def manifest(folder: Path) -> dict:
+    """The sweep's manifest (sweep.json) in a grid's results folder; {} where there is none."""
+    try:
+        return json.loads((folder / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def record_scales(runs: pd.DataFrame, folder: Path) -> set[str]:
     """The scales the records are at; before any record, the sweep's (its manifest's), else tiny."""
     scales = {s for s in column(runs, "scale").dropna() if s in SCALES}
-    if not scales and (folder / "sweep.json").is_file():
-        try:
-            scales = {json.loads((folder / "sweep.json").read_text()).get("scale")} & set(SCALES)
-        except ValueError:
-            pass
+    if not scales:
+        scales = {manifest(folder).get("scale")} & set(SCALES)
     return scales or {"tiny"}
 
 
-def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, ...] = FORMATS,
-           grid_file: str | Path | None = None) -> str:
-    """Write the grid's report into `out` (default root/<grid>/report); return main_table.md."""
+def swept_seeds(folder: Path) -> tuple[int, ...] | None:
+    """The seeds the sweep was given instead of the grid's (--seeds), from its manifest."""
+    seeds = (manifest(folder).get("selection") or {}).get("seeds")
+    return tuple(seeds) if seeds else None
+
+
+def planned_runs(grid: str, root: Path, grid_file: str | Path | None = None
+                 ) -> tuple[pd.DataFrame, Plan | None, int, list[str]]:
+    """The grid's records under `root` that its plan holds, the plan, how many records it left out
+    (of an earlier version of the grid) and the unreadable records skipped."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runs = load_records(root / grid)
@@ -329,13 +345,22 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
         raise BenchError(f"the records under {root / grid / 'records'} are a smoke run's (every job stopped after "
                          f"{int(runs.smoke_steps.max())} steps on synthetic data, bench/smoke.py): they check "
                          f"that the plan runs and are no results; `python -m bench.sweep --status --smoke` shows it")
-    plan = grid_plan(grid_file or grid, record_scales(runs, root / grid))
+    plan = grid_plan(grid_file or grid, record_scales(runs, root / grid), swept_seeds(root / grid))
     if runs.empty and plan is None:
         raise BenchError(f"no records for grid {grid!r} under {root / grid / 'records'}; run the sweep first")
     stale = 0
     if plan is not None:  # records of an earlier version of the grid are not averaged in
         keep = runs.run_id.isin(plan.ids)
         stale, runs = int((~keep).sum()), runs[keep]
+    return runs, plan, stale, skipped
+
+
+def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, ...] = FORMATS,
+           grid_file: str | Path | None = None, rerun: Path | None = None) -> str:
+    """Write the grid's report into `out` (default root/<grid>/report); return main_table.md.
+    `rerun`: the results root of the same grid run with other seeds, set beside this run claim by
+    claim (rerun.md)."""
+    runs, plan, stale, skipped = planned_runs(grid, root, grid_file)
     out = out or root / grid / "report"
     written: list[str] = []
 
@@ -349,11 +374,17 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
     outputs = {"main_table": (text, tex, long)}
     claims = claim_table(done, settings)
     outputs["claims"] = (*claims_render(claims, grid), claims)
+    if rerun is not None:
+        other = method_runs(planned_runs(grid, rerun, grid_file)[0])
+        if other.empty:
+            raise BenchError(f"--rerun {rerun}: no finished method runs of grid {grid!r} under {rerun / grid / 'records'}")
+        moved = rerun_table(claims, claim_table(other, settings))
+        outputs["rerun"] = (rerun_render(moved, shared_groups(done, other), grid, str(rerun)), None, moved)
     costs = cost_table(done, settings)
     outputs["costs"] = (*render_costs(costs, grid), costs)
     for name, (md, tex, frame) in outputs.items():
         for ext, data in (("md", md), ("tex", tex), ("csv", csv_text(frame))):
-            if ext in formats:
+            if ext in formats and data is not None:
                 write(f"{name}.{ext}", data)
     diag = diagnostics.diagnostics_table(done)
     if len(diag):
@@ -393,6 +424,8 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
     # Outputs of an earlier report that these records no longer give.
     for name in {n for n in OUTPUTS if n.endswith(formats) or n == "anchors.md"} - set(written):
         (out / name).unlink(missing_ok=True)
+    if "rerun.md" not in written and (out / "rerun.md").exists():  # from a report given --rerun: kept
+        written.append("rerun.md")
     links = [f"- [{n}]({n})" for n in written if n != "failed.md"] + \
         [f"- [plots/{a}.png](plots/{a}.png), [pdf](plots/{a}.pdf): top-1 against {a}" for a in axes] + \
         [f"- [plots/{a}.png](plots/{a}.png), [pdf](plots/{a}.pdf): {PLOT_TITLES[a]}" for a in extra_plots] + \
@@ -427,14 +460,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, help="folder for the reports, one subfolder per grid "
                                             "(default results/<grid>/report)")
     p.add_argument("--format", default=",".join(FORMATS), help="tables to write: any of md,tex,csv (default all)")
+    p.add_argument("--rerun", type=Path, help="results root of the same grid run with other seeds "
+                                              "(bench.sweep --seeds): its claims beside these, in rerun.md")
     a = p.parse_args(argv)
     root, formats = results_root(a.results_root), parse_formats(a.format)
+    if a.rerun is not None and not a.grid:
+        raise BenchError("--rerun sets one grid's claims beside its rerun's: name the grid with --grid")
     grids = [(grid_path(g).stem, g) for g in a.grid] if a.grid else \
         [(d.name, d.name) for d in sorted(root.iterdir()) if any((d / "records").glob("*.json"))] \
         if root.is_dir() else []
     for name, source in grids or [("main_table", "main_table")]:
         out = a.out / name if a.out else None
-        print(report(name, root, out, formats, source))
+        print(report(name, root, out, formats, source, a.rerun))
         print(f"report: {(out or root / name / 'report') / 'index.md'}\n")
     top = a.out or root
     write_top_index(top, sorted(top.glob("*/index.md") if a.out else top.glob("*/report/index.md")))
