@@ -293,6 +293,7 @@ def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None 
     states: dict[str, dict[str, Any]] = {rid: {"state": "done"} for rid in plan.done}
     pending = [u for s in plan.units(resources).values() for u in s]
     cost = {id(u): unit_cost(u) for u in pending}
+    rank = upward_rank(pending, cost)
     for u in pending:
         states.update({j.run_id: {"state": "pending"} for j in u})
     running: dict[str, tuple[list[list[Job]], Any]] = {}  # submitit job id -> (its bundle of tasks, handle)
@@ -325,7 +326,7 @@ def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None 
                 states.update({j.run_id: {"state": "skipped", "reason": "a job it needs failed"} for j in unit})
                 bar.update(len(unit))
         ready = sorted((u for u in pending if all(states.get(n, {}).get("state") == "done" for j in u for n in j.needs)),
-                       key=lambda u: -cost[id(u)])
+                       key=lambda u: -rank[id(u)])
         while ready and len(running) < cap_for(ready[0][0], resources, cap):
             slots = cap_for(ready[0][0], resources, cap)
             same = [u for u in ready if u[0].stage == ready[0][0].stage]
@@ -357,12 +358,32 @@ def run_local(plan: Plan, resources: dict[str, dict[str, Any]], cap: int | None 
 
 
 def unit_cost(unit: list[Job]) -> float:
-    """A task's work in FLOPs (bench.estimate): the local executor starts the largest ready tasks
-    first, so a long one is not left running alone at the end of a stage."""
+    """A task's work in FLOPs (bench.estimate): the local executor starts the ready tasks with the
+    most work ahead of them first (`upward_rank`), so a long one is not left running alone at the end."""
     try:
         return sum(job_flops(j.stage, j.spec) for j in unit)
     except (BenchError, KeyError, TypeError, ValueError):  # a spec the estimate cannot read: last
         return 0.0
+
+
+def upward_rank(units: list[list[Job]], cost: dict[int, float]) -> dict[int, float]:
+    """Each task's priority (by `id`): its own cost plus the largest rank among the tasks that need
+    it, i.e. the work on the longest chain it starts. Ready tasks run highest first, so a teacher
+    that a meta-training waits on goes before a costlier KD student that nothing waits on."""
+    owner = {j.run_id: id(u) for u in units for j in u}
+    needers: dict[int, set[int]] = {id(u): set() for u in units}
+    for u in units:
+        for need in {n for j in u for n in j.needs}:
+            if need in owner and owner[need] != id(u):
+                needers[owner[need]].add(id(u))
+    rank: dict[int, float] = {}
+
+    def of(key: int) -> float:
+        if key not in rank:  # chains are a few stages deep: the recursion stays shallow
+            rank[key] = cost[key] + max((of(k) for k in needers[key]), default=0.0)
+        return rank[key]
+
+    return {id(u): of(id(u)) for u in units}
 
 
 def next_bundle(ready: list[list[Job]], costs: list[float], free: int, slots: int, remaining: float

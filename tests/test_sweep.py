@@ -135,6 +135,20 @@ def test_bundles_start_large_tasks_alone_and_share_out_small_ones(mini):
     assert 0 < methods["single"] < methods["ensemble"] < unit_cost(plan.units()["teachers"][0])
 
 
+def test_a_task_others_wait_on_ranks_by_the_chain_it_starts():
+    from bench.plan import Job
+    from bench.sweep import upward_rank
+
+    teacher = [Job("teachers", {"k": 0}, "t")]
+    meta = [Job("meta_train", {"k": 1}, "m", needs=[teacher[0].run_id])]
+    student = [Job("methods", {"k": 2}, "wf", needs=[meta[0].run_id, teacher[0].run_id])]
+    kd = [Job("methods", {"k": 3}, "kd")]
+    cost = {id(teacher): 10.0, id(meta): 30.0, id(student): 1.0, id(kd): 35.0}
+    rank = upward_rank([teacher, meta, student, kd], cost)
+    assert rank[id(student)] == 1.0 and rank[id(meta)] == 31.0 and rank[id(teacher)] == 41.0
+    assert rank[id(kd)] == 35.0  # below the teacher the meta-training waits on, above the meta-training
+
+
 def test_a_bundle_runs_every_job_whatever_fails(tmp_path):
     bad = {"stage": "nope"}
     # cpus None: run_job sets this process's torch threads from it, and later tests train in-process.
