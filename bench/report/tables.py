@@ -331,6 +331,19 @@ def swept_seeds(folder: Path) -> tuple[int, ...] | None:
     return tuple(seeds) if seeds else None
 
 
+def recorded_seeds(grid: str | Path, runs: pd.DataFrame) -> tuple[int, ...] | None:
+    """Where the manifest is gone (records copied from a cluster): the grid's seeds and those of
+    its method records, when the records hold seeds the grid file does not (a run with --seeds),
+    so that none of them is left out as another version's."""
+    try:
+        own = load_grid(str(grid), "tiny").seeds
+    except BenchError:
+        return None
+    methods = runs[column(runs, "stage") == "methods"] if len(runs) else runs
+    found = {int(s) for s in column(methods, "seed").dropna()} if len(methods) else set()
+    return (*own, *sorted(found - set(own))) if found - set(own) else None
+
+
 def planned_runs(grid: str, root: Path, grid_file: str | Path | None = None
                  ) -> tuple[pd.DataFrame, Plan | None, int, list[str]]:
     """The grid's records under `root` that its plan holds, the plan, how many records it left out
@@ -345,7 +358,8 @@ def planned_runs(grid: str, root: Path, grid_file: str | Path | None = None
         raise BenchError(f"the records under {root / grid / 'records'} are a smoke run's (every job stopped after "
                          f"{int(runs.smoke_steps.max())} steps on synthetic data, bench/smoke.py): they check "
                          f"that the plan runs and are no results; `python -m bench.sweep --status --smoke` shows it")
-    plan = grid_plan(grid_file or grid, record_scales(runs, root / grid), swept_seeds(root / grid))
+    plan = grid_plan(grid_file or grid, record_scales(runs, root / grid),
+                     swept_seeds(root / grid) or recorded_seeds(grid_file or grid, runs))
     if runs.empty and plan is None:
         raise BenchError(f"no records for grid {grid!r} under {root / grid / 'records'}; run the sweep first")
     stale = 0
