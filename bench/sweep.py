@@ -388,7 +388,7 @@ def upward_rank(units: list[list[Job]], cost: dict[int, float]) -> dict[int, flo
 
 def next_bundle(ready: list[list[Job]], costs: list[float], free: int, slots: int, remaining: float
                 ) -> list[list[Job]]:
-    """The tasks the next local subprocess runs, from `ready` (largest first, one stage) and their
+    """The tasks the next local subprocess runs, from `ready` (highest rank first, one stage) and their
     `costs`: one subprocess per task would pay torch's import each time, one bundle of many would
     leave the other slots idle at the end. So: at most BUNDLE_MAX tasks and at most the ready
     count per free slot, and, with several slots, at most half a slot's fair share of the
