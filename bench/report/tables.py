@@ -68,16 +68,19 @@ class Plan:
     counterpart: dict[tuple[str, str], str] = field(default_factory=dict)  # pool (arch, dataset) -> paper dataset
 
 
-def grid_plan(grid: str | Path, scales: set[str] | None = None, seeds: tuple[int, ...] | None = None) -> Plan | None:
-    """The grid file's plan (with `seeds` instead of its own where the sweep was given --seeds);
-    None when the grid file is not known."""
+def grid_plan(grid: str | Path, scales: set[str] | None = None, seeds: tuple[int, ...] | None = None,
+              recorded: set[int] = frozenset()) -> Plan | None:
+    """The grid file's plan, with `seeds` instead of its own where the sweep was given --seeds;
+    without them (the manifest gone: records copied from a cluster) with the `recorded` seeds of
+    the method records added, so that a --seeds run's records are not left out as another
+    version's. None when the grid file is not known."""
     plan, roots = Plan(), Roots(Path("."), Path("."))
     try:
         grids = {scale: load_grid(str(grid), scale) for scale in SCALES}
     except BenchError:
         return None
-    if seeds:
-        grids = {scale: with_seeds(g, seeds) for scale, g in grids.items()}
+    grids = {scale: with_seeds(g, seeds or (*g.seeds, *sorted(set(recorded) - set(g.seeds))))
+             for scale, g in grids.items()}
     for scale, g in grids.items():
         plan.counterpart.update({(p.arch, p.dataset): q.dataset for p, q in zip(g.pools, grids["paper"].pools)})
         for stage in STAGES.values():
@@ -331,19 +334,6 @@ def swept_seeds(folder: Path) -> tuple[int, ...] | None:
     return tuple(seeds) if seeds else None
 
 
-def recorded_seeds(grid: str | Path, runs: pd.DataFrame) -> tuple[int, ...] | None:
-    """Where the manifest is gone (records copied from a cluster): the grid's seeds and those of
-    its method records, when the records hold seeds the grid file does not (a run with --seeds),
-    so that none of them is left out as another version's."""
-    try:
-        own = load_grid(str(grid), "tiny").seeds
-    except BenchError:
-        return None
-    methods = runs[column(runs, "stage") == "methods"] if len(runs) else runs
-    found = {int(s) for s in column(methods, "seed").dropna()} if len(methods) else set()
-    return (*own, *sorted(found - set(own))) if found - set(own) else None
-
-
 def planned_runs(grid: str, root: Path, grid_file: str | Path | None = None
                  ) -> tuple[pd.DataFrame, Plan | None, int, list[str]]:
     """The grid's records under `root` that its plan holds, the plan, how many records it left out
@@ -358,8 +348,9 @@ def planned_runs(grid: str, root: Path, grid_file: str | Path | None = None
         raise BenchError(f"the records under {root / grid / 'records'} are a smoke run's (every job stopped after "
                          f"{int(runs.smoke_steps.max())} steps on synthetic data, bench/smoke.py): they check "
                          f"that the plan runs and are no results; `python -m bench.sweep --status --smoke` shows it")
-    plan = grid_plan(grid_file or grid, record_scales(runs, root / grid),
-                     swept_seeds(root / grid) or recorded_seeds(grid_file or grid, runs))
+    recorded = {int(s) for s, stage in zip(column(runs, "seed"), column(runs, "stage")) if stage == "methods"
+                and s is not None}
+    plan = grid_plan(grid_file or grid, record_scales(runs, root / grid), swept_seeds(root / grid), recorded)
     if runs.empty and plan is None:
         raise BenchError(f"no records for grid {grid!r} under {root / grid / 'records'}; run the sweep first")
     stale = 0
