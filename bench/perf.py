@@ -318,6 +318,68 @@ def kd_student_rows(quick: bool, repeat: int) -> list[Row]:
     return rows
 
 
+# -- training_step ---------------------------------------------------------------------------
+
+def training_step_rows(quick: bool, repeat: int, archs: tuple[str, ...] = ("vgg11", "resnet50", "vit_b32")
+                       ) -> list[Row]:
+    """One tiny training step (16 px, batch 64, the arch's own optimizer) as `train` ran it before
+    (contiguous tensors, the optimizer's per-tensor loop) against as it runs it now (convnets
+    channels-last, a fused optimizer), and an evaluation forward (512 images) on a contiguous
+    against a channels-last input. One thread: a local job's share of the cores."""
+    import torch.nn.functional as F
+
+    from bench.engine.optim import param_groups
+    from bench.models import ARCH_SPECS, build_model
+
+    steps = 5 if quick else 20
+    rows = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for arch in archs:
+            adamw = arch == "vit_b32"
+
+            def step_rate(now: bool) -> Callable[[], float]:
+                torch.manual_seed(0)
+                model = build_model(arch, 10, 16, "tiny")
+                x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
+                if now and ARCH_SPECS[arch].channels_last:
+                    model = model.to(memory_format=torch.channels_last)
+                groups = param_groups(model, 5e-4)
+                kind = {"fused": True} if now else {"foreach": False}
+                opt = (torch.optim.AdamW(groups, lr=1e-3, **kind) if adamw else
+                       torch.optim.SGD(groups, lr=0.05, momentum=0.9, nesterov=True, **kind))
+
+                def work() -> float:
+                    for _ in range(steps):
+                        opt.zero_grad(set_to_none=True)
+                        F.cross_entropy(model(x), y).backward()
+                        opt.step()
+                    return steps
+                return rate(work)
+
+            rows.append(paired(f"training_step/{arch}", ("contiguous, loop optimizer", step_rate(False)),
+                               ("as train() runs it", step_rate(True)), unit="steps/s", repeat=repeat,
+                               settings={"batch": 64, "image_size": 16, "threads": 1}))
+
+            model = build_model(arch, 10, 16, "tiny").eval()
+            images = torch.randn(512, 3, 16, 16)
+
+            def eval_rate(x: torch.Tensor) -> Callable[[], float]:
+                @torch.no_grad()
+                def work() -> float:
+                    model(x)
+                    return len(x)
+                return rate(work)
+
+            rows.append(paired(f"eval_forward/{arch}", ("contiguous input", eval_rate(images)),
+                               ("channels-last input", eval_rate(images.contiguous(memory_format=torch.channels_last))),
+                               unit="images/s", repeat=repeat, settings={"batch": 512, "threads": 1}))
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
 # -- tiny_main_table -------------------------------------------------------------------------
 
 def stage_seconds(records: Path) -> dict[str, float]:
@@ -393,6 +455,7 @@ BENCHMARKS: dict[str, Callable[[bool, int, argparse.Namespace], list[Row]]] = {
     "meta_train_step": lambda quick, repeat, a: meta_train_step_rows(quick, repeat),
     "loader": lambda quick, repeat, a: loader_rows(quick, repeat),
     "kd_student": lambda quick, repeat, a: kd_student_rows(quick, repeat),
+    "training_step": lambda quick, repeat, a: training_step_rows(quick, repeat),
     "time_to_student": lambda quick, repeat, a: time_to_student_rows(Path(a.results_root) / "main_table" / "records"),
     "tiny_main_table": lambda quick, repeat, a: tiny_main_table_rows(Path(a.results_root) / "main_table" / "records",
                                                                      Path("results/main_table/records")),

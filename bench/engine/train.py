@@ -149,7 +149,7 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
     model = build_model(cfg.arch, spec.num_classes, cfg.image_size, cfg.scale, pretrained=cfg.pretrained).to(device)
     if cfg.init_from:
         model.load_state_dict(load_checkpoint(cfg.init_from, expect={"arch": cfg.arch})[0])
-    if device.type == "cuda" and ARCH_SPECS[cfg.arch].channels_last:
+    if ARCH_SPECS[cfg.arch].channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     # DDP averages the gradients over the ranks; `model` stays the bare module, whose state_dict

@@ -35,7 +35,9 @@ class ArchSpec:
     permutation: str | None = None  # the weight-matching walk (a key of bench.weights.permutation.WALKS)
     permutation_unsupported_reason: str = ""  # why there is none, for the error a user gets
     tiny_recipe: Mapping[str, Any] = field(default_factory=dict)  # changes to the tiny training recipe
-    channels_last: bool = True  # runs in channels-last memory format on a GPU
+    # Trains in channels-last memory format (GPU and CPU: on a CPU the tiny convnets' steps are
+    # 1.2x (VGG) to 1.6x (ResNet) faster than contiguous; bench.perf's training_step).
+    channels_last: bool = True
     # The planner puts members of a pool in one job, trained as one packed network
     # (bench.engine.stacked, which checks that the architecture packs), where that is faster.
     stacks: bool = True
