@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from bench.data.loaders import make_loader
-from bench.methods import distillation, kd, self_distill
+from bench.methods import common, distillation, kd, self_distill
 from bench.methods.base import MethodJob
 from bench.engine import train
 from bench.checkpoint import save_checkpoint
@@ -251,7 +251,7 @@ def _job(method: str, teachers: list[Path], workdir: Path, **options) -> MethodJ
                options=DistillOptions(**options), workdir=workdir, scale="tiny", recipe=dict(RECIPE))
 
 
-def test_kd_trains_a_student_from_the_ensemble(digit_teachers, tmp_path):
+def test_kd_trains_a_student_from_the_ensemble(digit_teachers, tmp_path, monkeypatch):
     job = _job("kd", digit_teachers, tmp_path / "kd")
     rec = kd.run(job)
     assert all(math.isfinite(rec[m]) for m in ("top1", "top5", "nll", "ece", "train_s"))
@@ -260,8 +260,13 @@ def test_kd_trains_a_student_from_the_ensemble(digit_teachers, tmp_path):
     assert (rec["temperature"], rec["alpha"], rec["soft_label_cache"]) == (4.0, 0.9, True)  # digits: 25 views
     meta = json.loads((tmp_path / "kd" / "model.json").read_text())
     assert meta["seed"] == 10_000 and meta["config"]["extra"]["teacher_members"] == [0, 1]
-    # A finished student is found, not retrained: the same record.
-    assert kd.run(job) == rec
+    # A finished student is found, not retrained: the same record, and nothing is evaluated again
+    # (the student's outputs are the ones its training kept, the teachers' the ones kept beside them).
+    def no_forward(*args, **kw):
+        raise AssertionError("a network was evaluated again")
+    with monkeypatch.context() as patch:
+        patch.setattr(common, "predict", no_forward)
+        assert kd.run(job) == rec
     # The folder of another distillation (here another T) is refused, not resumed.
     with pytest.raises(Exception, match="another config"):
         kd.run(_job("kd", digit_teachers, tmp_path / "kd", temperature=2.0))

@@ -70,6 +70,28 @@ def test_finished_run_is_found_not_redone(tmp_path):
         train(TrainConfig(arch="vgg11", seed=1, **FAST), tmp_path, progress=False)
 
 
+def test_a_finished_run_keeps_its_final_evaluation_for_later_jobs(tmp_path, monkeypatch):
+    from bench.engine import evaluate
+    from bench.engine.stacked import train_stack
+
+    meta = train(TrainConfig(arch="vgg11", seed=0, **FAST), tmp_path / "one", progress=False)
+    stacked = train_stack([TrainConfig(arch="vgg11", seed=s, **FAST) for s in (1, 2)],
+                          [tmp_path / "s1", tmp_path / "s2"], progress=False)
+    for out, run in [("one", meta), ("s1", stacked[0]), ("s2", stacked[1])]:
+        model, _ = load_model(tmp_path / out / "model.safetensors")
+        for split, prefix in (("val", "val_"), ("test", "")):
+            kept = evaluate.read_predictions(evaluate.predictions_path(
+                tmp_path / out / "model.safetensors", "digits", split, 16, "cpu"))
+            assert kept is not None, (out, split)
+            probs, labels = kept
+            # The numbers the run recorded, and (to rounding) what evaluating the saved weights gives.
+            assert classification_metrics(probs, labels)["top1"] == run["metrics"][f"{prefix}top1"]
+            fresh, fresh_labels = predict(model, make_loader("digits", split, batch_size=512, train=False),
+                                          torch.device("cpu"))
+            assert torch.equal(labels, fresh_labels)
+            torch.testing.assert_close(probs, fresh, rtol=1e-4, atol=1e-5)
+
+
 # Stated accuracies on the 450 held-out digits with each architecture's default tiny recipe.
 @pytest.mark.parametrize("arch, at_least", [("vgg11", 97.0), ("resnet50", 96.0), ("vit_b32", 88.0)])
 def test_tiny_models_learn_digits(tmp_path, arch, at_least):

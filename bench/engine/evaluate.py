@@ -1,13 +1,24 @@
-"""Evaluation: softmax outputs over a loader, and trained models rebuilt from their checkpoints."""
+"""Evaluation: softmax outputs over a loader, trained models rebuilt from their checkpoints, and
+the predictions files kept beside a checkpoint.
+
+A finished training run keeps its final evaluation's softmax outputs beside its model
+(`predictions-<hash>.*`, one per split), and the methods keep the ones they compute for a teacher
+there too: every later job that evaluates the same weights on the same split reads them instead of
+running the network again over 25,000 val + test images. The hash covers the weights (sha256),
+the data set, split and image size, the device kind and torch's version (which round the same
+forward differently); a damaged file is derived data, recomputed.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from bench.checkpoint import load_checkpoint
+from bench.checkpoint import CheckpointError, load_checkpoint, paths, read_meta, save_checkpoint
 from bench.engine.devices import autocast
 from bench.models import build_model
 
@@ -34,3 +45,29 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **expect: A
     model = build_model(meta["arch"], meta["num_classes"], meta["image_size"], meta["scale"], meta["in_chans"])
     model.load_state_dict(tensors)
     return model.to(device).eval(), meta
+
+
+PREDICTIONS = "teacher-predictions"  # the files' kind (their first use was teachers')
+
+
+def predictions_path(checkpoint: str | Path, dataset: str, split: str, image_size: int, device_type: str) -> Path:
+    """Where the predictions of the weights in `checkpoint` on `split` are kept (module doc)."""
+    identity = {"teacher_sha256": read_meta(checkpoint)["sha256"], "dataset": dataset, "split": split,
+                "image_size": image_size, "device": device_type, "torch": torch.__version__.split("+")[0]}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(checkpoint).parent / f"predictions-{digest}"
+
+
+def save_predictions(stored: Path, probs: torch.Tensor, labels: torch.Tensor) -> None:
+    save_checkpoint(stored, {"probs": probs, "labels": labels}, {"kind": PREDICTIONS})
+
+
+def read_predictions(stored: Path | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The kept (probs, labels), or None when there are none or they are damaged."""
+    if stored is None or not paths(stored)[1].exists():
+        return None
+    try:
+        tensors, _ = load_checkpoint(stored, expect={"kind": PREDICTIONS})
+    except CheckpointError:
+        return None
+    return tensors["probs"], tensors["labels"]

@@ -48,7 +48,7 @@ from bench.engine.devices import autocast, pick_device
 from bench.engine.loop import NonFiniteLoss, StepBatches, fit
 from bench.engine.optim import make_optimizer
 from bench.engine.schedule import lr_factor
-from bench.engine.train import EVAL_SPLITS, LOG_ONLY, model_meta, run_folder, train
+from bench.engine.train import EVAL_SPLITS, LOG_ONLY, keep_predictions, model_meta, run_folder, train
 from bench.errors import BenchError
 from bench.metrics import classification_metrics, for_split
 from bench.models import ARCH_SPECS, build_model
@@ -243,6 +243,7 @@ class StackedTask:
         self.channels_last = channels_last
         self.seconds_before = [0.0] * self.members  # each member's seconds before this stack began
         self._sums, self._count = torch.zeros(self.members, device=device), 0
+        self.final: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split -> (probs (N, M, K), labels)
 
     def _input(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         # cat keeps the members' memory format (augmented batches come channels-last strided, test
@@ -284,7 +285,7 @@ class StackedTask:
                  "train_s": self.seconds_before[i] + seconds / self.members} for i in range(self.members)]
         if step == self.steps:
             for split, loader in self.eval_loaders.items():
-                probs, labels = self.predict(loader)
+                probs, labels = self.final[split] = self.predict(loader)
                 for i, row in enumerate(rows):
                     row.update(for_split(classification_metrics(probs[:, i], labels), split))
         return {"members": rows}
@@ -396,6 +397,8 @@ def _train_packed(cfgs: list[TrainConfig], outs: list[Path], progress: bool | No
         f.finish(model.state_dict(), {
             **bases[i], "epochs": cfg0.epochs, "metrics": {k: v for k, v in rows[-1].items() if k not in LOG_ONLY},
             "train_s": task.seconds_before[i] + seconds / len(cfgs)}, rows)
+        keep_predictions(cfgs[i], f, device, {split: (probs[:, i].contiguous(), labels)
+                                              for split, (probs, labels) in task.final.items()})
     return [f.finished() for f in folders]
 
 

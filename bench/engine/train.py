@@ -30,7 +30,7 @@ from bench.data import dataset_spec
 from bench.data.loaders import make_loader
 from bench.engine.checkpointer import RunFolder
 from bench.engine.devices import autocast, barrier, rank_device
-from bench.engine.evaluate import predict
+from bench.engine.evaluate import predict, predictions_path, save_predictions
 from bench.engine.loop import StepBatches, fit
 from bench.engine.optim import make_optimizer
 from bench.engine.schedule import lr_factor
@@ -72,6 +72,7 @@ class SupervisedTask:
         # The last step the loop makes (a smoke run's cap, bench.system.capped_steps) evaluates.
         self.steps_per_epoch, self.steps = len(train_loader), capped_steps(steps)
         self.batches = StepBatches(train_loader)
+        self.final: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split -> the last evaluation's (probs, labels)
 
     def loss(self, step: int) -> dict[str, torch.Tensor]:
         (x, y, idx, views), restarted = self.batches(step)
@@ -95,12 +96,24 @@ class SupervisedTask:
             row = {"epoch": step // self.steps_per_epoch, "train_loss": loss.item(), "train_s": seconds}
             if step == self.steps:
                 for split, loader in self.eval_loaders.items():
-                    row.update(for_split(classification_metrics(*predict(self.model, loader, self.device)), split))
+                    self.final[split] = predict(self.model, loader, self.device)
+                    row.update(for_split(classification_metrics(*self.final[split]), split))
         if world_size > 1:
             box = [row]
             dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
             row = box[0]
         return row
+
+
+def keep_predictions(cfg: TrainConfig, folder: RunFolder, device: torch.device,
+                     final: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """The final evaluation's outputs beside the finished model (bench.engine.evaluate), so the
+    jobs that evaluate these weights later read them: every split but a test split read from a
+    `.beton` (the methods read the data set itself)."""
+    for split, (probs, labels) in final.items():
+        if not (split == "test" and cfg.beton_test):
+            save_predictions(predictions_path(folder.final, cfg.dataset, split, cfg.image_size, device.type),
+                             probs, labels)
 
 
 def run_folder(cfg: TrainConfig, out: str | Path, writer: bool = True) -> RunFolder:
@@ -173,5 +186,7 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
     folder.finish(model.state_dict(), {
         **base, "epochs": cfg.epochs, "metrics": {k: v for k, v in history[-1].items() if k not in LOG_ONLY},
         "train_s": seconds}, history)
+    if rank == 0:
+        keep_predictions(cfg, folder, device, task.final)
     barrier(device)  # the others read what rank 0 has just written
     return folder.finished()

@@ -3,8 +3,6 @@ and test splits (every record carries both: settings are chosen on val, claims r
 student made from the teachers' weights with its BatchNorm statistics re-estimated."""
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -12,9 +10,9 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from bench.checkpoint import CheckpointError, load_checkpoint, paths, read_meta, save_checkpoint
 from bench.data.loaders import make_loader
 from bench.engine import load_model, predict
+from bench.engine.evaluate import predictions_path, read_predictions, save_predictions
 from bench.errors import BenchError
 from bench.methods.base import MethodJob
 from bench.metrics import classification_metrics, for_split
@@ -45,10 +43,11 @@ EVAL_SPLITS = ("val", "test")
 
 def predictions(job: MethodJob[Any], models, split: str, checkpoints: Sequence[Path | None] | None = None
                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Each model's softmax over one split, and the labels. A model with a checkpoint (a teacher)
-    has its predictions kept beside it (`predictions_file`) and read back by later jobs: the
-    single, ensemble and WeightFormer rows of a grid evaluate the same teachers on the same
-    images, and at 25,000 val + test images that would be most of their time."""
+    """Each model's softmax over one split, and the labels. A model with a checkpoint (a teacher, a
+    trained student) has its predictions kept beside it (`predictions_file`; training keeps its
+    final evaluation's there) and read back by later jobs: the single, ensemble and WeightFormer
+    rows of a grid evaluate the same teachers on the same images, and at 25,000 val + test images
+    that would be most of their time."""
     meta = models[0][1]
     loader = make_loader(job.dataset, split, batch_size=512, train=False, root=job.data_root,
                          image_size=meta["image_size"], device=job.torch_device())
@@ -56,38 +55,19 @@ def predictions(job: MethodJob[Any], models, split: str, checkpoints: Sequence[P
     probs, labels = [], None
     for (model, _), checkpoint in zip(models, checkpoints):
         stored = None if checkpoint is None else predictions_file(checkpoint, job, split, meta["image_size"])
-        got = _read_predictions(stored)
+        got = read_predictions(stored)
         if got is None:
             got = predict(model, loader, job.torch_device())
             if stored is not None and world()[0] == 0:
-                save_checkpoint(stored, {"probs": got[0], "labels": got[1]}, {"kind": PREDICTIONS})
+                save_predictions(stored, *got)
         probs.append(got[0])
         labels = got[1] if labels is None else labels
     return probs, labels
 
 
-def _read_predictions(stored: Path | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    if stored is None or not paths(stored)[1].exists():
-        return None
-    try:
-        tensors, _ = load_checkpoint(stored, expect={"kind": PREDICTIONS})
-    except CheckpointError:  # derived data: a damaged file is recomputed
-        return None
-    return tensors["probs"], tensors["labels"]
-
-
-PREDICTIONS = "teacher-predictions"
-
-
 def predictions_file(checkpoint: Path, job: MethodJob[Any], split: str, image_size: int) -> Path:
-    """predictions-<hash> beside a teacher's checkpoint: the hash covers the teacher's weights
-    (sha256), the data set, split and image size, the device kind and torch's version (which
-    round the same forward differently)."""
-    identity = {"teacher_sha256": read_meta(checkpoint)["sha256"], "dataset": job.dataset, "split": split,
-                "image_size": image_size, "device": job.torch_device().type,
-                "torch": torch.__version__.split("+")[0]}
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(checkpoint).parent / f"predictions-{digest}"
+    """The kept predictions of the weights in `checkpoint` (bench.engine.evaluate's module doc)."""
+    return predictions_path(checkpoint, job.dataset, split, image_size, job.torch_device().type)
 
 
 def evaluated(job: MethodJob[Any], models, score: Callable[[list[torch.Tensor], torch.Tensor], dict[str, Any]],

@@ -114,10 +114,11 @@ def kl_from_group(job: MethodJob[Any], workdir: Path, loaded=None) -> dict[str, 
     `test_kl_from_ensemble`), as WeightFormer's records have it: how close each student came to
     the ensemble it imitates. The teachers' predictions are the files earlier jobs kept."""
     loaded = loaded or load_teachers(job)
-    student = load_model(workdir / "model.safetensors", job.torch_device(), arch=job.arch)
+    weights = workdir / "model.safetensors"
+    student = load_model(weights, job.torch_device(), arch=job.arch)
     out = {}
-    for split in EVAL_SPLITS:
-        probs, _ = predictions(job, [student, *loaded], split, [None, *job.teachers])
+    for split in EVAL_SPLITS:  # the student's as its training's final evaluation kept them
+        probs, _ = predictions(job, [student, *loaded], split, [weights, *job.teachers])
         out[f"{split}_kl_from_ensemble"] = kl_from(torch.stack(probs[1:]).mean(0), probs[0])
     return out
 
