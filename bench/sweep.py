@@ -501,6 +501,13 @@ def _running_local_driver(grid: str, roots: Roots) -> int | None:
         and pid_alive(pid) else None
 
 
+def span_seconds(spans: list[tuple[float, float]]) -> tuple[float, float]:
+    """(wall seconds from the first start to the last end, job-seconds): the members of one
+    teacher stack share their task's span, which is counted once, not once per member."""
+    wall = max(e for _, e in spans) - min(s for s, _ in spans)
+    return wall, sum(e - s for s, e in set(spans))
+
+
 def print_status(grid: str, roots: Roots) -> None:
     manifest, states = current_states(grid, roots)
     print(f"grid {grid}, scale {manifest['scale']}, cluster {manifest['cluster']}, updated {manifest['updated']}")
@@ -513,8 +520,8 @@ def print_status(grid: str, roots: Roots) -> None:
     for stage, jobs in manifest["stages"].items():
         spans = [(j["started"], j["ended"]) for j in jobs if j.get("started") and j.get("ended")]
         if spans:
-            wall = max(e for _, e in spans) - min(s for s, _ in spans)
-            print(f"  {stage}: {len(spans)} jobs ran in {wall:.0f} s wall ({sum(e - s for s, e in spans):.0f} job-seconds)")
+            wall, busy = span_seconds(spans)
+            print(f"  {stage}: {len(spans)} jobs ran in {wall:.0f} s wall ({busy:.0f} job-seconds)")
     failed = [j for js in manifest["stages"].values() for j in js if states_of(states, j) == "failed"]
     for j in failed[:20]:
         print(f"  failed: {j['label']} {j.get('reason', '')} {j.get('log', '')}".rstrip())

@@ -179,8 +179,10 @@ def test_two_ranks_write_one_run_folder(two_ranks):
     for name in ("vgg", "vit", "resumed"):
         assert runs[name][0]["meta"] == runs[name][1]["meta"]  # every rank returns rank 0's sidecar
         folder = tmp / name
-        assert sorted(p.name for p in folder.iterdir()) == [
+        names = sorted(p.name for p in folder.iterdir())
+        assert [n for n in names if not n.startswith("predictions-")] == [
             "config.json", "log.jsonl", "model.json", "model.safetensors"]  # no checkpoint, no temp files
+        assert len(names) == 4 + 4  # rank 0's final evaluation kept: val and test, weights and sidecar each
         log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
         assert [row["epoch"] for row in log] == [1, 2]
         meta = runs[name][0]["meta"]

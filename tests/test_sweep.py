@@ -18,7 +18,7 @@ from bench.report import report
 from bench.stages import run_methods
 from bench.store import load_records, run_id
 from bench.sweep import (BUNDLE_MAX, CLUSTER_FILE, BundleRunner, load_resources, local_cap, make_plan, next_bundle,
-                         run_local, unit_cost)
+                         run_local, span_seconds, unit_cost)
 
 MINI = """
 n_teachers: 2
@@ -496,3 +496,10 @@ def test_a_sweep_killed_while_writing_a_record_finishes_on_rerun(mini, tmp_path)
     table = load_records(records.parent)
     assert len(table) == 3 + 4 and table.run_id.is_unique and set(table.status) == {"done"}
     assert not list((tmp_path / "t").rglob("*.tmp")) and not list((tmp_path / "t").rglob("*.lock"))
+
+
+def test_a_stacks_shared_span_counts_once_in_the_stage_seconds():
+    # Three members of one stack (one task, 10 s), then two jobs of a bundle one after the other.
+    spans = [(100.0, 110.0)] * 3 + [(110.0, 114.0), (114.0, 120.5)]
+    assert span_seconds(spans) == (20.5, 20.5)
+    assert span_seconds([(0.0, 5.0), (1.0, 4.0)]) == (5.0, 8.0)  # two slots at once
