@@ -349,7 +349,7 @@ def planned_runs(grid: str, root: Path, grid_file: str | Path | None = None
                          f"{int(runs.smoke_steps.max())} steps on synthetic data, bench/smoke.py): they check "
                          f"that the plan runs and are no results; `python -m bench.sweep --status --smoke` shows it")
     recorded = {int(s) for s, stage in zip(column(runs, "seed"), column(runs, "stage")) if stage == "methods"
-                and s is not None}
+                and pd.notna(s)}  # a record without a seed reads as NaN, not None
     plan = grid_plan(grid_file or grid, record_scales(runs, root / grid), swept_seeds(root / grid), recorded)
     if runs.empty and plan is None:
         raise BenchError(f"no records for grid {grid!r} under {root / grid / 'records'}; run the sweep first")
