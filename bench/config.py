@@ -16,6 +16,8 @@ the allowed values, and is raised before any job exists.
         arch: vgg11
         dataset: {paper: cifar10, tiny: digits}
         init: scratch                   # scratch | shared | pretrained
+        base: {tiny: {dataset: testbed_source, recipe: {epochs: 10}}}  # pretrained, tiny: the base's task
+        ranges: {lr: [3.0e-4, 3.0e-3]}  # each member draws these from its seed (bench.recipes.draw)
         members: {paper: 20, tiny: 6}   # K
         held_out: {paper: 4, tiny: 2}   # the last members, never used for meta-training
         recipe: {paper: {epochs: 240, ...}, tiny: {}}   # bench.recipes.TrainConfig fields
@@ -44,7 +46,7 @@ from bench.methods import METHODS, method_options
 from bench.models import ARCHS, SCALES
 from bench.options import COMMON_OPTIONS, WeightFormerOptions
 from bench.paths import project_root
-from bench.recipes import TrainConfig, check_training
+from bench.recipes import RANGE_KEYS, TrainConfig, check_ranges, check_training
 
 GRID_DIR = project_root() / "sweeps"
 INITS = ("scratch", "shared", "pretrained")
@@ -64,6 +66,10 @@ class PoolSpec:
     members: int
     held_out: int
     recipe: dict[str, Any] = field(default_factory=dict, hash=False)
+    # `pretrained` at tiny scale: the base network the suite pretrains on a source task
+    # ({"dataset": ..., "recipe": {...}}); None where the members start from timm's weights or from scratch.
+    base: dict[str, Any] | None = field(default=None, hash=False)
+    ranges: dict[str, list] = field(default_factory=dict, hash=False)  # per-member draws (bench.recipes.draw)
 
     @property
     def meta_train_members(self) -> tuple[int, ...]:
@@ -253,7 +259,29 @@ class _Reader:
 
 GRID_KEYS = ("description", "n_teachers", "seeds", "teacher_part", "pools", "methods")
 TEACHER_PARTS = ("meta_train", "held_out")
-POOL_KEYS = ("name", "arch", "dataset", "init", "members", "held_out", "recipe")
+POOL_KEYS = ("name", "arch", "dataset", "init", "members", "held_out", "recipe", "base", "ranges")
+BASE_KEYS = ("dataset", "recipe")
+# A tiny pretrained pool's base when the grid names none: the source task of bench.data, its recipe's
+# defaults (bench.recipes.RECIPES) but for 10 epochs, which its 12,000 images fill.
+DEFAULT_BASE = {"dataset": "testbed_source", "recipe": {"epochs": 10}}
+
+
+def read_base(r: _Reader, raw: Any, where: str, arch: str, init: str, scale: str) -> dict[str, Any] | None:
+    """A pool's base network: at tiny scale a pretrained pool's members start from a network the
+    suite pretrains on a source task (`DEFAULT_BASE` unless given); at paper scale from timm's
+    weights, so no base is given there."""
+    if raw is not None and init != "pretrained":
+        raise r.fail(where, f"only a pretrained pool starts from a base (this one is {init})")
+    if init != "pretrained" or scale != "tiny":
+        if raw is not None:
+            raise r.fail(where, "at paper scale a pretrained pool starts from timm's weights; give no base")
+        return None
+    b = r.mapping(raw if raw is not None else DEFAULT_BASE, where, BASE_KEYS, ("dataset",))
+    dataset = r.choice(b["dataset"], f"{where}.dataset", DATASETS)
+    recipe = r.mapping(b.get("recipe") or {}, f"{where}.recipe", RECIPE_KEYS)
+    check_training(recipe, f"{r.path}: {where}.recipe")
+    check_training(dataclasses.asdict(TrainConfig(arch, dataset, scale, **recipe).resolved()), f"{r.path}: {where}.recipe")
+    return {"dataset": dataset, "recipe": dict(sorted(recipe.items()))}
 
 
 def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
@@ -290,8 +318,10 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
             label = "meta-train" if part == "meta_train" else "held-out"
             raise r.fail("n_teachers", f"N = {n_teachers} is larger than pool {where}'s {label} part "
                                        f"({available} of {members} members)")
+        base = read_base(r, p.get("base"), f"{where}.base", arch, init, scale)
+        ranges = check_ranges(r.mapping(p.get("ranges") or {}, f"{where}.ranges", RANGE_KEYS), f"{path}: {where}.ranges")
         name = p.get("name") or f"{arch}-{dataset}-{scale}-{init}"
-        pools.append(PoolSpec(str(name), arch, dataset, scale, init, members, held_out, recipe))
+        pools.append(PoolSpec(str(name), arch, dataset, scale, init, members, held_out, recipe, base, ranges))
     names = [p.name for p in pools]
     if len(set(names)) != len(names):
         raise r.fail("pools", f"pool names repeat: {', '.join(names)}")

@@ -15,7 +15,8 @@ Per job (F = one image's forward FLOPs; train / test = the split sizes in
   one product for the activations' gradient, one for the weights', and FlopCounterMode over
   forward + backward of these networks gives 2.97 to 2.99 F) + epochs x test x F (the
   evaluation after every epoch);
-* teachers: a training run with the pool's recipe;
+* pretrain: a training run of the base network on its source task (tiny pretrained pools);
+* teachers: a training run with the pool's recipe (the epochs a member draws, where it draws them);
 * meta_train: steps x one step, i.e. the WeightFormer's forward + backward over every layer's
   tokens (counted with FlopCounterMode on the meta device, the real `WeightFormer` module, one
   layer shape at a time: a layer's share of the step depends on its shape only, so the sum is
@@ -45,7 +46,7 @@ from bench.errors import BenchError
 from bench.methods import method_options
 from bench.models import build_model
 from bench.options import WFConfig
-from bench.recipes import TrainConfig
+from bench.recipes import TrainConfig, draw
 
 # Sustained training throughput of one GPU, TFLOP/s. NVIDIA's own tuned ResNet-50 v1.5 trains
 # at 2,470 images/s on one A100 80GB in mixed precision (NVIDIA DeepLearningExamples,
@@ -208,6 +209,13 @@ def reestimation_flops(net: Net, batches: int) -> float:
 
 
 def teacher_job_flops(spec: Mapping[str, Any]) -> float:
+    """A member's training run, at the epochs it draws where its pool gives a range of them."""
+    epochs = draw(spec.get("ranges", {}), spec["member"]).get("epochs") or training_config(spec).epochs
+    return training_flops(net_of(spec), epochs)
+
+
+def pretrain_job_flops(spec: Mapping[str, Any]) -> float:
+    """A base network's training run on its source task."""
     return training_flops(net_of(spec), training_config(spec).epochs)
 
 
@@ -256,7 +264,7 @@ def method_job_flops(spec: Mapping[str, Any]) -> float:
     raise BenchError(f"no FLOP estimate for method {name!r}")
 
 
-JOB_FLOPS = {"teachers": teacher_job_flops, "meta_train": meta_train_job_flops, "methods": method_job_flops}
+JOB_FLOPS = {"pretrain": pretrain_job_flops, "teachers": teacher_job_flops, "meta_train": meta_train_job_flops, "methods": method_job_flops}
 
 
 def job_flops(stage: str, spec: Mapping[str, Any]) -> float:

@@ -52,19 +52,59 @@ class Stage(Protocol):
     def done(self, job: Job, grid: Grid, roots: Roots) -> bool: ...
 
 
+def base_spec(pool: PoolSpec) -> dict[str, Any] | None:
+    """The base network a tiny pretrained pool's members are fine-tuned from (None: no base)."""
+    if pool.base is None:
+        return None
+    return {"stage": "pretrain", "arch": pool.arch, "dataset": pool.base["dataset"], "scale": pool.scale,
+            "recipe": dict(sorted(pool.base["recipe"].items()))}
+
+
+def base_dir(roots: Roots, spec: dict[str, Any]) -> Path:
+    """teachers/base-<arch>-<dataset>-<scale>-<spec hash>: found by its spec, shared by every pool and
+    grid that starts from it."""
+    return roots.teachers / f"base-{spec['arch']}-{spec['dataset']}-{spec['scale']}-{run_id(spec)[:6]}"
+
+
 def teacher_spec(pool: PoolSpec, k: int) -> dict[str, Any]:
-    return {"stage": "teachers", "pool": pool.name, "arch": pool.arch, "dataset": pool.dataset,
+    spec = {"stage": "teachers", "pool": pool.name, "arch": pool.arch, "dataset": pool.dataset,
             "scale": pool.scale, "init": pool.init, "member": k, "recipe": dict(sorted(pool.recipe.items()))}
+    # Only where a pool has them, so the specs (and run ids, folders) of every other pool are unchanged.
+    if pool.base is not None:
+        spec["base"] = base_spec(pool)
+    if pool.ranges:
+        spec["ranges"] = pool.ranges
+    return spec
 
 
 def member_dir(roots: Roots, spec: dict[str, Any]) -> Path:
     """teachers/<pool>-<recipe hash>/member-<k>: grids share a member exactly when its pool name
-    and recipe agree (so its training is the same), and never train two recipes into one folder."""
-    return roots.teachers / f"{spec['pool']}-{run_id(spec['recipe'])[:6]}" / f"member-{spec['member']}"
+    and recipe (with its base and ranges, where it has them) agree, so its training is the same, and
+    never train two recipes into one folder."""
+    training = {k: spec[k] for k in ("base", "ranges") if k in spec}
+    identity = {"recipe": spec["recipe"], **training} if training else spec["recipe"]
+    return roots.teachers / f"{spec['pool']}-{run_id(identity)[:6]}" / f"member-{spec['member']}"
 
 
 def record_path(roots: Roots, grid: Grid | str, job: Job) -> Path:
     return roots.results / (grid if isinstance(grid, str) else grid.name) / "records" / f"{job.run_id}.json"
+
+
+class PretrainStage:
+    """One job per base network some pool of the grid is fine-tuned from (tiny scale's stand-in for
+    timm's pretrained weights): a training run on the base's source task into `base_dir`."""
+
+    name = "pretrain"
+
+    def plan(self, grid: Grid, roots: Roots) -> list[Job]:
+        specs = {}
+        for job in TeachersStage().plan(grid, roots):
+            if "base" in job.spec:
+                specs.setdefault(run_id(job.spec["base"]), job.spec["base"])
+        return [Job(self.name, s, f"base-{s['arch']}-{s['dataset']}") for s in specs.values()]
+
+    def done(self, job: Job, grid: Grid, roots: Roots) -> bool:
+        return (base_dir(roots, job.spec) / "model.json").exists() and record_path(roots, grid, job).exists()
 
 
 class TeachersStage:
@@ -79,7 +119,7 @@ class TeachersStage:
         what is used: a zoo of 512 whose held-out part is its last 6 costs the members drawn)."""
         needed = {n for job in MethodsStage().plan(grid, roots)
                   for n in job.needs + [run_id(t) for t in job.spec.get("meta_train", {}).get("teachers", [])]}
-        return [Job(self.name, spec, f"{p.name}/member-{k}")
+        return [Job(self.name, spec, f"{p.name}/member-{k}", needs=[run_id(spec["base"])] if "base" in spec else [])
                 for p in grid.pools for k in range(p.members)
                 if run_id(spec := teacher_spec(p, k)) in needed]
 
@@ -88,7 +128,9 @@ class TeachersStage:
         where the architecture does not stack or the members start from pretrained weights."""
         groups: dict[str, list[Job]] = {}
         for job in jobs:
-            alone = stack <= 1 or not ARCH_SPECS[job.spec["arch"]].stacks or job.spec["init"] == "pretrained"
+            # Members from given weights or with drawn hyperparameters train their own way: never stacked.
+            alone = (stack <= 1 or not ARCH_SPECS[job.spec["arch"]].stacks or job.spec["init"] == "pretrained"
+                     or "ranges" in job.spec)
             key = job.run_id if alone else run_id({k: v for k, v in job.spec.items() if k != "member"})
             groups.setdefault(key, []).append(job)
         return [g[i:i + max(1, stack)] for g in groups.values() for i in range(0, len(g), max(1, stack))]
@@ -252,4 +294,4 @@ def unit_spec(unit: list[Job]) -> dict[str, Any]:
     return unit[0].spec if len(unit) == 1 else {"stage": unit[0].stage, "stack": [j.spec for j in unit]}
 
 
-STAGES: dict[str, Stage] = {"teachers": TeachersStage(), "meta_train": MetaTrainStage(), "methods": MethodsStage()}
+STAGES: dict[str, Stage] = {"pretrain": PretrainStage(), "teachers": TeachersStage(), "meta_train": MetaTrainStage(), "methods": MethodsStage()}

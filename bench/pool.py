@@ -52,8 +52,10 @@ class Pool:
 
     def member_config(self, k: int, **overrides: Any) -> TrainConfig:
         init_seed = 0 if self.init == "shared" else None
+        # A pretrained pool starts from timm's weights, or from the base network it is given (`init_from`).
+        pretrained = self.init == "pretrained" and not overrides.get("init_from")
         return TrainConfig(arch=self.arch, dataset=self.dataset, scale=self.scale, seed=k,
-                           init_seed=init_seed, pretrained=self.init == "pretrained", **overrides)
+                           init_seed=init_seed, pretrained=pretrained, **overrides)
 
     def member_dir(self, k: int, root: str | Path | None = None) -> Path:
         return teachers_root(root) / self.name / f"member-{k}"
@@ -62,17 +64,18 @@ class Pool:
 def train_member(pool: Pool, k: int, *, teachers: str | Path | None = None,
                  results: str | Path | None = None, grid: str = "teachers",
                  progress: bool | None = None, run: str | None = None, run_dir: Path | None = None,
-                 pool_name: str | None = None, **overrides: Any) -> dict[str, Any]:
+                 pool_name: str | None = None, noted: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
     """Train member k (resuming or finding it), write its run record, return the record.
 
-    The sweep passes its job's `run` id, its own `run_dir` and the grid's `pool_name`; by
+    The sweep passes its job's `run` id, its own `run_dir`, the grid's `pool_name` and what the
+    record notes besides the metrics (`noted`: the member's drawn hyperparameters, its base); by
     default the record's id is a hash of the member and the folder `pool.member_dir(k)`."""
     cfg = pool.member_config(k, **overrides)
     t0 = time.perf_counter()
     run_dir = run_dir or pool.member_dir(k, teachers)
     meta = train(cfg, run_dir, progress=progress)
     return _write_member_record(pool, k, cfg, meta, run_dir, time.perf_counter() - t0, results=results, grid=grid,
-                                run=run, pool_name=pool_name)
+                                run=run, pool_name=pool_name, noted=noted)
 
 
 def train_members(pool: Pool, ks: list[int], *, teachers: str | Path | None = None,
@@ -103,7 +106,7 @@ def train_members(pool: Pool, ks: list[int], *, teachers: str | Path | None = No
 
 def _write_member_record(pool: Pool, k: int, cfg: TrainConfig, meta: dict[str, Any], run_dir: Path, wall_s: float,
                          *, results: str | Path | None, grid: str, run: str | None,
-                         pool_name: str | None) -> dict[str, Any]:
+                         pool_name: str | None, noted: dict[str, Any] | None = None) -> dict[str, Any]:
     spec = {"stage": "teachers", "pool": pool.name, "member": k, "config": cfg.resolved().to_json()}
     record = {"run_id": run or run_id(spec), "grid": grid, "stage": "teachers", "method": "single",
               "arch": pool.arch, "dataset": pool.dataset, "scale": pool.scale, "init": pool.init,
@@ -111,7 +114,7 @@ def _write_member_record(pool: Pool, k: int, cfg: TrainConfig, meta: dict[str, A
               **{k: meta["metrics"][k] for m in ("top1", "top5", "nll", "ece") for k in (m, f"val_{m}")
                  if k in meta["metrics"]},
               "train_s": meta["train_s"], "wall_s": wall_s,
-              "epochs": meta["epochs"], "weights": str(run_dir / "model.safetensors")}
+              "epochs": meta["epochs"], "weights": str(run_dir / "model.safetensors"), **(noted or {})}
     if world()[0] == 0:  # in a data-parallel job every rank trains; one writes the record
         write_record(results_root(results) / grid / "records", record)
     return record

@@ -16,6 +16,9 @@ from bench.errors import BenchError, choose
 from bench.models import ARCH_SPECS, ARCHS, SCALES
 from bench.options import Rule
 
+# How a run started from another task's network gets its classifier (bench.engine.heads).
+HEADS = ("new", "probe")
+
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
 
@@ -52,6 +55,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "beton_test": Rule(str, "a path", bool, "none"),
     "train_fraction": Rule(float, "a number in (0, 1]", lambda v: 0 < v <= 1),
     "train_split": _one_of(("train", TRANSFER), None),
+    "head": Rule(str, f"one of: {', '.join(HEADS)}", lambda v: v in HEADS),
 }
 
 
@@ -76,6 +80,46 @@ def check_training(values: Mapping[str, Any], where: str, joint: bool = True) ->
     if epochs is not None and milestones and milestones[-1] >= epochs:
         raise BenchError(f"{where}.milestones: {milestones} reach past the last of the {epochs} epochs")
     return out
+
+# Member diversity (model soups drew each fine-tune's hyperparameters at random): a pool's `ranges`
+# give [low, high] for these fields and member k draws its own values from its seed. Rates are drawn
+# log-uniformly (a range of 3e-4..3e-3 is as likely below 1e-3 as above), epochs as whole numbers.
+RANGE_KEYS = ("lr", "weight_decay", "epochs", "label_smoothing", "warmup_epochs")
+LOG_DRAWN = ("lr", "weight_decay")
+
+
+def check_ranges(ranges: Mapping[str, Any], where: str) -> dict[str, list]:
+    """A pool's `ranges`, each [low, high] with low <= high and both ends allowed for the field."""
+    out = {}
+    for key, value in ranges.items():
+        if not (isinstance(value, (list, tuple)) and len(value) == 2):
+            raise BenchError(f"{where}.{key}: expected [low, high], got {value!r}")
+        low, high = (TRAINING_RULES[key].accept(v, f"{where}.{key}") for v in value)
+        if low is None or high is None or low > high or (key in LOG_DRAWN and low <= 0 < high):
+            raise BenchError(f"{where}.{key}: expected [low, high] with low <= high"
+                             f"{' and low > 0 (drawn log-uniformly)' if key in LOG_DRAWN else ''}, got {value!r}")
+        out[key] = [low, high]
+    return dict(sorted(out.items()))
+
+
+def draw(ranges: Mapping[str, list], seed: int) -> dict[str, Any]:
+    """Member `seed`'s values from a pool's `ranges`: a function of the seed and the key alone (each
+    key has its own stream, so adding a range leaves the other draws as they were)."""
+    import hashlib
+    import math
+    import random
+
+    out: dict[str, Any] = {}
+    for key, (low, high) in sorted(ranges.items()):
+        u = random.Random(int.from_bytes(hashlib.sha256(f"draw:{seed}:{key}".encode()).digest()[:8], "little")).random()
+        if key == "epochs":
+            out[key] = low + min(int(u * (high - low + 1)), high - low)
+        elif key in LOG_DRAWN and low > 0:
+            out[key] = float(f"{math.exp(math.log(low) + u * (math.log(high) - math.log(low))):.3g}")
+        else:
+            out[key] = float(f"{low + u * (high - low):.3g}")
+    return out
+
 
 # Defaults per (dataset, scale); a grid or a flag overrides any of them.
 RECIPES: dict[tuple[str, str], dict[str, Any]] = {
@@ -126,6 +170,9 @@ class TrainConfig:
     beton_test: str | None = None
     device: str = "auto"
     init_from: str | None = None  # start from these weights (a checkpoint: fine-tuning a predicted student)
+    # Started from a network of another data set (a pool's base): its classifier is new from the seed,
+    # or a linear probe on its frozen features (bench.engine.heads).
+    head: str = "new"
     train_fraction: float = 1.0   # train on this fixed, seeded fraction of the training split
     train_split: str = "train"    # or "transfer" (a student distilled on images its teachers never saw)
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings (KD's T, ...)

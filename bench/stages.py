@@ -15,8 +15,9 @@ import torch
 
 from bench.errors import BenchError
 from bench.paths import data_root
-from bench.plan import Roots, member_dir, weightformer_dir
+from bench.plan import Roots, base_dir, member_dir, weightformer_dir
 from bench.pool import Pool, train_member, train_members
+from bench.recipes import draw
 from bench.store import run_id, write_record
 from bench.system import world
 
@@ -31,22 +32,56 @@ def data_root_of(recipe: dict[str, Any]) -> str | None:
     return None if root is None else str(root)
 
 
+def run_pretrain(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
+    """A base network: a training run on its source task, found when done, and its record."""
+    from bench.engine import train
+    from bench.recipes import TrainConfig
+
+    t0 = time.perf_counter()
+    cfg = TrainConfig(spec["arch"], spec["dataset"], spec["scale"], seed=0,
+                      **{**spec["recipe"], "data_root": data_root_of(spec["recipe"])})
+    out = base_dir(roots, spec)
+    meta = train(cfg, out, progress=False)
+    record = {"run_id": run_id(spec), "grid": grid, "stage": "pretrain", "method": "base", "arch": spec["arch"],
+              "dataset": spec["dataset"], "scale": spec["scale"], "seed": 0, "status": "done",
+              **{k: v for k, v in meta["metrics"].items() if k.split("_")[-1] in ("top1", "top5", "nll", "ece")},
+              "train_s": meta["train_s"], "epochs": meta["epochs"], "weights": str(out / "model.safetensors"),
+              "wall_s": time.perf_counter() - t0}
+    if world()[0] == 0:
+        write_record(roots.results / grid / "records", record)
+    return record
+
+
+def member_training(spec: dict[str, Any], roots: Roots) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A member's training fields beyond its pool's recipe (its base's weights, the values it draws
+    from the pool's ranges, the data root) and what its record notes of them."""
+    drawn = draw(spec.get("ranges", {}), spec["member"])
+    fields = {**spec["recipe"], **drawn, "data_root": data_root_of(spec["recipe"])}
+    noted = {f"drawn_{k}": v for k, v in drawn.items()}
+    if "base" in spec:  # the base is named in the run's identity by its run id; its folder is a location
+        base = run_id(spec["base"])
+        fields.update(init_from=str(base_dir(roots, spec["base"]) / "model.safetensors"), extra={"base": base})
+        noted["base"] = base
+    return fields, noted
+
+
 def run_teachers(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
     """One member, or a stack of members of one pool ({"stack": [specs]}, bench.plan.unit_spec)
     trained as one network; each member writes its own record."""
     if "stack" in spec:
         return run_teacher_stack(spec["stack"], grid, roots)
-    pool = _pool(spec)
-    recipe = {**spec["recipe"], "data_root": data_root_of(spec["recipe"])}
-    return train_member(pool, spec["member"], teachers=roots.teachers, results=roots.results, grid=grid,
+    fields, noted = member_training(spec, roots)
+    return train_member(_pool(spec), spec["member"], teachers=roots.teachers, results=roots.results, grid=grid,
                         run=run_id(spec), run_dir=member_dir(roots, spec), pool_name=spec["pool"],
-                        progress=False, **recipe)
+                        progress=False, noted=noted, **fields)
 
 
 def run_teacher_stack(specs: list[dict[str, Any]], grid: str, roots: Roots) -> dict[str, Any]:
     first = specs[0]
     if any({**s, "member": 0} != {**first, "member": 0} for s in specs):
         raise BenchError("a stack of teachers holds members of one pool and recipe only")
+    if "base" in first or "ranges" in first:  # bench.plan never stacks them: each trains its own way
+        raise BenchError("members with a base or drawn hyperparameters are trained one at a time")
     recipe = {**first["recipe"], "data_root": data_root_of(first["recipe"])}
     records = train_members(_pool(first), [s["member"] for s in specs], teachers=roots.teachers,
                             results=roots.results, grid=grid, runs=[run_id(s) for s in specs],
@@ -128,7 +163,9 @@ def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]
                     partners=[[member_dir(roots, t) / "model.safetensors" for t in ts] for ts in spec.get("partners", [])],
                     partner_members=[[t["member"] for t in ts] for ts in spec.get("partners", [])],
                     weightformer=weightformer_dir(roots, spec["meta_train"]) / "model.safetensors"
-                    if "meta_train" in spec else None)
+                    if "meta_train" in spec else None,
+                    base=base_dir(roots, teacher["base"]) / "model.safetensors" if "base" in teacher else None,
+                    base_id=run_id(teacher["base"]) if "base" in teacher else None)
     # In a data-parallel job every rank runs the method; rank 0 alone writes the record.
     records = roots.results / grid / "records" if world()[0] == 0 else None
     write = (lambda rec: write_record(records, rec)) if records else (lambda rec: None)
@@ -143,7 +180,7 @@ def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]
 
 
 RUNNERS: dict[str, Callable[[dict[str, Any], str, Roots], dict[str, Any]]] = {
-    "teachers": run_teachers, "meta_train": run_meta_train, "methods": run_methods}
+    "pretrain": run_pretrain, "teachers": run_teachers, "meta_train": run_meta_train, "methods": run_methods}
 
 
 def lock_paths(spec: dict[str, Any], grid: str, roots: Roots) -> list[Path]:

@@ -660,9 +660,11 @@ def preflight(plan: Plan, roots: Roots, create: bool, smoke: bool = False) -> No
     (where jobs will write there) teachers roots writable, a data root present for every pool
     with work to do whose data set is read from disk."""
     check_writable(roots.results / plan.grid.name, "results root", create)
-    if plan.todo.get("teachers") or plan.todo.get("meta_train"):
+    if plan.todo.get("pretrain") or plan.todo.get("teachers") or plan.todo.get("meta_train"):
         check_writable(roots.teachers, "teachers root", create)
-    busy = {j.spec.get("pool") or j.spec["teachers"][0]["pool"] for jobs in plan.todo.values() for j in jobs}
+    # A base network belongs to no pool: its source task is generated (tiny scale only).
+    busy = {j.spec.get("pool") or j.spec["teachers"][0]["pool"] for jobs in plan.todo.values() for j in jobs
+            if j.stage != "pretrain"}
     for pool in plan.grid.pools if not smoke else ():  # a smoke writes its own data
         if pool.name not in busy or not dataset_spec(pool.dataset).needs_root:
             continue

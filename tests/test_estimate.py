@@ -41,7 +41,7 @@ def test_weightformer_count_by_layer_shape_equals_a_count_of_the_whole_step():
 
 
 def test_split_sizes_are_those_of_the_loaded_splits():
-    for name in ("digits", "multiview", "testbed", "testbed_hard", "testbed_harder"):
+    for name in ("digits", "multiview", "testbed", "testbed_hard", "testbed_harder", "testbed_source"):
         assert {s: len(load_dataset(name, split=s)) for s in SPLIT_SIZES[name]} == SPLIT_SIZES[name]
     assert set(SPLIT_SIZES["testbed"]) == {"train", "val", "test", "transfer"}
 
@@ -99,12 +99,12 @@ def test_dry_run_prints_the_pools_and_the_estimate_per_stage_and_in_total(tmp_pa
     title = next(line for line in lines if line.startswith("GPU-hours"))
     assert "estimate" in title and "60 TFLOP/s" in title
     rows = table(lines, "GPU-hours")
-    assert list(rows) == ["teachers", "meta_train", "methods", "total"]
+    assert list(rows) == ["pretrain", "teachers", "meta_train", "methods", "total"]
     # The teachers' FLOPs by hand: members x epochs x (3 x train images + test images) x forward.
     teachers = sum(p.members * int(pools[p.name][6]) * (3 * SPLIT_SIZES[p.dataset]["train"] + SPLIT_SIZES[p.dataset]["test"])
                    * forward_flops(p.arch, 10, 16, "tiny") for p in grid.pools)
     assert float(rows["teachers"][1]) == pytest.approx(teachers, rel=0.01)
-    stages = [float(rows[s][1]) for s in ("teachers", "meta_train", "methods")]
+    stages = [float(rows[s][1]) for s in ("pretrain", "teachers", "meta_train", "methods")]
     assert float(rows["total"][1]) == pytest.approx(sum(stages), rel=0.01)
     # GPU-hours are the FLOPs at the stated throughput: half the throughput, twice the hours.
     slower = table(dry_run(capsys, "--gpu-tflops", "30"), "GPU-hours")

@@ -96,6 +96,13 @@ TESTBEDS: dict[str, dict[str, Any]] = {
                            n_test=20_000, n_transfer=1500),
 }
 TESTBED = TESTBEDS["testbed"]
+# The tiny scale's ImageNet: a source task a base network is pretrained on before the members of a
+# `pretrained` pool are fine-tuned from it (the paper's regime). Another seed, so it shares none of
+# the testbeds' images or classes; 24 classes x 2 views = 48 orthonormal features, which span the
+# whole patch space (d = 3 * 4 * 4), so every testbed feature is a mix of features the base has
+# learnt to see, as ImageNet features serve CIFAR. Its noise is the testbed's.
+SOURCE = dict(seed=1, num_classes=24, noise=0.8, feature_noise=0.4, single_view_fraction=0.4, n_train=12_000,
+              n_val=2000, n_test=2000)
 
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("digits", 10, 16, True, False, "translate2", val_fraction=0.2),
@@ -104,6 +111,7 @@ DATASETS: dict[str, DatasetSpec] = {
     # The testbeds' transfer split is as large as their training split.
     **{name: DatasetSpec("multiview", 10, 16, True, False, "none", options=preset, val_fraction=None, transfer=True)
        for name, preset in TESTBEDS.items()},
+    "testbed_source": DatasetSpec("multiview", 24, 16, True, False, "none", options=SOURCE, val_fraction=None),
     "cifar10": DatasetSpec("cifar", 10, 32, True, True, "crop4_flip",
                            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": DatasetSpec("cifar", 100, 32, True, True, "crop4_flip",
@@ -122,6 +130,7 @@ SPLIT_SIZES: dict[str, dict[str, int]] = {
     "multiview": {"train": 2000, "val": 1000, "test": 1000, TRANSFER: 1000},
     **{name: {"train": p["n_train"], "val": p["n_val"], "test": p["n_test"], TRANSFER: p["n_transfer"]}
        for name, p in TESTBEDS.items()},
+    "testbed_source": {"train": SOURCE["n_train"], "val": SOURCE["n_val"], "test": SOURCE["n_test"]},
     "cifar10": {"train": 45_000, "val": 5_000, "test": 10_000},
     "cifar100": {"train": 45_000, "val": 5_000, "test": 10_000},
     "imagenet": {"train": 1_268_356, "val": 12_811, "test": 50_000},

@@ -30,6 +30,7 @@ from bench.data import dataset_spec
 from bench.data.loaders import make_loader
 from bench.engine.checkpointer import RunFolder
 from bench.engine.devices import autocast, barrier, rank_device
+from bench.engine.heads import fit_probe, load_body
 from bench.engine.evaluate import predict, predictions_path, save_predictions
 from bench.engine.loop import StepBatches, fit
 from bench.engine.optim import make_optimizer
@@ -161,7 +162,13 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
     torch.manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed)
     model = build_model(cfg.arch, spec.num_classes, cfg.image_size, cfg.scale, pretrained=cfg.pretrained).to(device)
     if cfg.init_from:
-        model.load_state_dict(load_checkpoint(cfg.init_from, expect={"arch": cfg.arch})[0])
+        state, start = load_checkpoint(cfg.init_from, expect={"arch": cfg.arch})
+        if start.get("dataset") == cfg.dataset:  # a network of this task (a predicted student): all of it
+            model.load_state_dict(state)
+        else:  # a base of another task: its body, and a classifier of this task's classes
+            load_body(model, state)
+            if cfg.head == "probe":
+                fit_probe(model, make_loader(cfg.dataset, cfg.train_split, train=False, **common), device)
     if ARCH_SPECS[cfg.arch].channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)

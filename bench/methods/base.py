@@ -31,6 +31,8 @@ class MethodJob(Generic[O]):
     workdir: Path | None = None  # a resumable folder for a student the method trains
     pool: str | None = None  # the teachers' pool (a WeightFormer is meta-trained on one)
     weightformer: Path | None = None  # the meta-trained WeightFormer a weightformer method uses
+    base: Path | None = None  # the base network a tiny pretrained pool's members were fine-tuned from
+    base_id: str | None = None  # its run id (a student started from it names it in its identity)
     # Other groups with the same anchor (checkpoint paths; bench.plan.partner_sets) and their member ids.
     partners: list[list[Path]] = field(default_factory=list)
     partner_members: list[list[int]] = field(default_factory=list)

@@ -98,9 +98,18 @@ def student_config(job: MethodJob[Any], seed: int, epochs: int | None, extra: di
     `overrides`: TrainConfig fields the method sets (a fine-tuning run's start, lr, data fraction)."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     recipe = {k: v for k, v in job.recipe.items() if k in fields and k not in _OWN_KEYS}
+    if job.base is not None and "init_from" not in overrides:
+        # A student starts where its teachers started: the base they were fine-tuned from (a fine-tuning
+        # run's own start, a predicted student, overrides it).
+        recipe["init_from"], extra = str(job.base), {**extra, "base": job.base_id}
     recipe.update(overrides)
     return TrainConfig(arch=job.arch, dataset=job.dataset, scale=job.scale, seed=seed,
                        data_root=job.data_root, device=job.device, epochs=epochs, extra=extra, **recipe)
+
+
+def student_init(job: MethodJob[Any]) -> str:
+    """Where a KD or self-distillation student of the job starts (the record's `student_init`)."""
+    return "base" if job.base is not None else "scratch"
 
 
 def on(split: str) -> dict[str, str]:
@@ -178,5 +187,6 @@ def distill(job: MethodJob[Any], *, student_seed: int, temperature: float, alpha
         "soft_label_cache": cache is not None,
         "teacher_forward": teachers.mode,
         "distill_on": resolved.train_split,
+        "student_init": "given" if overrides and "init_from" in overrides else student_init(job),
     })
     return record
