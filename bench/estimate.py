@@ -26,7 +26,12 @@ Per job (F = one image's forward FLOPs; train / test = the split sizes in
   with shift consistency, the WeightFormer and the student once more for the shifted group (N
   teachers) and once for the cut-off one (N - 1);
 * methods: single / ensemble: test x F x 1 / N; soup / aligned_soup: the BatchNorm
-  re-estimation's forwards + test x F; kd / self_distill: a student's training run + N / 1
+  re-estimation's forwards + test x F; greedy_soup: that for each of the N - 1 candidate soups,
+  with its val evaluation (val x F; the members' own val outputs are the ones their training
+  kept), + test x F; learned_soup: steps x the student's forward + backward on the batch (3F x
+  batch; mixing the weights is elementwise, not counted) + the group's soft labels as meta-training
+  pays them (once over the split when it trains without augmentation, else N teachers' forwards
+  per batch), + a soup's re-estimation and test x F; kd / self_distill: a student's training run + N / 1
   teachers' forward per training image per epoch (once, when the soft labels are cached);
   weightformer: one WeightFormer forward + re-estimation + test x F; weightformer_ft: that, then
   `ft_epochs` of KD training on `ft_fraction` of the split.
@@ -167,6 +172,10 @@ class Net:
         return SPLIT_SIZES[self.dataset]["test"]
 
     @property
+    def val_images(self) -> int:
+        return SPLIT_SIZES[self.dataset]["val"]
+
+    @property
     def cached_soft_labels(self) -> bool:
         """Whether distillation computes the teachers' soft labels once (no augmentation)."""
         spec = dataset_spec(self.dataset)
@@ -230,6 +239,16 @@ def meta_train_step_flops(net: Net, cfg: WFConfig, n_teachers: int) -> float:
                + student for n in groups)
 
 
+def learned_soup_flops(net: Net, cfg: WFConfig, n_teachers: int) -> float:
+    """A learned soup's fit: the student's forward + backward on `cfg.steps` batches of its split,
+    and the group's soft labels on them (once over the split when it is not augmented)."""
+    images = SPLIT_SIZES[net.dataset].get(cfg.distill_on, net.train_images)
+    batch = min(cfg.batch_size, images) if net.cached_soft_labels else cfg.batch_size
+    soft_labels = n_teachers * images * net.forward if net.cached_soft_labels \
+        else cfg.steps * n_teachers * batch * net.forward
+    return cfg.steps * (1 + BACKWARD_FACTOR) * net.forward * batch + soft_labels
+
+
 def meta_train_job_flops(spec: Mapping[str, Any]) -> float:
     net = net_of(spec["teachers"][0])
     cfg = WFConfig(**spec["wf"])
@@ -251,6 +270,12 @@ def method_job_flops(spec: Mapping[str, Any]) -> float:
         return evaluation_flops(net, n)
     if name in ("soup", "aligned_soup"):
         return reestimation_flops(net, options.bn_batches) + evaluation_flops(net)
+    if name == "greedy_soup":
+        candidate = reestimation_flops(net, options.bn_batches) + net.val_images * net.forward
+        return (n - 1) * candidate + evaluation_flops(net)
+    if name == "learned_soup":
+        fit = learned_soup_flops(net, options.wf_config(net.scale), n)
+        return fit + reestimation_flops(net, options.bn_batches) + evaluation_flops(net)
     if name in ("kd", "self_distill"):
         epochs = options.epochs or training_config(spec["teachers"][0]).epochs
         return distillation_flops(net, n if name == "kd" else 1, epochs)

@@ -242,6 +242,39 @@ class AlignedSoupOptions(SoupOptions):
 
 
 @dataclass(frozen=True)
+class GreedySoupOptions(SoupOptions):
+    """greedy_soup: members tried in order of val top-1, each kept if the soup's val top-1 does not
+    fall (every candidate soup has its BatchNorm statistics re-estimated on `bn_batches` batches)."""
+
+
+# Model soups' per-layer learned soup (mlfoundations/model-soups, learned_bylayer.py, which
+# recommends it): AdamW at lr 0.05, no weight decay, constant rate, on the mixing coefficients. Not
+# WeightFormer's rate: Adam moves a coefficient by about lr per step, so at WeightFormer's 1e-3 for
+# its 300 tiny steps one could move 0.3 at most and the fit would end next to the uniform soup it
+# starts from.
+LEARNED_SOUP_LR = 0.05
+
+
+@dataclass(frozen=True)
+class LearnedSoupOptions(SoupOptions):
+    """learned_soup: per-layer mixing coefficients fitted with eq. 1 on the images and budget a
+    WeightFormer's meta-training sees (unset: WeightFormer's default at the scale; a grid that gives
+    its WeightFormer other values gives the learned soup the same ones)."""
+
+    steps: int | None = _given("steps")
+    batch_size: int | None = _given("batch_size")
+    temperature: float | None = _given("temperature")
+    distill_on: str | None = _given("distill_on")
+    lr: float = number(LEARNED_SOUP_LR, gt=0)  # Adam on the coefficients (LEARNED_SOUP_LR's comment)
+
+    def wf_config(self, scale: str, where: str = "learned_soup") -> WFConfig:
+        """The WeightFormer config whose budget and loss these options mirror at `scale` (`steps`,
+        `batch_size`, `temperature`, `distill_on`, and its `seed` for the order of the images)."""
+        given = {k: getattr(self, k) for k in ("steps", "batch_size", "temperature", "distill_on")}
+        return wf_config({k: v for k, v in given.items() if v is not None}, scale, where)
+
+
+@dataclass(frozen=True)
 class WeightFormerOptions(Options):
     """The WeightFormer to meta-train (every WFConfig field; unset: the scale's default) and the
     predicted student's BatchNorm re-estimation."""

@@ -73,6 +73,29 @@ def test_estimate_scales_linearly_with_epochs(tmp_path):
     assert steps(10) > steps(20) - steps(10)
 
 
+def test_the_soup_controls_estimates_count_their_work(tmp_path):
+    _, jobs = tiny_jobs(tmp_path)
+    kd = next(j.spec for j in jobs["methods"]
+              if j.spec["method"] == "kd" and j.spec["teachers"][0]["arch"] == "vgg11")
+    net = kd["teachers"][0]  # VGG: it has BatchNorm statistics to re-estimate
+
+    def flops(method, n=4, **options):
+        return job_flops("methods", {**kd, "teachers": kd["teachers"][:n], "method": method, "variant": method,
+                                     "options": options})
+
+    # Greedy: one candidate soup (re-estimated, evaluated on val) per member after the best, then
+    # the test evaluation; with one member there is nothing to try.
+    candidate = flops("greedy_soup", 3) - flops("greedy_soup", 2)
+    assert flops("greedy_soup", 4) - flops("greedy_soup", 2) == pytest.approx(2 * candidate)
+    assert flops("greedy_soup", 1) < flops("soup") < flops("greedy_soup", 2)
+    assert candidate > SPLIT_SIZES[net["dataset"]]["val"] * forward_flops(net["arch"], 10, 16, "tiny")
+    # Learned: affine in its steps (the testbed is not augmented: the soft labels are paid once),
+    # and a soup's work on top of the fit.
+    learned = lambda steps: flops("learned_soup", steps=steps)
+    assert learned(40) - learned(10) == pytest.approx(3 * (learned(20) - learned(10)))
+    assert learned(10) > flops("soup") + (learned(20) - learned(10))
+
+
 def dry_run(capsys, *flags):
     main(["--grid", "main_table", "--scale", "tiny", "--cluster", "local", "--dry-run", *flags])
     return capsys.readouterr().out.splitlines()

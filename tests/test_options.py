@@ -10,8 +10,8 @@ import pytest
 from bench.config import load_grid
 from bench.errors import BenchError
 from bench.methods import METHODS, load_method, meta_train_config, method_options
-from bench.options import (DistillOptions, NoOptions, SoupOptions, WeightFormerFTOptions, WeightFormerOptions,
-                           wf_config)
+from bench.options import (DistillOptions, LearnedSoupOptions, NoOptions, SoupOptions, WeightFormerFTOptions,
+                           WeightFormerOptions, wf_config)
 from bench.paths import project_root
 
 GRID = """
@@ -54,6 +54,15 @@ def grid_file(tmp_path, methods: str) -> Path:
      "n_teachers, teacher_part, pool_size"),
     ("  single: {alpha: 0.5}", "methods.single: unknown key 'alpha'; valid: archs, inits, pools, n_teachers, "
      "teacher_part, pool_size"),
+    ("  greedy_soup: {bn_batch: 10}", "methods.greedy_soup: unknown key 'bn_batch'; valid: bn_batches, archs, inits, "
+     "pools, n_teachers, teacher_part, pool_size"),
+    ("  learned_soup: {step: 10}", "methods.learned_soup: unknown key 'step'; valid: bn_batches, steps, batch_size, "
+     "temperature, distill_on, lr, archs, inits, pools, n_teachers, teacher_part, pool_size"),
+    ("  learned_soup: {lr: 0}", "methods.learned_soup.lr: 0 is not a finite number > 0"),
+    ("  learned_soup: {steps: 0}",
+     "methods.learned_soup.steps: 0 is not a whole number >= 1 or null (the scale's default)"),
+    ("  learned_soup: {distill_on: test}",
+     "methods.learned_soup.distill_on: 'test' is not one of: train, transfer or null (the scale's default)"),
 ])
 def test_a_bad_option_stops_the_grid_with_one_line_naming_file_key_value_and_range(tmp_path, methods, message):
     path = grid_file(tmp_path, methods + "\n")
@@ -130,6 +139,23 @@ def test_a_weightformer_setting_takes_the_scale_default_unless_given():
     assert WeightFormerOptions.from_mapping({"d_model": None}, "weightformer").wf_config("paper").d_model == 512
     with pytest.raises(BenchError, match=r"weightformer\.d_model: 0 is not a whole number >= 1 or null"):
         WeightFormerOptions.from_mapping({"d_model": 0}, "weightformer")
+
+
+def test_learned_soup_takes_weightformers_budget_and_loss_at_the_scale_unless_given():
+    from bench.options import SCALE_DEFAULTS, WFConfig
+    unset = LearnedSoupOptions.from_mapping({}, "learned_soup")
+    for scale in ("tiny", "paper"):
+        wf = WeightFormerOptions.from_mapping({}, "weightformer").wf_config(scale)
+        mine = unset.wf_config(scale)
+        assert (mine.steps, mine.batch_size, mine.temperature, mine.distill_on, mine.seed) == \
+            (wf.steps, wf.batch_size, wf.temperature, wf.distill_on, wf.seed)
+    assert unset.wf_config("paper").steps == SCALE_DEFAULTS["paper"]["steps"] != WFConfig().steps
+    # A grid that gives WeightFormer 1,000 tiny steps gives the learned soup the same with the same line.
+    given = LearnedSoupOptions.from_mapping({"steps": 1000, "temperature": 2, "batch_size": None}, "learned_soup")
+    assert (given.wf_config("tiny").steps, given.wf_config("tiny").temperature) == (1000, 2.0)
+    assert given.wf_config("paper").batch_size == SCALE_DEFAULTS["paper"]["batch_size"]
+    assert given.lr == 0.05 and given.bn_batches == 50
+    assert not METHODS["learned_soup"].needs_meta_train  # it fits its own coefficients, no WeightFormer
 
 
 def test_meta_train_config_is_the_resolved_weightformer_config_and_none_for_other_methods():

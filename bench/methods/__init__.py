@@ -14,8 +14,8 @@ from typing import Any
 
 from bench.errors import choose
 from bench.methods.base import LoadedMethod, Method
-from bench.options import (COMMON_OPTIONS, AlignedSoupOptions, DistillOptions, NoOptions, Options, SoupOptions,
-                           WeightFormerFTOptions, WeightFormerOptions)
+from bench.options import (COMMON_OPTIONS, AlignedSoupOptions, DistillOptions, GreedySoupOptions, LearnedSoupOptions,
+                           NoOptions, Options, SoupOptions, WeightFormerFTOptions, WeightFormerOptions)
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ METHODS: dict[str, MethodEntry] = {e.name: e for e in (
     MethodEntry("self_distill", DistillOptions, "bench.methods.self_distill"),
     MethodEntry("soup", SoupOptions, "bench.methods.soup"),
     MethodEntry("aligned_soup", AlignedSoupOptions, "bench.methods.aligned_soup"),
+    MethodEntry("greedy_soup", GreedySoupOptions, "bench.methods.greedy_soup"),
+    MethodEntry("learned_soup", LearnedSoupOptions, "bench.methods.learned_soup"),
     MethodEntry("weightformer", WeightFormerOptions, "bench.methods.weightformer"),
     MethodEntry("weightformer_ft", WeightFormerFTOptions, "bench.methods.weightformer_ft"),
 )}

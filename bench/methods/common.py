@@ -81,15 +81,20 @@ def evaluated(job: MethodJob[Any], models, score: Callable[[list[torch.Tensor], 
     return out
 
 
+def reestimated(job: MethodJob[Any], model: nn.Module, meta: dict[str, Any], bn_batches: int) -> int:
+    """Re-estimate `model`'s norm statistics on the first `bn_batches` batches of the training split
+    (128 images each, no augmentation); the number of batches used (0 without BatchNorm)."""
+    train_batches = make_loader(job.dataset, "train", batch_size=128, train=False, root=job.data_root,
+                                image_size=meta["image_size"], device=job.torch_device())
+    return reestimate_norm_stats(model, train_batches, bn_batches)
+
+
 def evaluate_averaged(job: MethodJob[Any], model: nn.Module, meta: dict[str, Any],
                       sds: list[dict[str, torch.Tensor]], bn_batches: int) -> dict[str, Any]:
     """Load the average of `sds` into `model`, re-estimate its norm statistics, evaluate."""
     t0 = time.perf_counter()
     model.load_state_dict(average_state_dicts(sds))
-    device = job.torch_device()
-    train_batches = make_loader(job.dataset, "train", batch_size=128, train=False, root=job.data_root,
-                                image_size=meta["image_size"], device=device)
-    used = reestimate_norm_stats(model, train_batches, bn_batches)
+    used = reestimated(job, model, meta, bn_batches)
     made_s = time.perf_counter() - t0  # making the student ends here; its evaluation is not counted
     metrics = evaluated(job, [(model, meta)], lambda probs, labels: classification_metrics(probs[0], labels))
     return {**metrics, "infer_forwards": 1, "train_s": made_s, "bn_batches": used}

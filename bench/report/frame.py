@@ -9,8 +9,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-METHOD_ORDER = ("single", "ensemble", "kd", "self_distill", "soup", "aligned_soup", "weightformer",
-                "weightformer_ft")
+# The soups together, the learned soup (WeightFormer with N x L parameters) right above WeightFormer.
+METHOD_ORDER = ("single", "ensemble", "kd", "self_distill", "soup", "aligned_soup", "greedy_soup", "learned_soup",
+                "weightformer", "weightformer_ft")
 WF_METHODS = ("weightformer", "weightformer_ft")
 DASH = "—"
 
