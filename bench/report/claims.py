@@ -177,8 +177,8 @@ def claim_table(runs: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def claims_render(table: pd.DataFrame, grid: str) -> tuple[str, str]:
-    """(Markdown, LaTeX) of the claim table."""
+def claims_render(table: pd.DataFrame, grid: str, regime: str = "") -> tuple[str, str]:
+    """(Markdown, LaTeX) of the claim table; `regime` (a line naming the teachers' regime) heads it."""
     header = ["paper", "claim", "setting", "verdict", "Δ top-1 (pp)", "95% CI (pp)", "groups", "runs (A, B)",
               "reason"]
     cells = pd.DataFrame([[r.paper, r.claim, r.setting, r.verdict, fmt(r.diff_pp),
@@ -186,7 +186,7 @@ def claims_render(table: pd.DataFrame, grid: str) -> tuple[str, str]:
                           f"{r.n_a}, {r.n_b}", r.reason] for r in table.itertuples()], columns=header)
     md = (f"# {grid}: claims\n\nA and B are the two sides of each claim (A = the left side), in percentage "
           f"points (pp); groups: the distinct groups of teachers behind the paired differences. {RULES}\n\n"
-          + md_table(cells))
+          + (f"{regime}\n" if regime else "") + md_table(cells))
     return md, tex_table(cells, f"{grid}: claims. {RULES}", align="llllrrrrl")
 
 

@@ -33,6 +33,24 @@ def setting_label(arch: str, dataset: str, init: str | None, pool: str | None = 
     return label + (f" [{pool}]" if named and isinstance(scale, str) else "")
 
 
+# What each pool initialisation means for the question a table answers: the paper tested its claims
+# on teachers fine-tuned from one pretrained network, where weight averaging already works.
+REGIMES = {
+    "pretrained": "fine-tuned from one pretrained network (the paper's regime)",
+    "shared": "trained from one shared initialisation, differing in data order (ours)",
+    "scratch": "trained from scratch, independently (Allen-Zhu & Li's regime; ours for the paper's claims)",
+}
+
+
+def regime_line(runs: pd.DataFrame) -> str:
+    """One line naming the teacher regime of every setting in `runs` (by the pools' init)."""
+    inits = [i for i in dict.fromkeys(column(runs, "init")) if isinstance(i, str)]
+    if not inits:
+        return ""
+    named = "; ".join(f"{'[' + i + '] ' if len(inits) > 1 else ''}{REGIMES.get(i, i)}" for i in inits)
+    return f"Teachers: {named}.\n"
+
+
 def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs of the methods stage, with `variant` (the row key: the record's variant, else its
     method), `teacher_part` (absent = meta_train) and `setting` (the table column)."""

@@ -40,7 +40,7 @@ from bench.plan import STAGES, Roots
 from bench.report import diagnostics
 from bench.report.claims import (anchors, claim_table, claims_render, groups_of, rerun_render, rerun_table,
                                  shared_groups)
-from bench.report.frame import (DASH, WF_METHODS, column, csv_text, fmt, label_runs, md_table, method_runs,
+from bench.report.frame import (DASH, WF_METHODS, column, regime_line, csv_text, fmt, label_runs, md_table, method_runs,
                                 order_columns, order_rows, setting_label, tex_table)
 from bench.report.plots import write_ablations
 from bench.store import load_records
@@ -166,6 +166,8 @@ def render_main(runs: pd.DataFrame, settings: list[str], plan: Plan | None, grid
     md = [f"# {grid}: last-epoch metrics, mean ± std over seeds (n runs, k distinct groups of teachers)\n",
           "Test split. Best per column in bold. \"missing (k of n runs)\": k of the n runs the grid plans finished; "
           "\"—\": the grid does not plan that cell.\n"]
+    if regime_line(runs):
+        md.append(regime_line(runs))
     if stale:
         md.append(f"({stale} records of runs the grid no longer plans were left out.)\n")
     tex, long = [], []
@@ -378,7 +380,7 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
     text, tex, long = render_main(runs, settings, plan, grid, stale)
     outputs = {"main_table": (text, tex, long)}
     claims = claim_table(done, settings)
-    outputs["claims"] = (*claims_render(claims, grid), claims)
+    outputs["claims"] = (*claims_render(claims, grid, regime_line(runs)), claims)
     if rerun is not None:
         other = method_runs(planned_runs(grid, rerun, grid_file)[0])
         if other.empty:
