@@ -30,6 +30,7 @@ class MethodJob(Generic[O]):
     recipe: dict[str, Any] = field(default_factory=dict)  # the pool's training overrides
     workdir: Path | None = None  # a resumable folder for a student the method trains
     pool: str | None = None  # the teachers' pool (a WeightFormer is meta-trained on one)
+    init: str = "scratch"  # where the pool's members started (bench.config.INITS): a student may start there too
     weightformer: Path | None = None  # the meta-trained WeightFormer a weightformer method uses
     # Other groups with the same anchor (checkpoint paths; bench.plan.partner_sets) and their member ids.
     partners: list[list[Path]] = field(default_factory=list)
