@@ -20,7 +20,9 @@ the allowed values, and is raised before any job exists.
         ranges: {lr: [3.0e-4, 3.0e-3]}  # each member draws these from its seed (bench.recipes.draw)
         members: {paper: 20, tiny: 6}   # K
         held_out: {paper: 4, tiny: 2}   # the last members, never used for meta-training
-        recipe: {paper: {epochs: 240, ...}, tiny: {}}   # bench.recipes.TrainConfig fields
+        recipe: {paper: {epochs: 240, ...}, tiny: {}}   # bench.recipes.TrainConfig fields; e.g.
+                                        # image_size: 224 (CIFAR resized on the device), and with init
+                                        # pretrained, pretrained_weights: a name of bench.models.weight_choices
     methods: [single, ensemble]         # or {name: {option: value}}
 
 A method may appear several times as variants `name/label` (one table row each), e.g.
@@ -46,7 +48,7 @@ from bench.methods import METHODS, method_options
 from bench.models import ARCHS, SCALES
 from bench.options import COMMON_OPTIONS, WeightFormerOptions
 from bench.paths import project_root
-from bench.recipes import RANGE_KEYS, TrainConfig, check_ranges, check_training
+from bench.recipes import RANGE_KEYS, TrainConfig, check_ranges, check_start, check_training
 
 GRID_DIR = project_root() / "sweeps"
 INITS = ("scratch", "shared", "pretrained")
@@ -311,8 +313,10 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
         recipe = r.mapping(p.get("recipe") or {}, f"{where}.recipe", RECIPE_KEYS)
         check_training(recipe, f"{path}: {where}.recipe")
         # The recipe with the (dataset, scale) defaults filled in: warm-up and milestones against epochs.
-        check_training(dataclasses.asdict(TrainConfig(arch, dataset, scale, **recipe).resolved()),
-                       f"{path}: {where}.recipe")
+        resolved = TrainConfig(arch, dataset, scale, **recipe).resolved()
+        check_training(dataclasses.asdict(resolved), f"{path}: {where}.recipe")
+        # The resolution the data set can be given at, and the pretrained start at it.
+        check_start(resolved, init, f"{path}: {where}")
         available = members - held_out if part == "meta_train" else held_out
         if n_teachers > available:
             label = "meta-train" if part == "meta_train" else "held-out"

@@ -11,9 +11,9 @@ from typing import Any
 
 from collections.abc import Mapping
 
-from bench.data import DATASETS, TRANSFER, dataset_spec
+from bench.data import DATASETS, TRANSFER, dataset_spec, size_problem
 from bench.errors import BenchError, choose
-from bench.models import ARCH_SPECS, ARCHS, SCALES
+from bench.models import ARCH_SPECS, ARCHS, SCALES, pretrained_problem, weight_choices
 from bench.options import Rule
 
 # How a run started from another task's network gets its classifier (bench.engine.heads).
@@ -50,6 +50,8 @@ TRAINING_RULES: dict[str, Rule] = {
     "gamma": Rule(float, "a number in (0, 1]", lambda v: 0 < v <= 1),
     "label_smoothing": Rule(float, "a number in [0, 1)", lambda v: 0 <= v < 1, FROM_RECIPE),
     "image_size": Rule(int, "a whole number >= 4", lambda v: v >= 4, "the data set's size"),
+    # Each architecture's own list is checked with the pool (`check_start`).
+    "pretrained_weights": _one_of(tuple(w for a in ARCHS for w in weight_choices(a)), "the architecture's default"),
     "data_root": Rule(str, "a path", bool, "BENCH_DATA"),
     "beton_train": Rule(str, "a path", bool, "none"),
     "beton_test": Rule(str, "a path", bool, "none"),
@@ -77,7 +79,8 @@ def check_training(values: Mapping[str, Any], where: str, joint: bool = True) ->
     if epochs is not None and warmup is not None and warmup > epochs:
         raise BenchError(f"{where}.warmup_epochs: {warmup:g} is longer than the {epochs} epochs")
     milestones = out.get("milestones") or []
-    if epochs is not None and milestones and milestones[-1] >= epochs:
+    # Only a step schedule reads them (a constant or cosine recipe keeps the data set's default ones).
+    if epochs is not None and milestones and milestones[-1] >= epochs and out.get("schedule") in (None, "step"):
         raise BenchError(f"{where}.milestones: {milestones} reach past the last of the {epochs} epochs")
     return out
 
@@ -165,6 +168,10 @@ class TrainConfig:
     gamma: float = 0.1
     label_smoothing: float | None = None
     image_size: int | None = None
+    # Which pretrained weights (bench.models.weight_choices; None: the architecture's default): loaded
+    # when `pretrained`, and their architecture is the one built (a run fine-tuned from them is loaded
+    # into it). Absent from `to_json` when None, so configs and ids from before it existed stay the same.
+    pretrained_weights: str | None = None
     data_root: str | None = None
     beton_train: str | None = None
     beton_test: str | None = None
@@ -191,7 +198,34 @@ class TrainConfig:
         return cfg
 
     def to_json(self) -> dict[str, Any]:
-        return json_ready(dataclasses.asdict(self))
+        out = json_ready(dataclasses.asdict(self))
+        return {k: v for k, v in out.items() if not (k in OMITTED_AT_DEFAULT and v is None)}
+
+
+# Fields left out of a config's JSON while they hold their default (None): a run of the default
+# is written, found and identified as it was before the field existed.
+OMITTED_AT_DEFAULT = ("pretrained_weights",)
+
+
+def check_start(cfg: TrainConfig, init: str, where: str) -> None:
+    """What a pool's members start from and the images they see, checked when the grid loads: the
+    data set exists at `cfg.image_size`; `pretrained_weights` only with init `pretrained`, and
+    those weights for the architecture at this resolution (paper scale; the tiny scale's own
+    networks are not timm's). `cfg` is resolved; `where` begins every error (`<file>: pools[0]`)."""
+    problem = size_problem(cfg.dataset, cfg.image_size)
+    if problem is not None:
+        raise BenchError(f"{where}.recipe.image_size: {cfg.image_size}: {problem}")
+    if cfg.pretrained_weights is not None and init != "pretrained":
+        raise BenchError(f"{where}.recipe.pretrained_weights: names the weights a pool of init pretrained "
+                         f"starts from; this pool's init is {init!r}")
+    if init != "pretrained" or cfg.scale != "paper":
+        return
+    problem = pretrained_problem(cfg.arch, cfg.scale, cfg.image_size, cfg.pretrained_weights)
+    if problem is not None:
+        choices = weight_choices(cfg.arch)
+        key = "init" if not choices else (
+            "recipe.pretrained_weights" if cfg.pretrained_weights not in (None, *choices) else "recipe.image_size")
+        raise BenchError(f"{where}.{key}: {problem}")
 
 
 # Where the data lives and which device runs are not part of a run's identity: moving the data

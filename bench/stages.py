@@ -159,7 +159,7 @@ def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]
                     options=method_options(spec["method"], spec["options"], f"methods.{base['variant']}"),
                     data_root=data_root_of(teacher["recipe"]), scale=teacher["scale"],
                     recipe=teacher["recipe"], workdir=roots.results / grid / "students" / run_id(spec),
-                    pool=teacher["pool"],
+                    pool=teacher["pool"], init=teacher["init"],
                     partners=[[member_dir(roots, t) / "model.safetensors" for t in ts] for ts in spec.get("partners", [])],
                     partner_members=[[t["member"] for t in ts] for ts in spec.get("partners", [])],
                     weightformer=weightformer_dir(roots, spec["meta_train"]) / "model.safetensors"

@@ -223,16 +223,19 @@ def print_plan(plan: Plan, cluster: str, resources: dict[str, dict[str, Any]]) -
 
 
 def print_pools(plan: Plan) -> None:
-    """The teacher pools the plan trains: what each member is, and one image's forward FLOPs."""
+    """The teacher pools the plan trains: what each member is, the resolution its images are
+    trained at (CIFAR resized to it), and one image's forward FLOPs at that resolution."""
     firsts: dict[str, Job] = {}
     for job in plan.stages["teachers"]:
         firsts.setdefault(job.spec["pool"], job)
-    rows = [(p.name, p.arch, p.dataset, p.init, str(p.members), str(p.held_out),
-             str(training_config(firsts[p.name].spec).epochs), f"{net_of(firsts[p.name].spec).forward / 1e9:.3g}")
-            for p in plan.grid.pools]
-    head = ("pool", "arch", "dataset", "init", "members", "held out", "epochs", "GFLOP/img")
+    rows = []
+    for p in plan.grid.pools:
+        cfg, net = training_config(firsts[p.name].spec), net_of(firsts[p.name].spec)
+        rows.append((p.name, p.arch, p.dataset, p.init, str(p.members), str(p.held_out), str(cfg.epochs),
+                     str(cfg.image_size), f"{net.forward / 1e9:.3g}"))
+    head = ("pool", "arch", "dataset", "init", "members", "held out", "epochs", "px", "GFLOP/img")
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
-    print("pools (GFLOP/img: one image's forward pass):")
+    print("pools (px: the training resolution; GFLOP/img: one image's forward pass at it):")
     for r in (head, *rows):
         print("  " + "  ".join(v.ljust(w) if i < 4 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
 

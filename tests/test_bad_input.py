@@ -75,6 +75,52 @@ def test_a_bad_pool_recipe_is_refused_at_load(tmp_path, capsys, recipe, message)
     assert f"g.yaml: {message}" in err
 
 
+def paper_pool(arch: str, dataset: str, init: str, recipe: str) -> str:
+    return (f"pools:\n  - arch: {arch}\n    dataset: {dataset}\n    init: {init}\n    members: 6\n"
+            f"    recipe: {recipe}\nmethods: [single]\n")
+
+
+@pytest.mark.parametrize("scale, text, message", [
+    # A generated multiview set is drawn at its own size: another would redraw or break its patches.
+    ("tiny", paper_pool("vgg11", "testbed", "scratch", "{image_size: 224}"),
+     "pools[0].recipe.image_size: 224: testbed exists at 16 px only (its images are a grid of 4 px patches that "
+     "other sizes would redraw or break); valid: 16"),
+    ("tiny", paper_pool("vgg11", "digits", "scratch", "{image_size: 6}"),
+     "pools[0].recipe.image_size: 6: digits cannot be made at 6 px; valid: a whole number >= 8"),
+    # Pretrained convnets on CIFAR at its own 32 px: the size to set is named.
+    ("paper", paper_pool("vgg11", "cifar10", "pretrained", "{}"),
+     "pools[0].recipe.image_size: vgg11's pretrained weights are for ImageNet-sized inputs, not 32 px: set "
+     "image_size (e.g. 224"),
+    ("paper", paper_pool("resnet50", "cifar100", "pretrained", "{image_size: 224, pretrained_weights: "
+                                                                "vit_base_patch32_224.augreg_in21k}"),
+     "pools[0].recipe.pretrained_weights: 'vit_base_patch32_224.augreg_in21k' are not weights resnet50 can start "
+     "from; valid: resnet50, resnet50.a1_in1k, resnet50.tv_in1k"),
+    ("paper", paper_pool("resnet50", "cifar100", "pretrained", "{image_size: 224, pretrained_weights: resnet50.in9k}"),
+     "pools[0].recipe.pretrained_weights: 'resnet50.in9k' is not one of: vgg11_bn, vgg11_bn.tv_in1k, resnet50,"),
+    ("paper", paper_pool("resnet50", "cifar100", "scratch", "{image_size: 224, pretrained_weights: resnet50.tv_in1k}"),
+     "pools[0].recipe.pretrained_weights: names the weights a pool of init pretrained starts from; this pool's "
+     "init is 'scratch'"),
+    ("paper", paper_pool("wrn28_10", "cifar100", "pretrained", "{image_size: 224}"),
+     "pools[0].init: wrn28_10 has no pretrained weights; architectures with some: vgg11, resnet50, vit_b32"),
+])
+def test_a_pool_asking_for_a_start_or_resolution_it_cannot_have_is_refused_at_load(tmp_path, capsys, scale, text,
+                                                                                     message):
+    assert f"g.yaml: {message}" in refused(tmp_path, capsys, text, "--dry-run", "--scale", scale)
+
+
+def test_pretrained_pools_at_224_px_load_with_their_weights(tmp_path):
+    from bench.config import load_grid
+
+    path = tmp_path / "g.yaml"
+    path.write_text(paper_pool("resnet50", "cifar100", "pretrained",
+                               "{image_size: 224, pretrained_weights: resnet50.tv_in1k, schedule: constant}"))
+    (pool,) = load_grid(path, "paper").pools
+    # A constant schedule does not read the CIFAR recipe's milestones (150, 180, 210): 20 epochs load.
+    path.write_text(paper_pool("vgg11", "cifar10", "pretrained", "{image_size: 224, epochs: 20, schedule: constant}"))
+    assert load_grid(path, "paper").pools[0].recipe == {"image_size": 224, "epochs": 20, "schedule": "constant"}
+    assert pool.recipe["pretrained_weights"] == "resnet50.tv_in1k"
+
+
 def test_a_good_pool_recipe_loads(tmp_path):
     from bench.config import load_grid
 

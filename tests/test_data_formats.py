@@ -394,3 +394,86 @@ def test_an_unreadable_imagenet_image_is_named_in_one_line(tmp_path, damage):
     with pytest.raises(BenchError, match=f"{bad}: unreadable image") as err:
         folder[index]
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution: CIFAR resized on the device to the recipe's image_size
+
+CIFAR_POOL = """pools:
+  - arch: vgg11
+    dataset: cifar10
+    members: 2
+    recipe: {{image_size: {size}, data_root: {root}}}
+methods: [single]
+n_teachers: 1
+seeds: 1
+"""
+
+
+def test_a_cifar_pool_at_224_px_is_accepted_and_its_loaders_yield_224_px(tmp_path):
+    import torch.nn.functional as F
+
+    from bench.config import load_grid
+    from bench.data.loaders import make_loader
+    from bench.data.synthetic import write_cifar
+    from bench.recipes import TrainConfig
+
+    write_cifar(tmp_path, "cifar10", {"train": 3, "test": 1})  # 20 train, 10 val, 10 test images
+    grid = tmp_path / "g.yaml"
+    grid.write_text(CIFAR_POOL.format(size=224, root=tmp_path))
+    (pool,) = load_grid(grid, "paper").pools
+    cfg = TrainConfig(pool.arch, pool.dataset, "paper", **pool.recipe).resolved()
+    assert cfg.image_size == 224
+
+    def loader(split, size, train):
+        return make_loader("cifar10", split, batch_size=8, train=train, seed=3, root=tmp_path, image_size=size)
+
+    big, small = loader("train", cfg.image_size, True), loader("train", 32, True)
+    for (x, y, i, v), (xs, ys, is_, vs) in zip(big, small):
+        assert x.shape == (8, 3, 224, 224)
+        # The same order and augmentation draws, made at 32 px and then resized (normalising is
+        # per channel and affine, so it commutes with the bilinear resize).
+        assert torch.equal(y, ys) and torch.equal(i, is_) and torch.equal(v, vs) and (v > 0).any()
+        expected = F.interpolate(xs, size=(224, 224), mode="bilinear", align_corners=False, antialias=True)
+        torch.testing.assert_close(x, expected, atol=1e-4, rtol=0)
+        # The views a soft-label cache makes are the training batch's pixels.
+        assert torch.equal(big.view_images(i, v), x)
+    for split, n in (("val", 10), ("test", 10)):
+        xs = torch.cat([x for x, *_ in loader(split, 224, False)])
+        assert xs.shape == (n, 3, 224, 224)
+
+
+def test_at_its_own_size_a_loader_does_not_resize(tmp_path, monkeypatch):
+    """At the stored resolution the batches are what they always were: no interpolation at all, the
+    pixels exactly the augmented stored images, normalised."""
+    import torch.nn.functional as F
+
+    from bench.data import DATASETS
+    from bench.data.loaders import make_loader
+    from bench.data.memory import AUGMENTATIONS
+    from bench.data.synthetic import write_cifar
+
+    write_cifar(tmp_path, "cifar10", {"train": 3, "test": 1})
+    loaders = {("cifar10", 32): make_loader("cifar10", "train", batch_size=8, train=True, seed=1, root=tmp_path,
+                                            image_size=32),
+               ("cifar10", None): make_loader("cifar10", "train", batch_size=8, train=True, seed=1, root=tmp_path),
+               ("digits", 16): make_loader("digits", "val", batch_size=64, train=True, seed=1, image_size=16)}
+    calls = []
+    monkeypatch.setattr(F, "interpolate", lambda *a, **k: calls.append(a))
+    for (name, _), loader in loaders.items():
+        images = {int(k): img for k, img in zip(loader.indices, loader.images)}
+        augment = AUGMENTATIONS[DATASETS[name].augment]
+        for x, _, i, v in loader:
+            raw = augment.apply(torch.stack([images[int(k)] for k in i]).float(), v)
+            assert torch.equal(x, (raw - loader.mean) / loader.std)
+    assert calls == []
+
+
+def test_a_resolution_the_data_set_cannot_be_given_at_is_named_with_the_valid_ones():
+    from bench.data import size_problem
+
+    assert size_problem("cifar10", 224) is None and size_problem("imagenet", 160) is None
+    assert size_problem("testbed", 16) is None and size_problem("digits", 32) is None
+    assert size_problem("testbed", 224) == ("testbed exists at 16 px only (its images are a grid of 4 px patches "
+                                           "that other sizes would redraw or break); valid: 16")
+    assert size_problem("digits", 6) == "digits cannot be made at 6 px; valid: a whole number >= 8"

@@ -142,3 +142,31 @@ def test_a_throughput_that_is_not_positive_is_refused_with_one_line(value, capsy
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--gpu-tflops" in err
+
+
+def test_a_cifar_pool_at_224_px_costs_its_resolution_and_the_dry_run_says_so(tmp_path, capsys):
+    """VGG-11 keeps its body from 32 to 224 px, so a teacher's FLOPs grow with the pixels (49x) and a
+    little for the ImageNet head's 4,096-wide layers; the dry run shows the resolution and that cost."""
+    text = """n_teachers: 1
+seeds: 1
+pools:
+  - {{name: p{size}, arch: vgg11, dataset: cifar10, members: 2, recipe: {{image_size: {size}, epochs: 10, schedule: cosine}}}}
+methods: [single]
+"""
+    flops, lines = {}, {}
+    for size in (32, 224):
+        path = tmp_path / f"g{size}.yaml"
+        path.write_text(text.format(size=size))
+        (teacher,) = [j for j in STAGES["teachers"].plan(load_grid(path, "paper"), Roots(tmp_path, tmp_path))
+                      if j.spec["member"] == 0]
+        flops[size] = job_flops("teachers", teacher.spec)
+        main(["--grid", str(path), "--scale", "paper", "--cluster", "local", "--dry-run", "--data-root", str(tmp_path),
+              "--teachers-root", str(tmp_path / "t"), "--results-root", str(tmp_path / "r")])
+        lines[size] = capsys.readouterr().out.splitlines()
+    assert 49 <= flops[224] / flops[32] < 51
+    for size in (32, 224):
+        row = table(lines[size], "pools")[f"p{size}"]
+        assert row[7] == str(size) and float(row[8]) == pytest.approx(forward_flops("vgg11", 10, size, "paper") / 1e9,
+                                                                      rel=1e-2)
+    hours = {s: float(table(lines[s], "GPU-hours")["teachers"][1]) for s in (32, 224)}
+    assert hours[224] / hours[32] == pytest.approx(flops[224] / flops[32], rel=0.02)

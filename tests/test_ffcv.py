@@ -266,3 +266,27 @@ def test_a_corrupt_beton_is_refused_in_one_line(tmp_path, damage):
         fd.make_ffcv_loader(out, train=False, batch_size=2, seed=0, image_size=24, mean=MEAN, std=STD,
                             device="cpu")
     assert "\n" not in str(err.value)
+
+
+def test_a_cifar_beton_at_another_resolution_is_resized_as_the_in_memory_set_is(tmp_path):
+    """CIFAR at 224 px from a `.beton` of its 32 px images: decoded as stored, augmented, then
+    resized on the device, pixel for pixel what the in-memory loader yields; without `resize` the
+    fixed-size recipe still refuses another size."""
+    need_ffcv()
+    from bench.data.memory import DeviceLoader
+
+    data = tiny_cifar(19)
+    out = fd.write_beton_from(data, tmp_path / "c.beton", num_workers=1)
+    common = dict(batch_size=8, seed=0, image_size=224, mean=MEAN, std=STD, device="cpu", augment="crop4_flip")
+    ev = torch.cat([x for x, *_ in fd.make_ffcv_loader(out, train=False, resize=True, **common)])
+    memory = DeviceLoader(data, batch_size=8, train=False, mean=MEAN, std=STD, image_size=224)
+    torch.testing.assert_close(ev, torch.cat([x for x, *_ in memory]), atol=1e-5, rtol=0)
+    assert ev.shape == (19, 3, 224, 224)
+    train = list(fd.make_ffcv_loader(out, train=True, resize=True, **common))
+    assert [x.shape for x, *_ in train] == [(8, 3, 224, 224)] * 2
+    with pytest.raises(BenchError, match="so image_size must be 32, not 224"):
+        fd.make_ffcv_loader(out, train=False, **common)
+    from bench.data.loaders import make_loader  # a CIFAR run's loader asks for the resize
+
+    run = make_loader("cifar10", "test", batch_size=8, train=False, beton=out, image_size=224)
+    assert isinstance(run, fd.FFCVLoader) and [x.shape[1:] for x, *_ in run] == [(3, 224, 224)] * 3

@@ -257,6 +257,7 @@ def test_kd_trains_a_student_from_the_ensemble(digit_teachers, tmp_path, monkeyp
     assert all(math.isfinite(rec[m]) for m in ("top1", "top5", "nll", "ece", "train_s"))
     assert rec["top1"] > 50
     assert rec["student_seed"] == 10_000 and rec["infer_forwards"] == 1 and rec["epochs"] == 2
+    assert rec["student_init"] == "scratch"  # the digits teachers trained from scratch
     assert (rec["temperature"], rec["alpha"], rec["soft_label_cache"]) == (4.0, 0.9, True)  # digits: 25 views
     meta = json.loads((tmp_path / "kd" / "model.json").read_text())
     assert meta["seed"] == 10_000 and meta["config"]["extra"]["teacher_members"] == [0, 1]
@@ -314,3 +315,38 @@ def test_a_student_from_the_cache_is_the_student_from_online_teachers(digit_teac
     sha = lambda run: json.loads((tmp_path / run / "model.json").read_text())["sha256"]
     assert sha("online") == sha("cached")  # the same weights, bit for bit
     assert {m: online[m] for m in distillation.METRICS} == {m: cached[m] for m in distillation.METRICS}
+
+
+def test_the_student_of_a_pretrained_pool_starts_from_the_pretrained_weights(pretrained_standin, tmp_path):
+    """KD's student of teachers fine-tuned from one pretrained network starts where they started:
+    before its first step its weights are the pretrained ones but for a head of its own seed. A
+    scratch pool's student and a student handed its start (WeightFormer's) are what they were."""
+    from safetensors.torch import load_file
+
+    from bench.engine.train import initial_model
+
+    recipe = {"image_size": 224, "pretrained_weights": "resnet50.tv_in1k", "epochs": 2, "optimizer": "adamw",
+              "lr": 1e-4, "schedule": "constant"}
+    job = MethodJob(method="kd", dataset="cifar100", arch="resnet50", seed=0, teachers=[], members=[0, 1],
+                    options=DistillOptions(), workdir=tmp_path / "kd", scale="paper", recipe=recipe,
+                    init="pretrained")
+    assert distillation.student_init(job) == "pretrained"
+    cfg = distillation.student_config(job, 10_000, None, {}).resolved()
+    assert cfg.pretrained and cfg.pretrained_weights == "resnet50.tv_in1k" and cfg.image_size == 224
+    student = initial_model(cfg, 100).state_dict()
+    stored = load_file(pretrained_standin("resnet50.tv_in1k"))
+    body = [k for k in stored if not k.startswith("fc.")]
+    assert set(student) - {"fc.weight", "fc.bias"} == set(body)
+    assert all(torch.equal(student[k], stored[k]) for k in body)
+    assert student["fc.weight"].shape == (100, 2048)  # the student's own head, drawn from its seed:
+    assert torch.equal(initial_model(cfg, 100).state_dict()["fc.weight"], student["fc.weight"])
+    # Handed a start (weightformer_ft's predicted student): no pretrained download, the pool's architecture.
+    given = distillation.student_config(job, 10_000, None, {}, init_from="predicted.safetensors")
+    assert distillation.student_init(job, {"init_from": "x"}) == "checkpoint" and not given.pretrained
+    assert given.pretrained_weights == "resnet50.tv_in1k"
+    # A scratch pool's student: its config (so its run folder) exactly as before pretrained students existed.
+    scratch = distillation.student_config(_job("kd", [], tmp_path / "s"), 10_000, 2, {"method": "kd"})
+    assert distillation.student_init(_job("kd", [], tmp_path / "s")) == "scratch"
+    assert scratch.to_json() == TrainConfig(arch="vgg11", dataset="digits", scale="tiny", seed=10_000,
+                                            extra={"method": "kd"}, **RECIPE).to_json()
+    assert "pretrained_weights" not in scratch.to_json() and scratch.to_json()["pretrained"] is False

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.models import ARCH_SPECS, ARCHS, build_model, count_parameters, model_class
+from bench.models import ARCH_SPECS, ARCHS, build_model, count_parameters, model_class, pretrained_problem
 from bench.models.vgg import VGG11
 from bench.recipes import RECIPES, TrainConfig, recipe_for
 
@@ -109,8 +110,11 @@ def test_bad_model_requests_name_the_value_and_the_valid_ones(kwargs, words):
 
 
 def test_pretrained_weights_only_where_timm_has_them_and_a_clear_line_when_unreachable():
-    with pytest.raises(BenchError, match="pretrained weights exist for .* not for vgg11 at scale 'tiny'"):
+    with pytest.raises(BenchError, match="pretrained weights are timm's paper-scale networks, not vgg11 at scale 'tiny'"):
         build_model("vgg11", 10, 16, "tiny", pretrained=True)
+    with pytest.raises(BenchError, match="wrn28_10 has no pretrained weights; architectures with some: vgg11, "
+                                         "resnet50, vit_b32"):
+        build_model("wrn28_10", 10, 32, "paper", pretrained=True)
     # Offline (as this machine is): one line naming timm's model, not a hub traceback.
     code = ("from bench.models import build_model\nfrom bench.errors import BenchError\n"
             "try:\n    build_model('vit_b32', 1000, 224, 'paper', pretrained=True)\n"
@@ -119,3 +123,87 @@ def test_pretrained_weights_only_where_timm_has_them_and_a_clear_line_when_unrea
                          env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
     # Where a cache or the hub holds the weights they load; here they must fail with the name.
     assert out.strip() == "LOADED" or "timm's vit_base_patch32_224 could not be loaded" in out
+
+
+def body_and_head(model: torch.nn.Module, head: str) -> tuple[dict, dict]:
+    sd = model.state_dict()
+    return ({k: v for k, v in sd.items() if not k.startswith(head)},
+            {k: v for k, v in sd.items() if k.startswith(head)})
+
+
+@pytest.mark.parametrize("weights", [None, "resnet50.tv_in1k"])
+def test_a_pretrained_network_keeps_the_weights_and_draws_a_new_head_from_the_seed(pretrained_standin, weights):
+    from safetensors.torch import load_file
+
+    stored = load_file(pretrained_standin(weights or "resnet50"))
+    stored_body = {k: v for k, v in stored.items() if not k.startswith("fc.")}
+
+    def start(seed, num_classes=1000):
+        torch.manual_seed(seed)
+        return body_and_head(build_model("resnet50", num_classes, 224, "paper", pretrained=True, weights=weights), "fc.")
+
+    body, head = start(0)
+    assert body.keys() == stored_body.keys() and all(torch.equal(body[k], stored_body[k]) for k in body)
+    # At the checkpoint's own 1,000 classes timm would keep its head: every member would share it.
+    assert not torch.equal(head["fc.weight"], stored["fc.weight"])
+    again, other = start(0)[1], start(1)[1]
+    assert torch.equal(again["fc.weight"], head["fc.weight"]) and not torch.equal(other["fc.weight"], head["fc.weight"])
+    body100, head100 = start(3, num_classes=100)  # CIFAR-100 at 224 px
+    assert all(torch.equal(body100[k], stored_body[k]) for k in stored_body) and head100["fc.weight"].shape == (100, 2048)
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "resnet50"])
+def test_pretrained_convnets_start_at_224_px_and_are_refused_at_cifar_size(arch):
+    assert pretrained_problem(arch, "paper", 224) is None
+    with pytest.raises(BenchError) as err:
+        build_model(arch, 10, 32, "paper", pretrained=True)
+    assert f"{arch}'s pretrained weights are for ImageNet-sized inputs, not 32 px: set image_size (e.g. 224" \
+        in str(err.value) and "\n" not in str(err.value)
+
+
+def test_named_weights_must_be_the_architectures_own():
+    assert pretrained_problem("vit_b32", "paper", 224, "vit_base_patch32_224.augreg_in21k") is None
+    with pytest.raises(BenchError, match=r"'resnet50.tv_in1k' are not weights vit_b32 can start from; valid: "
+                                         r"vit_base_patch32_224, vit_base_patch32_224.augreg_in21k, "
+                                         r"vit_base_patch32_clip_quickgelu_224.openai"):
+        build_model("vit_b32", 1000, 224, "paper", pretrained=True, weights="resnet50.tv_in1k")
+
+
+def test_clip_weights_are_built_as_their_own_architecture():
+    """CLIP's image tower is a pre-norm ViT with QuickGELU: a network fine-tuned from it must be
+    rebuilt as that (the default ViT-B/32 would not take its norm_pre, nor compute its activation)."""
+    with torch.device("meta"):
+        clip = build_model("vit_b32", 1000, 224, "paper", weights="vit_base_patch32_clip_quickgelu_224.openai")
+        plain = build_model("vit_b32", 1000, 224, "paper")
+    assert isinstance(clip.norm_pre, torch.nn.LayerNorm) and isinstance(plain.norm_pre, torch.nn.Identity)
+    assert type(clip.blocks[0].mlp.act).__name__ == "QuickGELU" and type(plain.blocks[0].mlp.act).__name__ == "GELU"
+    assert set(clip.state_dict()) - set(plain.state_dict()) == {"norm_pre.weight", "norm_pre.bias"}
+
+
+def test_a_network_fine_tuned_from_named_weights_is_rebuilt_as_their_architecture(tmp_path):
+    from bench.checkpoint import save_checkpoint
+    from bench.engine import load_model, model_meta
+
+    cfg = TrainConfig(arch="vit_b32", dataset="imagenet", scale="paper", pretrained=True,
+                      pretrained_weights="vit_base_patch32_clip_quickgelu_224.openai").resolved()
+    torch.manual_seed(0)  # the network a fine-tuning from CLIP's weights ends with: its architecture
+    model = build_model("vit_b32", 1000, 224, "paper", weights=cfg.pretrained_weights)
+    save_checkpoint(tmp_path / "model", model.state_dict(), model_meta(cfg, 1000))
+    loaded, meta = load_model(tmp_path / "model.safetensors", arch="vit_b32")
+    assert meta["pretrained_weights"] == cfg.pretrained_weights and isinstance(loaded.norm_pre, torch.nn.LayerNorm)
+    assert type(loaded.blocks[0].mlp.act).__name__ == "QuickGELU"
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    # A run of the default weights (or none) records none: its checkpoints are written as before.
+    assert "pretrained_weights" not in model_meta(dataclasses.replace(cfg, pretrained_weights=None), 1000)
+
+
+def test_every_weights_choice_is_a_name_timm_has_weights_for():
+    import timm
+
+    from bench.models import weight_choices
+
+    known = set(timm.list_pretrained())
+    for arch in ARCHS:
+        for name in weight_choices(arch):
+            assert (name if "." in name else timm.models.get_pretrained_cfg(name).hf_hub_id.split("/")[1]) in known
+    assert weight_choices("wrn28_10") == () and weight_choices("vit_b32")[0] == "vit_base_patch32_224"

@@ -198,6 +198,7 @@ def test_a_kd_student_of_a_pretrained_pool_starts_from_the_base(base_weights, tm
     assert all(torch.equal(start[k], base[k]) for k in base if not k.startswith("head.fc"))
     # A fine-tuning run's own start (a predicted student) wins over the base.
     assert student_config(job, 1, None, {}, init_from="x").init_from == "x"
+    assert student_init(job, {"init_from": "x"}) == "checkpoint"
     # Without a base the student starts from scratch, as before.
     assert student_init(MethodJob(method="kd", dataset="digits", arch="vgg11", seed=0, teachers=[], members=[],
                                   options=DistillOptions())) == "scratch"

@@ -77,6 +77,11 @@ class DatasetSpec:
     # val = this fraction of each class of the module's train split; None: the module makes its own
     val_fraction: float | None = 0.1
     transfer: bool = False  # has a TRANSFER split
+    # The resolutions a run may ask for (`image_size`): None -- any, at least `min_size` (a
+    # generated set is rendered at it; CIFAR is resized on the device, bench.data.memory; files are
+    # cropped and resized by their loader); else the reason it has only its own `image_size`.
+    only_native: str | None = None
+    min_size: int = 4
 
 
 # The tiny testbeds: presets of multiview images (bench.data.multiview) with headroom, one per
@@ -103,15 +108,20 @@ TESTBED = TESTBEDS["testbed"]
 # learnt to see, as ImageNet features serve CIFAR. Its noise is the testbed's.
 SOURCE = dict(seed=1, num_classes=24, noise=0.8, feature_noise=0.4, single_view_fraction=0.4, n_train=12_000,
               n_val=2000, n_test=2000)
+# A multiview image is a grid of 4 px patches, each a mix of the class's features: rendered at another
+# size it holds more patches (other images, another task), and resized it breaks the patches.
+PATCH_GRID = "its images are a grid of 4 px patches that other sizes would redraw or break"
 
 DATASETS: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec("digits", 10, 16, True, False, "translate2", val_fraction=0.2),
+    "digits": DatasetSpec("digits", 10, 16, True, False, "translate2", val_fraction=0.2, min_size=8),
     "multiview": DatasetSpec("multiview", 10, 16, True, False, "none", options={"n_transfer": 1000},
-                             val_fraction=None, transfer=True),
+                             val_fraction=None, transfer=True, only_native=PATCH_GRID),
     # The testbeds' transfer split is as large as their training split.
-    **{name: DatasetSpec("multiview", 10, 16, True, False, "none", options=preset, val_fraction=None, transfer=True)
+    **{name: DatasetSpec("multiview", 10, 16, True, False, "none", options=preset, val_fraction=None, transfer=True,
+                         only_native=PATCH_GRID)
        for name, preset in TESTBEDS.items()},
-    "testbed_source": DatasetSpec("multiview", 24, 16, True, False, "none", options=SOURCE, val_fraction=None),
+    "testbed_source": DatasetSpec("multiview", 24, 16, True, False, "none", options=SOURCE, val_fraction=None,
+                                  only_native=PATCH_GRID),
     "cifar10": DatasetSpec("cifar", 10, 32, True, True, "crop4_flip",
                            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": DatasetSpec("cifar", 100, 32, True, True, "crop4_flip",
@@ -139,6 +149,16 @@ SPLIT_SIZES: dict[str, dict[str, int]] = {
 
 def dataset_spec(name: str) -> DatasetSpec:
     return DATASETS[choose("dataset", name, DATASETS)]
+
+
+def size_problem(name: str, image_size: int) -> str | None:
+    """Why data set `name` cannot be given at `image_size` px, naming the sizes it can; None if it can."""
+    spec = dataset_spec(name)
+    if spec.only_native is not None and image_size != spec.image_size:
+        return f"{name} exists at {spec.image_size} px only ({spec.only_native}); valid: {spec.image_size}"
+    if image_size < spec.min_size:
+        return f"{name} cannot be made at {image_size} px; valid: a whole number >= {spec.min_size}"
+    return None
 
 
 def load_dataset(name: str, root: str | Path | None = None, split: str = "train", **options):

@@ -19,7 +19,9 @@ Training recipes (`augment`):
     `image_size`.
   - "crop4_flip" / "translate2" / "none" (sets stored at their training resolution): the raw
     pixels are decoded as they are and augmented on `device` by `bench.data.memory`'s batch
-    functions, exactly as the in-memory loader does (zero-pad-and-crop, flips).
+    functions, exactly as the in-memory loader does (zero-pad-and-crop, flips); with `resize`, a
+    set stored at another size than `image_size` (CIFAR at 224 px) is then resized on `device`,
+    as the in-memory loader resizes it (`bench.data.memory.resize_images`).
   Flips and crops done in torch follow a generator seeded by (seed, epoch); FFCV's own
   RandomResizedCrop draws from numba's per-thread generators, which no seed reaches.
 
@@ -353,15 +355,16 @@ class FFCVLoader(_EpochLoader):
 
     def __init__(self, loader, *, train: bool, raw: bool, augment: str, seed: int,
                  device: torch.device, mean: torch.Tensor | None, std: torch.Tensor | None,
-                 num_images: int) -> None:
+                 num_images: int, image_size: int | None = None) -> None:
         self.loader, self.train, self.raw, self.augment = loader, train, raw, augment
+        self.image_size = image_size  # decoded images are resized to it after augmentation (None: as decoded)
         self.seed, self.device, self.mean, self.std = seed, device, mean, std
         self.num_images, self.batch_size = num_images, loader.batch_size
         self.drop_last = loader.drop_last
         self.epoch = 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        from bench.data.memory import AUGMENTATIONS, random_flip
+        from bench.data.memory import AUGMENTATIONS, random_flip, resize_images
 
         epoch = self._next_epoch()
         self.loader.next_epoch = epoch  # FFCV's order for this epoch comes from seed + epoch
@@ -382,7 +385,7 @@ class FFCVLoader(_EpochLoader):
                 x = random_flip(x, gen)
             elif self.train:
                 x = AUGMENTATIONS[self.augment](x, gen)
-            yield (x - self.mean) / self.std, labels, idx, unknown
+            yield (resize_images(x, self.image_size) - self.mean) / self.std, labels, idx, unknown
 
 
 def _image_sizes(beton: str) -> tuple[np.ndarray, np.ndarray]:
@@ -401,7 +404,7 @@ def make_ffcv_loader(beton: str | Path, *, train: bool, batch_size: int, seed: i
                      image_size: int, mean: Sequence[float], std: Sequence[float],
                      device: str | torch.device, distributed: bool = False,
                      num_workers: int | None = None, raw: bool = False,
-                     augment: str | None = None, batches_ahead: int = 3) -> FFCVLoader:
+                     augment: str | None = None, batches_ahead: int = 3, resize: bool = False) -> FFCVLoader:
     """An FFCV loader over `beton` yielding (normalised float NCHW on `device`, int64 labels, sample indices).
 
     Training: a random order from (`seed`, epoch), the last ragged batch dropped, and the
@@ -409,6 +412,9 @@ def make_ffcv_loader(beton: str | Path, *, train: bool, batch_size: int, seed: i
     `image_size` square, else "rrc_flip"). Evaluation: file order, every image
     (`drop_last=False`), a 224/256 centre crop for "rrc_flip", the stored pixels otherwise.
     `raw=True`: the stored uint8 pixels, unaugmented and unnormalised (fixed-size sets only).
+    `resize=True`: a fixed-size recipe on images stored at another size than `image_size` augments
+    them at their size and then resizes them on `device` (else it is refused: the recipe would use
+    them as stored).
     `distributed=True` shards the order as DistributedSampler does (needs torch.distributed
     initialised; evaluation shards are padded to equal length by repeating images).
     `num_workers` (decoding threads) defaults to `job_cpus()`.
@@ -438,7 +444,8 @@ def make_ffcv_loader(beton: str | Path, *, train: bool, batch_size: int, seed: i
         raise BenchError(f"{beton}: images of different sizes ({heights.min()}-{heights.max()} x "
                          f"{widths.min()}-{widths.max()}) need augment 'rrc_flip', not "
                          f"{'raw output' if raw else repr(augment)}")
-    if not raw and augment in FIXED_SIZE_AUGMENTS and not heights[0] == widths[0] == image_size:
+    stored_at_size = heights[0] == widths[0] == image_size
+    if not raw and augment in FIXED_SIZE_AUGMENTS and not stored_at_size and not resize:
         raise BenchError(f"{beton} holds {heights[0]}x{widths[0]} images; augment {augment!r} "
                          f"uses them as stored, so image_size must be {heights[0]}, not "
                          f"{image_size} (or use 'rrc_flip', which resizes)")
@@ -465,7 +472,8 @@ def make_ffcv_loader(beton: str | Path, *, train: bool, batch_size: int, seed: i
         raise BenchError(f"{beton}: not a readable .beton ({' '.join(str(err).split())})") from None
     m, s = (None, None) if raw else _stats(mean, std, 3, device)
     return FFCVLoader(loader, train=train, raw=raw, augment=augment, seed=seed, device=device,
-                      mean=m, std=s, num_images=len(heights))
+                      mean=m, std=s, num_images=len(heights),
+                      image_size=image_size if augment in FIXED_SIZE_AUGMENTS and not stored_at_size else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,7 +550,8 @@ def make_file_loader(dataset: Any, *, train: bool, batch_size: int, seed: int, i
     A Dataset of (image, label) is read by a torchvision DataLoader (RandomResizedCrop + flip
     for training; Resize to image_size*256/224 + CenterCrop for evaluation, every image kept).
     An `ImageSet` goes to `bench.data.memory.DeviceLoader` with `augment` (default: its data
-    set's recipe, else "crop4_flip") for training. `num_workers` defaults to `job_cpus()`.
+    set's recipe, else "crop4_flip") for training, resized to `image_size` on the device after it
+    where its images have another size. `num_workers` defaults to `job_cpus()`.
     """
     if batch_size < 1:
         raise BenchError(f"batch size must be at least 1, got {batch_size}")
@@ -552,7 +561,7 @@ def make_file_loader(dataset: Any, *, train: bool, batch_size: int, seed: int, i
         if augment is None:
             augment = DATASETS[dataset.name].augment if dataset.name in DATASETS else "crop4_flip"
         return DeviceLoader(dataset, batch_size=batch_size, train=train, seed=seed, device=device,
-                            mean=mean, std=std, augment=augment if train else "none")
+                            mean=mean, std=std, augment=augment if train else "none", image_size=image_size)
     workers = job_cpus() if num_workers is None else max(0, int(num_workers))
     return FileLoader(dataset, train=train, batch_size=batch_size, seed=seed,
                       image_size=image_size, mean=mean, std=std, device=device,

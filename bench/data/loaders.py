@@ -19,15 +19,19 @@ from bench.errors import BenchError
 from bench.system import world
 
 
-def _options(name: str, image_size: int | None) -> dict:
-    spec = dataset_spec(name)
-    # Generated / embedded sets are rendered at the size asked for; stored sets have their own.
-    return {"image_size": image_size} if (image_size and not spec.needs_root) else {}
+def _rendered(name: str, image_size: int | None) -> int | None:
+    """The size a generated / embedded set is rendered at (the size asked for); None for stored
+    sets, which have their own (the loaders resize them)."""
+    return image_size if (image_size and not dataset_spec(name).needs_root) else None
 
 
 @lru_cache(maxsize=8)
-def _cached(name: str, root: str | None, split: str, image_size: int | None):
-    return load_dataset(name, root, split, **_options(name, image_size))
+def _cached(name: str, root: str | None, split: str, rendered: int | None):
+    return load_dataset(name, root, split, **({"image_size": rendered} if rendered else {}))
+
+
+def _in_memory(name: str, root: str | Path | None, split: str, image_size: int | None):
+    return _cached(name, None if root is None else str(root), split, _rendered(name, image_size))
 
 
 def normalisation(name: str, root: str | Path | None = None, image_size: int | None = None):
@@ -35,7 +39,7 @@ def normalisation(name: str, root: str | Path | None = None, image_size: int | N
     spec = dataset_spec(name)
     if spec.mean is not None:
         return spec.mean, spec.std
-    return channel_stats(_cached(name, None if root is None else str(root), "train", image_size).images)
+    return channel_stats(_in_memory(name, root, "train", image_size).images)
 
 
 def _subset(data, fraction: float, seed: int):
@@ -64,6 +68,10 @@ def make_loader(name: str, split: str, *, batch_size: int, train: bool, seed: in
     `fraction` < 1: only that fraction of the split, a fixed subset drawn from `seed` (the same
     every epoch: fine-tuning on a fraction of the training data).
 
+    `image_size`: the images' size (None: the data set's). Generated sets are rendered at it; sets
+    stored at a fixed size (CIFAR, in memory or in a `.beton`) are augmented at their own size and
+    then resized on the device (bench.data.memory.resize_images); files are cropped and resized.
+
     `batch_size` is the global batch size; `distributed=True` gives this rank's share of every
     global batch (see the module doc; the world size must divide `batch_size`)."""
     spec = dataset_spec(name)
@@ -76,25 +84,27 @@ def make_loader(name: str, split: str, *, batch_size: int, train: bool, seed: in
     shard = dict(rank=rank, world_size=world_size)
     if fraction < 1 and beton is not None:
         raise BenchError(f"a fraction ({fraction}) of a .beton split is not supported; use the on-disk data set")
+    size = image_size or spec.image_size
     if spec.in_memory and beton is None:
-        data = _subset(_cached(name, None if root is None else str(root), split, image_size), fraction, seed)
+        data = _subset(_in_memory(name, root, split, image_size), fraction, seed)
         return DeviceLoader(data, batch_size=batch_size, train=train, seed=seed, device=device,
-                            mean=mean, std=std, augment=augment, channels=channels, **shard)
+                            mean=mean, std=std, augment=augment, channels=channels, image_size=size, **shard)
     from bench.data import ffcv as ffcv_data
 
-    size = image_size or spec.image_size
     if beton is not None and ffcv_data.ffcv_available():
         # FFCV's batch size is per rank; its `distributed` order is DistributedSampler's
         # (rank and world size read from torch.distributed).
         return ffcv_data.make_ffcv_loader(beton, train=train, batch_size=batch_size // world_size,
                                           seed=seed, image_size=size, mean=mean, std=std, device=device,
-                                          distributed=world_size > 1, augment=spec.augment)
+                                          distributed=world_size > 1, augment=spec.augment,
+                                          resize=spec.in_memory and spec.needs_root)
     if beton is not None:
         ffcv_data.warn_no_ffcv_once()
-    dataset = _subset(load_dataset(name, root, split), fraction, seed)
+    dataset = _subset(load_dataset(name, root, split, **({"image_size": r} if (r := _rendered(name, image_size))
+                                                         else {})), fraction, seed)
     if isinstance(dataset, ImageSet):  # what make_file_loader does with one, plus the sharding
         return DeviceLoader(dataset, batch_size=batch_size, train=train, seed=seed, device=device,
-                            mean=mean, std=std, augment=augment, channels=channels, **shard)
+                            mean=mean, std=std, augment=augment, channels=channels, image_size=size, **shard)
     loader = ffcv_data.make_file_loader(dataset, train=train, batch_size=batch_size // world_size,
                                         seed=seed, image_size=size, mean=mean, std=std, device=device,
                                         augment=spec.augment)

@@ -103,6 +103,21 @@ AUGMENTATIONS = {
 }
 
 
+def resize_images(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Float images `x` at `size` x `size` px (None, or their own size: `x` itself, untouched).
+
+    Bilinear with antialiasing, as torchvision's Resize of a PIL image (what Fei et al.'s code
+    applies to CIFAR before the CIFAR augmentation): upsampling 32 -> 224 px gives PIL's pixels to
+    within its uint8 rounding, and antialiasing keeps a downsampling from aliasing. The loaders
+    call it after the augmentation, at the stored resolution, so that an augmented image is still
+    one of the augmentation's finite views (the soft-label cache's keys) and the whole split stays
+    on the device at its stored size (CIFAR: 150 MB, not 7 GB at 224 px). A crop offset of 4 px at
+    32 px becomes 28 px at 224: the same translation relative to the image."""
+    if size is None or tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images, in [0, 1] units."""
     x = images.double() / 255
@@ -114,7 +129,9 @@ class DeviceLoader:
     from an ImageSet held on `device`. A sample's index is its row in the whole split
     (`extras["index"]` when the set is a subset of it), and its view id names which of the
     augmentation's `n_views` transforms made the image (0, the identity, when not training), so
-    caches keyed by (index, view) serve every loader of the split.
+    caches keyed by (index, view) serve every loader of the split. `image_size`: the images come
+    out at this size, resized on the device after the augmentation (`resize_images`) when the
+    stored images have another; None: as stored.
 
     `batch_size` is the global batch size. With `world_size` > 1 this loader yields rank
     `rank`'s share of every global batch: the global batch is drawn and augmented exactly as
@@ -126,7 +143,7 @@ class DeviceLoader:
 
     def __init__(self, data: ImageSet, *, batch_size: int, train: bool, seed: int = 0,
                  device: str | torch.device = "cpu", mean: Sequence[float], std: Sequence[float],
-                 augment: str = "none", channels: int | None = None,
+                 augment: str = "none", channels: int | None = None, image_size: int | None = None,
                  drop_last: bool | None = None, rank: int = 0, world_size: int = 1) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise BenchError(f"rank {rank} is not one of the {world_size} ranks")
@@ -141,6 +158,7 @@ class DeviceLoader:
                 raise ValueError(f"cannot turn {images.shape[1]} channels into {channels}")
             images, mean, std = images.expand(-1, channels, -1, -1), list(mean) * channels, list(std) * channels
         self.images = images.to(device)
+        self.image_size = image_size
         self.labels = data.labels.to(device)
         self.indices = data.extras.get("index", torch.arange(len(data.labels))).long().to(device)
         self.batch_size, self.train, self.seed = batch_size, train, seed
@@ -192,7 +210,7 @@ class DeviceLoader:
             if self.train:
                 x = self.augment.apply(x, views)
             x, y, i, v = self._share(x, self.labels[rows], self.indices[rows], views.to(self.images.device))
-            yield (x - self.mean) / self.std, y, i, v
+            yield (resize_images(x, self.image_size) - self.mean) / self.std, y, i, v
 
     def view_images(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """The normalised images of samples `indices` (rows of the whole split) under the
@@ -206,4 +224,4 @@ class DeviceLoader:
         if views.numel() and not (0 <= int(views.min()) and int(views.max()) < self.n_views):
             raise BenchError(f"view_images: view ids must be in [0, {self.n_views})")
         x = self.augment.apply(self.images[self._row_of[indices]].float(), views)
-        return (x - self.mean) / self.std
+        return (resize_images(x, self.image_size) - self.mean) / self.std

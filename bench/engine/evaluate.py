@@ -42,7 +42,8 @@ def predict(model: nn.Module, loader, device: torch.device) -> tuple[torch.Tenso
 def load_model(path: str | Path, device: str | torch.device = "cpu", **expect: Any) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained model from its checkpoint (hash and architecture verified)."""
     tensors, meta = load_checkpoint(path, expect=expect or None, map_location=device)
-    model = build_model(meta["arch"], meta["num_classes"], meta["image_size"], meta["scale"], meta["in_chans"])
+    model = build_model(meta["arch"], meta["num_classes"], meta["image_size"], meta["scale"], meta["in_chans"],
+                        weights=meta.get("pretrained_weights"))  # fine-tuned from named weights: their architecture
     model.load_state_dict(tensors)
     return model.to(device).eval(), meta
 

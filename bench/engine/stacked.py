@@ -345,7 +345,7 @@ def check_stackable(cfgs: Sequence[TrainConfig]) -> None:
     if any(k != keys[0] for k in keys[1:]):
         diff = sorted(f for f in keys[0] if any(k.get(f) != keys[0][f] for k in keys[1:]))
         raise Unstackable(f"the members' configs differ in {', '.join(diff)}, not only in the seed")
-    if keys[0]["pretrained"] or keys[0]["init_from"]:
+    if keys[0]["pretrained"] or keys[0]["init_from"] or keys[0].get("pretrained_weights"):
         raise Unstackable("members starting from given weights (pretrained, init_from) are trained alone")
 
 

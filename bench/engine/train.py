@@ -47,8 +47,32 @@ LOG_ONLY = ("epoch", "lr", "time")  # row fields that are not the run's metrics
 
 
 def model_meta(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
+    """What rebuilding the model needs (bench.engine.evaluate.load_model): with named pretrained
+    weights, those (their architecture is the one built); absent otherwise, as before they existed."""
     return {"arch": cfg.arch, "dataset": cfg.dataset, "scale": cfg.scale, "seed": cfg.seed,
-            "num_classes": num_classes, "image_size": cfg.image_size, "in_chans": 3}
+            "num_classes": num_classes, "image_size": cfg.image_size, "in_chans": 3,
+            **({"pretrained_weights": cfg.pretrained_weights} if cfg.pretrained_weights is not None else {})}
+
+
+def initial_model(cfg: TrainConfig, num_classes: int, device: torch.device | str = "cpu") -> nn.Module:
+    """The resolved run's network before its first step: seeded (the seed fixes the initial weights
+    and a pretrained network's new head, unless a shared initialisation is asked for), pretrained
+    or fresh, then `init_from`'s weights where given: all of them when they are a network of this
+    data set, else a base's body with this task's head (new, or a linear probe: bench.engine.heads)."""
+    torch.manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed)
+    model = build_model(cfg.arch, num_classes, cfg.image_size, cfg.scale, pretrained=cfg.pretrained,
+                        weights=cfg.pretrained_weights).to(device)
+    if cfg.init_from:
+        state, start = load_checkpoint(cfg.init_from, expect={"arch": cfg.arch})
+        if start.get("dataset") == cfg.dataset:  # a network of this task (a predicted student): all of it
+            model.load_state_dict(state)
+        else:  # a base of another task: its body, and a classifier of this task's classes
+            load_body(model, state)
+            if cfg.head == "probe":
+                fit_probe(model, make_loader(cfg.dataset, cfg.train_split, train=False, batch_size=cfg.batch_size,
+                                             seed=cfg.seed, root=cfg.data_root, image_size=cfg.image_size,
+                                             device=device), device)
+    return model
 
 
 EVAL_SPLITS = ("val", "test")
@@ -158,17 +182,7 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
         raise BenchError(f"the training data ({cfg.train_fraction:g} of the {cfg.dataset} split) is smaller than "
                          f"one batch of {cfg.batch_size}; use a larger fraction or a smaller batch")
 
-    # The seed fixes the initial weights unless a shared initialisation is asked for.
-    torch.manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed)
-    model = build_model(cfg.arch, spec.num_classes, cfg.image_size, cfg.scale, pretrained=cfg.pretrained).to(device)
-    if cfg.init_from:
-        state, start = load_checkpoint(cfg.init_from, expect={"arch": cfg.arch})
-        if start.get("dataset") == cfg.dataset:  # a network of this task (a predicted student): all of it
-            model.load_state_dict(state)
-        else:  # a base of another task: its body, and a classifier of this task's classes
-            load_body(model, state)
-            if cfg.head == "probe":
-                fit_probe(model, make_loader(cfg.dataset, cfg.train_split, train=False, **common), device)
+    model = initial_model(cfg, spec.num_classes, device)
     if ARCH_SPECS[cfg.arch].channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)

@@ -30,6 +30,7 @@ class MethodJob(Generic[O]):
     recipe: dict[str, Any] = field(default_factory=dict)  # the pool's training overrides
     workdir: Path | None = None  # a resumable folder for a student the method trains
     pool: str | None = None  # the teachers' pool (a WeightFormer is meta-trained on one)
+    init: str = "scratch"  # where the pool's members started (bench.config.INITS): a student may start there too
     weightformer: Path | None = None  # the meta-trained WeightFormer a weightformer method uses
     base: Path | None = None  # the base network a tiny pretrained pool's members were fine-tuned from
     base_id: str | None = None  # its run id (a student started from it names it in its identity)

@@ -1,6 +1,7 @@
 """Training a student on an ensemble's soft labels: kd, self_distill and weightformer_ft share it.
 
-The student (the teachers' architecture, a seed of the method's) trains with the pool's recipe on
+The student (the teachers' architecture, a seed of the method's; starting where the teachers
+started, `student_init`: the pool's pretrained weights in a pretrained pool) trains with the pool's recipe on
 
     loss = alpha * T^2 * KL(teachers_T || student_T) + (1 - alpha) * CE(student, labels)
 
@@ -92,24 +93,36 @@ class KDCriterion:
         return kd_loss(logits, self.soft_labels(images, indices, views), labels, self.temperature, self.alpha)
 
 
+def student_init(job: MethodJob[Any], overrides: Mapping[str, Any] | None = None) -> str:
+    """Where a student starts, as its record says: `checkpoint` -- weights the method hands it
+    (`init_from`: WeightFormer's predicted student); `pretrained` -- the pretrained weights the
+    pool's members were fine-tuned from, with a new head from the student's seed (a student of
+    teachers fine-tuned from one network starts where they started, or distillation would be
+    judged by a handicap of its start); `base` -- the same at tiny scale, where the members were
+    fine-tuned from the base network the suite pretrained; `scratch` -- a fresh network from its seed."""
+    if (overrides or {}).get("init_from"):
+        return "checkpoint"
+    if job.base is not None:
+        return "base"
+    return "pretrained" if job.init == "pretrained" else "scratch"
+
+
 def student_config(job: MethodJob[Any], seed: int, epochs: int | None, extra: dict[str, Any],
                    **overrides: Any) -> TrainConfig:
-    """The pool's recipe for a fresh student of the teachers' architecture with its own seed;
-    `overrides`: TrainConfig fields the method sets (a fine-tuning run's start, lr, data fraction)."""
+    """The pool's recipe for a student of the teachers' architecture with its own seed, starting as
+    `student_init` says; `overrides`: TrainConfig fields the method sets (a fine-tuning run's start,
+    lr, data fraction). The pool's `pretrained_weights` come with the recipe: they name the weights
+    a pretrained student loads and the architecture any student of the pool is built as."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     recipe = {k: v for k, v in job.recipe.items() if k in fields and k not in _OWN_KEYS}
-    if job.base is not None and "init_from" not in overrides:
-        # A student starts where its teachers started: the base they were fine-tuned from (a fine-tuning
-        # run's own start, a predicted student, overrides it).
-        recipe["init_from"], extra = str(job.base), {**extra, "base": job.base_id}
     recipe.update(overrides)
+    # Set only when true, so a scratch student's config (and its run folder) is the one it always was.
+    init = student_init(job, overrides)
+    start = {"pretrained": True} if init == "pretrained" else {}
+    if init == "base":  # the base's weights are a location; the run names the base by its id
+        recipe["init_from"], extra = str(job.base), {**extra, "base": job.base_id}
     return TrainConfig(arch=job.arch, dataset=job.dataset, scale=job.scale, seed=seed,
-                       data_root=job.data_root, device=job.device, epochs=epochs, extra=extra, **recipe)
-
-
-def student_init(job: MethodJob[Any]) -> str:
-    """Where a KD or self-distillation student of the job starts (the record's `student_init`)."""
-    return "base" if job.base is not None else "scratch"
+                       data_root=job.data_root, device=job.device, epochs=epochs, extra=extra, **start, **recipe)
 
 
 def on(split: str) -> dict[str, str]:
@@ -181,12 +194,12 @@ def distill(job: MethodJob[Any], *, student_seed: int, temperature: float, alpha
         "soft_label_s": cache_s,
         "infer_forwards": 1,
         "student_seed": student_seed,
+        "student_init": student_init(job, overrides),
         "temperature": temperature,
         "alpha": alpha,
         "epochs": out["epochs"],
         "soft_label_cache": cache is not None,
         "teacher_forward": teachers.mode,
         "distill_on": resolved.train_split,
-        "student_init": "given" if overrides and "init_from" in overrides else student_init(job),
     })
     return record

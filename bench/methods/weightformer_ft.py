@@ -36,6 +36,7 @@ def predicted_student(job: MethodJob[WeightFormerFTOptions]) -> tuple[Path, dict
         meta = teachers[0][1]
         save_checkpoint(start, student.state_dict(), {
             **{k: meta[k] for k in ("arch", "dataset", "scale", "num_classes", "image_size", "in_chans")},
+            **({"pretrained_weights": meta["pretrained_weights"]} if "pretrained_weights" in meta else {}),
             "fields": fields})
         del student, teachers  # fine-tuning loads its own teachers
     barrier(job.torch_device())

@@ -30,7 +30,10 @@ class ArchSpec:
 
     builder: str  # build(*, num_classes, image_size, scale, in_chans, small_input) -> nn.Module
     model_class: str  # the class `builder` returns: the tokeniser and weight matching check a model against it
-    pretrained: str | None = None  # timm's model whose pretrained weights `pretrained=True` loads
+    pretrained: str | None = None  # timm's model whose default pretrained weights `pretrained=True` loads
+    # Other pretrained weights a pool may start from (its recipe's `pretrained_weights`), named as
+    # timm names them, "model.tag": the model part is the architecture the weights load into.
+    other_weights: tuple[str, ...] = ()
     pretrained_img_size: bool = False  # timm's pretrained model is told the input size (ViT's position embedding)
     permutation: str | None = None  # the weight-matching walk (a key of bench.weights.permutation.WALKS)
     permutation_unsupported_reason: str = ""  # why there is none, for the error a user gets
@@ -45,15 +48,23 @@ class ArchSpec:
 
 ARCH_SPECS: dict[str, ArchSpec] = {
     "vgg11": ArchSpec(builder="bench.models.vgg:build", model_class="timm.models.vgg:VGG",
-                      pretrained="vgg11_bn", permutation="vgg"),
+                      pretrained="vgg11_bn", other_weights=("vgg11_bn.tv_in1k",), permutation="vgg"),
     "resnet50": ArchSpec(builder="bench.models.resnet:build", model_class="timm.models.resnet:ResNet",
-                         pretrained="resnet50", permutation="resnet",
+                         # timm's default tag is a1_in1k (its own ResNet strikes back recipe); tv_in1k
+                         # are torchvision's original ImageNet weights, the ones Fei et al.'s code loads.
+                         pretrained="resnet50", other_weights=("resnet50.a1_in1k", "resnet50.tv_in1k"),
+                         permutation="resnet",
                          # It packs, but on a CPU its grouped 1x1 convolutions make a stack slower
                          # than its members one at a time (tiny, 6 members, 2 epochs: 0.76x).
                          stacks=False),
     "vit_b32": ArchSpec(
         builder="bench.models.vit:build", model_class="timm.models.vision_transformer:VisionTransformer",
+        # timm's default tag (augreg_in21k_ft_in1k) is already fine-tuned on ImageNet-1k, with its
+        # 1,000-class head: members fine-tuned from it on ImageNet start at their target. The
+        # others are not: ImageNet-21k only (augreg_in21k), and OpenAI's CLIP image tower, the
+        # model-soups pool's start (its QuickGELU variant: the activation CLIP was trained with).
         pretrained="vit_base_patch32_224", pretrained_img_size=True,
+        other_weights=("vit_base_patch32_224.augreg_in21k", "vit_base_patch32_clip_quickgelu_224.openai"),
         permutation_unsupported_reason="ViT is not supported (attention heads and the residual stream need a "
                                        "joint permutation)",
         # With no convolutional prior the tiny ViT needs more epochs than the tiny convnets to fit digits.
@@ -78,10 +89,14 @@ def model_class(arch: str) -> type[nn.Module]:
 
 
 def build_model(arch: str, num_classes: int, image_size: int, scale: str = "paper",
-                in_chans: int = 3, pretrained: bool = False) -> nn.Module:
+                in_chans: int = 3, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """`arch` for `num_classes` classes at `image_size` px. `pretrained`: loaded with pretrained
+    weights (`weights`, default the architecture's; a new classifier head). `weights` without
+    `pretrained`: the architecture those weights load into, randomly initialised (a checkpoint
+    of a network fine-tuned from them is loaded into it)."""
     spec = ARCH_SPECS[choose("arch", arch, ARCHS)]
-    if pretrained:
-        return load_pretrained(arch, num_classes, image_size, scale, in_chans)
+    if pretrained or weights is not None:
+        return load_pretrained(arch, num_classes, image_size, scale, in_chans, weights, load=pretrained)
     choose("scale", scale, SCALES)
     if num_classes < 2:
         raise BenchError(f"num_classes must be at least 2, got {num_classes}")
@@ -96,21 +111,57 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_pretrained(arch: str, num_classes: int, image_size: int, scale: str, in_chans: int) -> nn.Module:
-    """timm's pretrained weights (fetched from the hub by timm, or its cache), at paper scale on
-    ImageNet-sized inputs; timm re-initialises the classifier for another class count."""
+def weight_choices(arch: str) -> tuple[str, ...]:
+    """The pretrained weights `arch` may start from, its default first (none: it has no weights)."""
+    spec = ARCH_SPECS[choose("arch", arch, ARCHS)]
+    return () if spec.pretrained is None else (spec.pretrained, *spec.other_weights)
+
+
+def pretrained_problem(arch: str, scale: str, image_size: int, weights: str | None = None) -> str | None:
+    """Why `arch` cannot start from pretrained `weights` (None: its default) at this scale and
+    resolution, in words naming what would do; None when it can. The grid loader and the model
+    builder ask the same question."""
+    choices = weight_choices(arch)
+    if not choices:
+        with_weights = ", ".join(a for a in ARCHS if weight_choices(a))
+        return f"{arch} has no pretrained weights; architectures with some: {with_weights}"
+    if weights is not None and weights not in choices:
+        return f"{weights!r} are not weights {arch} can start from; valid: {', '.join(choices)}"
+    if scale != "paper":
+        return f"pretrained weights are timm's paper-scale networks, not {arch} at scale {scale!r}"
+    if image_size <= SMALL_INPUT:
+        # At CIFAR size the networks are built with small stems (bench.models.vgg / resnet / vit):
+        # another architecture than the weights', and ImageNet features at 32 px are not those learnt.
+        return (f"{arch}'s pretrained weights are for ImageNet-sized inputs, not {image_size} px: set "
+                f"image_size (e.g. 224; CIFAR is resized on the device)")
+    return None
+
+
+def load_pretrained(arch: str, num_classes: int, image_size: int, scale: str, in_chans: int,
+                    weights: str | None = None, load: bool = True) -> nn.Module:
+    """timm's network for pretrained `weights` (None: the architecture's default), fetched from the
+    hub by timm or read from its cache (`load`; else randomly initialised), with a new classifier
+    head for `num_classes` drawn from the global generator (the run's seed)."""
     import timm
 
-    spec = ARCH_SPECS[choose("arch", arch, ARCHS)]
-    if spec.pretrained is None or scale != "paper" or image_size <= SMALL_INPUT:
-        with_weights = ", ".join(a for a, s in ARCH_SPECS.items() if s.pretrained is not None)
-        raise BenchError(f"pretrained weights exist for {with_weights} at paper scale on "
-                         f"ImageNet-sized inputs, not for {arch} at scale {scale!r}, {image_size} px")
+    problem = pretrained_problem(arch, scale, image_size, weights)
+    if problem is not None:
+        raise BenchError(problem)
+    spec = ARCH_SPECS[arch]
+    name = weights or spec.pretrained
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans,
+                  **({"img_size": image_size} if spec.pretrained_img_size else {}))
+    if not load:
+        return timm.create_model(name.split(".")[0], pretrained=False, **kwargs)
     try:
-        return timm.create_model(spec.pretrained, pretrained=True, num_classes=num_classes, in_chans=in_chans,
-                                 **({"img_size": image_size} if spec.pretrained_img_size else {}))
+        model = timm.create_model(name, pretrained=True, **kwargs)
     except Exception as err:  # no network, no cache, hub errors: all end the same way
         msg = " ".join(str(err).split())[:200]
-        raise BenchError(f"pretrained weights for timm's {spec.pretrained} could not be loaded "
+        raise BenchError(f"pretrained weights for timm's {name} could not be loaded "
                          f"({type(err).__name__}: {msg}); this machine needs the Hugging Face hub or timm's "
                          f"cache") from None
+    # timm keeps the checkpoint's classifier when its class count is num_classes (ImageNet-1k
+    # weights on ImageNet): every member would share one head, already fit to the target. A new
+    # one, drawn from the run's seed, makes each member's head its own.
+    model.reset_classifier(num_classes)
+    return model
