@@ -23,6 +23,7 @@ from bench.config import Grid, method_applies
 from bench.data import dataset_spec
 from bench.data.synthetic import write_smoke_data
 from bench.errors import BenchError
+from bench.models import PRETRAINED_ENV, pretrained_name, write_standin_weights
 from bench.plan import Roots
 from bench.system import SMOKE_STEPS_ENV
 
@@ -63,15 +64,23 @@ def check_steps(steps: int) -> int:
     return steps
 
 
-def prepare(grid: Grid, roots: Roots, steps: int, write: bool = True) -> Path:
+def prepare(grid: Grid, roots: Roots, steps: int, write: bool = True, standin_weights: bool = False) -> Path:
     """Export the step cap and the smoke's data root to this process and every job it starts;
     write the synthetic data sets the grid's pools read from disk (`write=False`: a dry run,
-    which writes nothing). Returns the data root."""
+    which writes nothing). `standin_weights`: pretrained pools read stand-in weights of the right
+    shapes (bench.models.write_standin_weights, under the smoke's results) instead of the hub's.
+    Returns the data root."""
     data = smoke_data_root(roots)
     os.environ[SMOKE_STEPS_ENV] = str(check_steps(steps))
     os.environ["BENCH_DATA"] = str(data)
     if write:
         write_smoke_data(data, [p.dataset for p in grid.pools if dataset_spec(p.dataset).needs_root])
+    if standin_weights:
+        folder = roots.results / "pretrained"
+        os.environ[PRETRAINED_ENV] = str(folder)
+        for name in sorted({pretrained_name(p.arch, p.recipe.get("pretrained_weights"))
+                            for p in grid.pools if p.init == "pretrained" and p.base is None}) if write else ():
+            write_standin_weights(folder, name)
     return data
 
 

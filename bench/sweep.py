@@ -625,6 +625,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the plan capped to --smoke-steps steps a job on synthetic data in the real formats, "
                         "first seed only, records under <results root>/smoke/ (bench/smoke.py)")
     p.add_argument("--smoke-steps", type=int, default=2, help="--smoke: optimiser steps per training loop")
+    p.add_argument("--standin-weights", action="store_true",
+                   help="--smoke on a machine without the hub: pretrained pools start from stand-in weights of the "
+                        "right shapes (random, fixed seed) instead of timm's")
     p.add_argument("--archs", help="only the pools of these architectures (comma-separated)")
     p.add_argument("--seeds", help="instead of the grid's seeds: a count (5) or seeds and ranges (5-9): a rerun "
                                    "on other groups of teachers, e.g. into its own --results-root")
@@ -699,6 +702,8 @@ def main(argv: list[str] | None = None) -> None:
                              "leave out --data-root")
         smoke.check_steps(a.smoke_steps)
         roots = smoke.smoke_roots(roots)
+    elif a.standin_weights:
+        raise BenchError("--standin-weights is for a --smoke run only: real runs read real weights")
     if a.status:
         print_status(grid_path(a.grid).stem, roots)
         return
@@ -722,7 +727,7 @@ def main(argv: list[str] | None = None) -> None:
     resources = {s: load_resources(a.cluster_config, grid.scale, s, flags) for s in STAGES}
     if a.smoke:
         resources = {s: smoke.resources(r, flags) for s, r in resources.items()}
-        data = smoke.prepare(grid, roots, a.smoke_steps, write=not a.dry_run)
+        data = smoke.prepare(grid, roots, a.smoke_steps, write=not a.dry_run, standin_weights=a.standin_weights)
         print(f"smoke run: every training loop stops after {a.smoke_steps} steps; seed {grid.seeds[0]} only; "
               f"synthetic data in {data}; records under {roots.results / grid.name} (never results)")
     if not a.dry_run:  # what killed writers left (bench.io); a dry run changes nothing
@@ -755,6 +760,7 @@ def main(argv: list[str] | None = None) -> None:
                "--cluster", "local", "--wait", "--quiet", "--teachers-root", str(base.teachers),
                "--results-root", str(base.results), "--cluster-config", str(a.cluster_config)]
         cmd += ["--smoke", "--smoke-steps", str(a.smoke_steps)] if a.smoke else []
+        cmd += ["--standin-weights"] if a.standin_weights else []
         cmd += ["--archs", a.archs] if a.archs is not None else []
         cmd += ["--seeds", a.seeds] if a.seeds is not None else []
         cmd += ["--max-parallel", str(a.max_parallel)] if a.max_parallel else []

@@ -61,7 +61,7 @@ methods:
 @pytest.mark.parametrize("text, words", [
     (POOL.replace("members: 4", "memebers: 4"), ["g.yaml", "pools[0]", "'memebers'", "members, held_out"]),
     (POOL.replace("arch: vgg11", "arch: vgg19"), ["pools[0].arch", "'vgg19'", "resnet50, vgg11, vit_b32"]),
-    (POOL.replace("[single, ensemble]", "[single, ensembel]"), ["methods", "'ensembel'", "aligned_soup, ensemble, kd, self_distill, single, soup"]),
+    (POOL.replace("[single, ensemble]", "[single, ensembel]"), ["methods", "'ensembel'", "aligned_soup, ensemble, greedy_soup, kd, learned_soup, self_distill, single, soup"]),
     (POOL.replace("n_teachers: 2", "n_teachers: 4"), ["N = 4", "meta-train part (3 of 4 members)"]),
     (POOL.replace("held_out: 1", "held_out: 4"), ["held_out", "no meta-train members"]),
     (POOL.replace("{epochs: 1}", "{epoch: 1}"), ["recipe", "'epoch'", "epochs"]),

@@ -116,8 +116,8 @@ def test_a_bad_base_or_range_is_refused_at_load_naming_the_key(tmp_path, pool, w
 
 
 def test_at_paper_scale_a_pretrained_pool_takes_no_base(tmp_path):
-    path = grid_file(tmp_path, "- {arch: vgg11, dataset: digits, init: pretrained, members: 4, "
-                               "base: {dataset: multiview}}")
+    path = grid_file(tmp_path, "- {arch: vgg11, dataset: {paper: cifar10, tiny: digits}, init: pretrained, "
+                               "members: 4, base: {dataset: multiview}, recipe: {paper: {image_size: 224}, tiny: {}}}")
     with pytest.raises(BenchError, match="timm's weights"):
         load_grid(path, "paper")
     assert load_grid(path, "tiny").pools[0].base == {"dataset": "multiview", "recipe": {}}
@@ -202,3 +202,36 @@ def test_a_kd_student_of_a_pretrained_pool_starts_from_the_base(base_weights, tm
     # Without a base the student starts from scratch, as before.
     assert student_init(MethodJob(method="kd", dataset="digits", arch="vgg11", seed=0, teachers=[], members=[],
                                   options=DistillOptions())) == "scratch"
+
+
+def test_pretrained_weights_are_read_from_a_folder_in_place_of_the_hub(tmp_path, monkeypatch):
+    """BENCH_PRETRAINED: a compute node without the hub (or a smoke's stand-ins) reads the files put there."""
+    from bench.models import PRETRAINED_ENV, load_pretrained, write_standin_weights
+
+    monkeypatch.setenv(PRETRAINED_ENV, str(tmp_path))
+    with pytest.raises(BenchError, match="holds no resnet50.tv_in1k.safetensors"):
+        load_pretrained("resnet50", 100, 224, "paper", 3, weights="resnet50.tv_in1k")
+    file = write_standin_weights(tmp_path, "resnet50.tv_in1k")
+    assert write_standin_weights(tmp_path, "resnet50.tv_in1k").stat().st_mtime_ns == file.stat().st_mtime_ns  # once
+    torch.manual_seed(0)
+    model = load_pretrained("resnet50", 100, 224, "paper", 3, weights="resnet50.tv_in1k")
+    stored = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(file))
+    body = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    assert body and all(torch.equal(v, stored[k]) for k, v in body.items())
+    assert model.fc.weight.shape == (100, 2048)  # a head of the target's classes
+
+
+def test_a_smoke_with_standin_weights_writes_one_file_per_pretrained_weight(tmp_path, monkeypatch):
+    from bench import smoke
+    from bench.models import PRETRAINED_ENV
+
+    grid = smoke.smoke_grid(load_grid("main_table", "paper"))
+    grid = __import__("dataclasses").replace(grid, pools=tuple(p for p in grid.pools if p.arch == "resnet50"))
+    roots = Roots(tmp_path / "t", tmp_path / "r")
+    from bench.system import SMOKE_STEPS_ENV
+
+    for name in (PRETRAINED_ENV, SMOKE_STEPS_ENV, "BENCH_DATA"):  # prepare exports them: restored after the test
+        monkeypatch.setenv(name, "")
+    smoke.prepare(grid, roots, 1, write=True, standin_weights=True)
+    assert sorted(p.name for p in (tmp_path / "r" / "pretrained").iterdir()) == ["resnet50.tv_in1k.safetensors"]
+    assert __import__("os").environ[PRETRAINED_ENV] == str(tmp_path / "r" / "pretrained")

@@ -98,7 +98,7 @@ def test_the_smoke_plan_keeps_every_stage_pool_and_row_with_one_seed():
     assert rows(plan) == rows(whole)  # every table cell of the paper-scale grid is exercised
     assert len(plan.stages["meta_train"]) == len(whole.stages["meta_train"])
     # Each pool's real recipe (epochs, optimizer, batch size) is what the smoke's teachers run with.
-    assert {j.spec["recipe"]["epochs"] for j in plan.stages["teachers"]} == {240, 10}
+    assert {j.spec["recipe"]["epochs"] for j in plan.stages["teachers"]} == {200, 10}
 
 
 def test_smoke_options_refused_in_one_line(tmp_path):

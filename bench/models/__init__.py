@@ -10,9 +10,11 @@ the report read the names); a model's module is imported when the first one is b
 """
 from __future__ import annotations
 
+import os
 import pkgutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError, choose
@@ -137,6 +139,37 @@ def pretrained_problem(arch: str, scale: str, image_size: int, weights: str | No
     return None
 
 
+# A folder of `<timm name>.safetensors` files read in place of the hub (every job inherits it).
+PRETRAINED_ENV = "BENCH_PRETRAINED"
+
+
+def pretrained_name(arch: str, weights: str | None = None) -> str:
+    """The timm weights a pretrained network of `arch` loads: `weights`, else the architecture's default."""
+    return weights or ARCH_SPECS[choose("arch", arch, ARCHS)].pretrained
+
+
+def write_standin_weights(folder: Path, name: str, seed: int = 1234) -> Path:
+    """A file standing in for timm's pretrained weights `name`: the architecture's state dict at the
+    checkpoint's own class count, drawn from `seed` (a smoke on a machine that cannot reach the hub
+    checks every path with weights of the right shapes). Written once."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+    from timm.models import get_pretrained_cfg
+
+    file = Path(folder) / f"{name}.safetensors"
+    if not file.is_file():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = timm.create_model(name.split(".")[0], pretrained=False,
+                                      num_classes=get_pretrained_cfg(name).num_classes)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        tmp.replace(file)
+    return file
+
+
 def load_pretrained(arch: str, num_classes: int, image_size: int, scale: str, in_chans: int,
                     weights: str | None = None, load: bool = True) -> nn.Module:
     """timm's network for pretrained `weights` (None: the architecture's default), fetched from the
@@ -148,11 +181,17 @@ def load_pretrained(arch: str, num_classes: int, image_size: int, scale: str, in
     if problem is not None:
         raise BenchError(problem)
     spec = ARCH_SPECS[arch]
-    name = weights or spec.pretrained
+    name = pretrained_name(arch, weights)
     kwargs = dict(num_classes=num_classes, in_chans=in_chans,
                   **({"img_size": image_size} if spec.pretrained_img_size else {}))
     if not load:
         return timm.create_model(name.split(".")[0], pretrained=False, **kwargs)
+    folder = os.environ.get(PRETRAINED_ENV)
+    if folder:  # weights put there beforehand (a compute node without the hub; a smoke's stand-ins)
+        file = Path(folder) / f"{name}.safetensors"
+        if not file.is_file():
+            raise BenchError(f"{PRETRAINED_ENV}={folder} holds no {file.name} (timm's {name} weights)")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(file))
     try:
         model = timm.create_model(name, pretrained=True, **kwargs)
     except Exception as err:  # no network, no cache, hub errors: all end the same way
