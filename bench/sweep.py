@@ -674,14 +674,20 @@ def preflight(plan: Plan, roots: Roots, create: bool, smoke: bool = False) -> No
             raise BenchError(f"pool {pool.name}: data root {root} is not a folder")
 
 
+# What the slurm executor runs: sbatch submits each array, and submitit starts every task through
+# srun (without it submitit refuses to submit at all).
+SLURM_COMMANDS = ("sbatch", "srun")
+
+
 def resolve_cluster(name: str) -> str:
     choose("cluster", name, CLUSTERS)
-    if name == "auto":
-        return "slurm" if shutil.which("sbatch") else "local"
-    if name == "slurm" and not shutil.which("sbatch"):
-        raise BenchError("--cluster slurm: sbatch not found on this machine (use --cluster local, or start "
-                         "a one-node SLURM with bench/scripts/slurm_local.sh start)")
-    return name
+    cluster = name if name != "auto" else "slurm" if shutil.which("sbatch") else "local"
+    missing = [c for c in SLURM_COMMANDS if not shutil.which(c)] if cluster == "slurm" else []
+    if missing:
+        how = " picked slurm (sbatch is on PATH), but" if name == "auto" else ":"
+        raise BenchError(f"--cluster {name}{how} {' and '.join(missing)} not found on this machine (use --cluster "
+                         f"local, or start a one-node SLURM with bench/scripts/slurm_local.sh start)")
+    return cluster
 
 
 @cli
