@@ -54,6 +54,12 @@ RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig)
                                       "device", "init_from", "train_fraction", "train_split"))
 
 
+def default_pool_name(arch: str, dataset: str, scale: str, init: str) -> str:
+    """A pool's name where the grid gives none, and the name `python -m bench.pool` trains under:
+    the one spelling, so that a pool trained either way lands in the folder the other reads."""
+    return f"{arch}-{dataset}-{scale}-{init}"
+
+
 @dataclass(frozen=True)
 class PoolSpec:
     name: str
@@ -290,7 +296,7 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
             label = "meta-train" if part == "meta_train" else "held-out"
             raise r.fail("n_teachers", f"N = {n_teachers} is larger than pool {where}'s {label} part "
                                        f"({available} of {members} members)")
-        name = p.get("name") or f"{arch}-{dataset}-{scale}-{init}"
+        name = p.get("name") or default_pool_name(arch, dataset, scale, init)
         pools.append(PoolSpec(str(name), arch, dataset, scale, init, members, held_out, recipe))
     names = [p.name for p in pools]
     if len(set(names)) != len(names):

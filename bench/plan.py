@@ -67,6 +67,11 @@ def record_path(roots: Roots, grid: Grid | str, job: Job) -> Path:
     return roots.results / (grid if isinstance(grid, str) else grid.name) / "records" / f"{job.run_id}.json"
 
 
+# Where `python -m bench.pool` writes its members' records (under its default --grid): a member it
+# trained, in the folder and with the run id a sweep plans, is done for that sweep too.
+POOL_RECORDS = "teachers"
+
+
 class TeachersStage:
     """One job per pool member: a training run into `member_dir` (teachers/<pool>-<hash>/member-<k>).
     Members run in stacks (`units`): several members of one pool in one task, trained as one
@@ -94,7 +99,8 @@ class TeachersStage:
         return [g[i:i + max(1, stack)] for g in groups.values() for i in range(0, len(g), max(1, stack))]
 
     def done(self, job: Job, grid: Grid, roots: Roots) -> bool:
-        return (member_dir(roots, job.spec) / "model.json").exists() and record_path(roots, grid, job).exists()
+        return (member_dir(roots, job.spec) / "model.json").exists() and any(
+            record_path(roots, g, job).exists() for g in (grid, POOL_RECORDS))
 
 
 def part_members(pool: PoolSpec, part: str, pool_size: int | None = None) -> tuple[int, ...]:

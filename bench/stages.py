@@ -38,7 +38,7 @@ def run_teachers(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any
         return run_teacher_stack(spec["stack"], grid, roots)
     pool = _pool(spec)
     recipe = {**spec["recipe"], "data_root": data_root_of(spec["recipe"])}
-    return train_member(pool, spec["member"], teachers=roots.teachers, results=roots.results, grid=grid,
+    return train_member(pool, spec["member"], results=roots.results, grid=grid,
                         run=run_id(spec), run_dir=member_dir(roots, spec), pool_name=spec["pool"],
                         progress=False, **recipe)
 
@@ -48,7 +48,7 @@ def run_teacher_stack(specs: list[dict[str, Any]], grid: str, roots: Roots) -> d
     if any({**s, "member": 0} != {**first, "member": 0} for s in specs):
         raise BenchError("a stack of teachers holds members of one pool and recipe only")
     recipe = {**first["recipe"], "data_root": data_root_of(first["recipe"])}
-    records = train_members(_pool(first), [s["member"] for s in specs], teachers=roots.teachers,
+    records = train_members(_pool(first), [s["member"] for s in specs],
                             results=roots.results, grid=grid, runs=[run_id(s) for s in specs],
                             run_dirs=[member_dir(roots, s) for s in specs], pool_name=first["pool"],
                             progress=False, **recipe)
