@@ -155,6 +155,16 @@ def with_seeds(grid: Grid, seeds: tuple[int, ...]) -> Grid:
     return dataclasses.replace(grid, seeds=tuple(seeds))
 
 
+def narrowed(grid: Grid, selection: dict[str, Any]) -> Grid:
+    """The grid as a sweep narrowed it (`selection`, kept in its manifest): other `seeds` (--seeds),
+    only the pools of `archs` (--archs). The sweep, --status and the report plan with it alike."""
+    if selection.get("seeds"):
+        grid = with_seeds(grid, tuple(selection["seeds"]))
+    if selection.get("archs"):
+        grid = select_archs(grid, list(selection["archs"]))
+    return grid
+
+
 def grid_names() -> list[str]:
     return sorted(p.stem for p in GRID_DIR.glob("*.yaml") if p.stem != "cluster")
 

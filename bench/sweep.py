@@ -31,7 +31,7 @@ import submitit
 from tqdm import tqdm
 
 from bench import smoke
-from bench.config import Grid, grid_path, load_grid, parse_seeds, read_yaml, select_archs, with_seeds
+from bench.config import Grid, grid_path, load_grid, narrowed, parse_seeds, read_yaml
 from bench.errors import BenchError, choose, cli
 from bench.estimate import (DEFAULT_TFLOPS, TFLOPS_SOURCE, check_tflops, gpu_hours, job_flops, net_of,
                             training_config)
@@ -178,11 +178,7 @@ def make_plan(grid: Grid, roots: Roots, force: bool = False, selection: dict[str
 def selected_grid(grid: str | Path, scale: str, selection: dict[str, Any]) -> Grid:
     """The grid file narrowed as `selection` says: `seeds` (--seeds), `archs` (--archs),
     `smoke_steps` (--smoke)."""
-    out = load_grid(grid, scale)
-    if selection.get("seeds"):
-        out = with_seeds(out, tuple(selection["seeds"]))
-    if selection.get("archs"):
-        out = select_archs(out, list(selection["archs"]))
+    out = narrowed(load_grid(grid, scale), selection)
     return smoke.smoke_grid(out) if selection.get("smoke_steps") else out
 
 

@@ -340,6 +340,27 @@ def test_seeds_flag_reruns_the_grid_on_other_groups(mini, tmp_path):
                                                                 ">= 0 and ranges (5-9 or 0,2,7-9)"), bad.stderr
 
 
+def test_the_report_plans_what_a_narrowed_sweep_planned(mini, tmp_path):
+    """A sweep given --seeds and --archs keeps them in its manifest; the report plans the same
+    jobs from it, so the pools left out are not listed as missing."""
+    from bench.report.tables import missing_lines, planned_runs
+    from bench.sweep import selected_grid, write_manifest
+
+    # Valid at both scales (the report plans every scale): no tiny-only recipe.
+    mini.write_text("n_teachers: 2\nseeds: 2\npools:\n  - {arch: vgg11, dataset: digits, members: 5}\n"
+                    "  - {arch: resnet50, dataset: digits, members: 3}\nmethods: [single, ensemble]\n")
+    selection = {"seeds": [3, 4], "archs": ["vgg11"]}
+    where = roots(tmp_path)
+    plan = make_plan(selected_grid(mini, "tiny", selection), where, selection=selection)
+    write_manifest(plan, "debug", {})
+    swept = {j.run_id for jobs in plan.stages.values() for j in jobs}
+    runs, planned, _, _ = planned_runs("mini", where.results, mini)
+    assert planned.ids_at_scales == swept and {j.spec["arch"] for j in plan.stages["teachers"]} == {"vgg11"}
+    assert planned.settings == ["vgg11 / digits"]
+    assert missing_lines(runs, planned) == ["single on vgg11 / digits: 0 of 2 runs finished",
+                                            "ensemble on vgg11 / digits: 0 of 2 runs finished"]
+
+
 def test_pools_with_other_recipes_never_share_a_teacher_folder(mini, tmp_path):
     from bench.plan import member_dir
 

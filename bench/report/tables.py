@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.config import SCALES, grid_path, load_grid, with_seeds
+from bench.config import SCALES, grid_path, load_grid, narrowed, with_seeds
 from bench.errors import BenchError, cli
 from bench.io import atomic_write_bytes
 from bench.paths import results_root
@@ -68,19 +68,20 @@ class Plan:
     counterpart: dict[tuple[str, str], str] = field(default_factory=dict)  # pool (arch, dataset) -> paper dataset
 
 
-def grid_plan(grid: str | Path, scales: set[str] | None = None, seeds: tuple[int, ...] | None = None,
+def grid_plan(grid: str | Path, scales: set[str] | None = None, selection: dict | None = None,
               recorded: set[int] = frozenset()) -> Plan | None:
-    """The grid file's plan, with `seeds` instead of its own where the sweep was given --seeds;
-    without them (the manifest gone: records copied from a cluster) with the `recorded` seeds of
-    the method records added, so that a --seeds run's records are not left out as another
-    version's. None when the grid file is not known."""
+    """The grid file's plan as the sweep narrowed it (`selection`: its manifest's --seeds and
+    --archs, bench.config.narrowed); without --seeds there (the manifest gone: records copied from
+    a cluster) with the `recorded` seeds of the method records added, so that a --seeds run's
+    records are not left out as another version's. None when the grid file is not known."""
     plan, roots = Plan(), Roots(Path("."), Path("."))
+    selection = selection or {}
     try:
         grids = {scale: load_grid(str(grid), scale) for scale in SCALES}
+        grids = {scale: narrowed(with_seeds(g, (*g.seeds, *sorted(set(recorded) - set(g.seeds)))), selection)
+                 for scale, g in grids.items()}
     except BenchError:
         return None
-    grids = {scale: with_seeds(g, seeds or (*g.seeds, *sorted(set(recorded) - set(g.seeds))))
-             for scale, g in grids.items()}
     for scale, g in grids.items():
         plan.counterpart.update({(p.arch, p.dataset): q.dataset for p, q in zip(g.pools, grids["paper"].pools)})
         for stage in STAGES.values():
@@ -328,10 +329,9 @@ def record_scales(runs: pd.DataFrame, folder: Path) -> set[str]:
     return scales or {"tiny"}
 
 
-def swept_seeds(folder: Path) -> tuple[int, ...] | None:
-    """The seeds the sweep was given instead of the grid's (--seeds), from its manifest."""
-    seeds = (manifest(folder).get("selection") or {}).get("seeds")
-    return tuple(seeds) if seeds else None
+def swept_selection(folder: Path) -> dict:
+    """How the sweep narrowed the grid file (--seeds, --archs), from its manifest; {} where none."""
+    return manifest(folder).get("selection") or {}
 
 
 def planned_runs(grid: str, root: Path, grid_file: str | Path | None = None
@@ -350,7 +350,7 @@ def planned_runs(grid: str, root: Path, grid_file: str | Path | None = None
                          f"that the plan runs and are no results; `python -m bench.sweep --status --smoke` shows it")
     recorded = {int(s) for s, stage in zip(column(runs, "seed"), column(runs, "stage")) if stage == "methods"
                 and pd.notna(s)}  # a record without a seed reads as NaN, not None
-    plan = grid_plan(grid_file or grid, record_scales(runs, root / grid), swept_seeds(root / grid), recorded)
+    plan = grid_plan(grid_file or grid, record_scales(runs, root / grid), swept_selection(root / grid), recorded)
     if runs.empty and plan is None:
         raise BenchError(f"no records for grid {grid!r} under {root / grid / 'records'}; run the sweep first")
     stale = 0
