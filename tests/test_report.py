@@ -4,6 +4,7 @@ import statistics
 import subprocess
 import sys
 from itertools import dropwhile, takewhile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -411,6 +412,25 @@ def test_rerun_sets_each_claim_beside_the_same_grid_run_with_other_seeds(tmp_pat
         (tmp_path / "empty" / "c" / "records").mkdir(parents=True)
         write_record(tmp_path / "empty" / "c" / "records", {"run_id": "t", "status": "done", "stage": "teachers"})
         report("c", here.parent, rerun=tmp_path / "empty")
+
+def test_a_rerun_under_the_results_root_is_reported_without_being_named(tmp_path, monkeypatch, capsys):
+    """The README's rerun goes to <results>/rerun: the plain report finds it, and writes the bytes
+    the report given --rerun wrote, from any working directory."""
+    root = tmp_path / "results"
+    claims_grid(root)
+    run(root / "rerun" / "c" / "records", "single", [90.4, 90.5, 90.6], teacher_members=[[7, 8], [8, 9], [7, 9]])
+    run(root / "rerun" / "c" / "records", "ensemble", [95.3, 95.6, 95.5], teacher_members=[[7, 8], [8, 9], [7, 9]])
+    monkeypatch.chdir(tmp_path)
+    report("c", Path("results"), rerun=Path("results/rerun"))  # python -m bench.report --rerun results/rerun
+    named = {p.name: p.read_bytes() for p in (root / "c" / "report").glob("*.*")}
+    assert {"rerun.md", "rerun.csv"} <= set(named) and b"records under results/rerun" in named["rerun.md"]
+    for name in ("rerun.md", "rerun.csv"):
+        (root / "c" / "report" / name).unlink()
+    monkeypatch.chdir(root / "c")
+    main(["--results-root", str(root)])  # every grid with records: "c" (results/rerun holds none itself)
+    assert "report: " in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (root / "c" / "report").glob("*.*")} == named
+
 
 def test_rerun_needs_one_grid(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:

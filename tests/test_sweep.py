@@ -331,10 +331,12 @@ def test_seeds_flag_reruns_the_grid_on_other_groups(mini, tmp_path):
     # The report plans the seeds the sweep ran: none of its records is left out as stale.
     report("mini", tmp_path / "r", grid_file=mini)
     assert "left out" not in (tmp_path / "r" / "mini" / "report" / "index.md").read_text()
-    # ... and without the manifest (records copied from a cluster), from the records' own seeds.
+    # ... and without the manifest (records copied from a cluster), from the records' own seeds:
+    # none of them is the grid's own, so the grid's own are not listed as missing either.
     (tmp_path / "r" / "mini" / "sweep.json").unlink()
     report("mini", tmp_path / "r", grid_file=mini)
     assert "left out" not in (tmp_path / "r" / "mini" / "report" / "index.md").read_text()
+    assert "## Missing cells (0)" in (tmp_path / "r" / "mini" / "report" / "failed.md").read_text()
     bad = sweep("--grid", str(mini), "--seeds", "1,1", "--dry-run", *r)
     assert bad.returncode == 2 and bad.stderr.strip().endswith("expected a count (5), or distinct whole numbers "
                                                                 ">= 0 and ranges (5-9 or 0,2,7-9)"), bad.stderr

@@ -72,33 +72,47 @@ def grid_plan(grid: str | Path, scales: set[str] | None = None, selection: dict 
               recorded: set[int] = frozenset()) -> Plan | None:
     """The grid file's plan as the sweep narrowed it (`selection`: its manifest's --seeds and
     --archs, bench.config.narrowed); without --seeds there (the manifest gone: records copied from
-    a cluster) with the `recorded` seeds of the method records added, so that a --seeds run's
-    records are not left out as another version's. None when the grid file is not known."""
+    a cluster) with the seeds the method records hold (`recorded`, `recorded_seeds`), so that a
+    --seeds run's records are not left out as another version's. A grid written for one scale (a
+    tiny-only recipe) is planned at the scales it loads at. None when the grid file is not known or
+    does not load at the records' scales."""
     plan, roots = Plan(), Roots(Path("."), Path("."))
-    selection = selection or {}
-    try:
-        grids = {scale: load_grid(str(grid), scale) for scale in SCALES}
-        grids = {scale: narrowed(with_seeds(g, (*g.seeds, *sorted(set(recorded) - set(g.seeds)))), selection)
-                 for scale, g in grids.items()}
-    except BenchError:
+    grids, jobs = {}, {}
+    for scale in SCALES:
+        try:
+            g = load_grid(str(grid), scale)
+            grids[scale] = narrowed(with_seeds(g, recorded_seeds(g.seeds, recorded)), selection or {})
+            jobs[scale] = [job for stage in STAGES.values() for job in stage.plan(grids[scale], roots)]
+        except BenchError:
+            grids.pop(scale, None)
+    if not grids or not set(scales or ()) <= set(grids):
         return None
     for scale, g in grids.items():
-        plan.counterpart.update({(p.arch, p.dataset): q.dataset for p, q in zip(g.pools, grids["paper"].pools)})
-        for stage in STAGES.values():
-            for job in stage.plan(g, roots):
-                plan.ids.add(job.run_id)
-                if not scales or scale in scales:
-                    plan.ids_at_scales.add(job.run_id)
-                if job.stage != "methods" or (scales and scale not in scales):
-                    continue
-                t = job.spec["teachers"][0]
-                variant = job.spec.get("variant") or job.spec["method"]
-                setting = setting_label(t["arch"], t["dataset"], t["init"], t["pool"], t["scale"])
-                plan.expected[variant, setting] += 1
-                plan.methods.setdefault(variant, job.spec["method"])
-                if setting not in plan.settings:
-                    plan.settings.append(setting)
+        if "paper" in grids:
+            plan.counterpart.update({(p.arch, p.dataset): q.dataset for p, q in zip(g.pools, grids["paper"].pools)})
+        for job in jobs[scale]:
+            plan.ids.add(job.run_id)
+            if not scales or scale in scales:
+                plan.ids_at_scales.add(job.run_id)
+            if job.stage != "methods" or (scales and scale not in scales):
+                continue
+            t = job.spec["teachers"][0]
+            variant = job.spec.get("variant") or job.spec["method"]
+            setting = setting_label(t["arch"], t["dataset"], t["init"], t["pool"], t["scale"])
+            plan.expected[variant, setting] += 1
+            plan.methods.setdefault(variant, job.spec["method"])
+            if setting not in plan.settings:
+                plan.settings.append(setting)
     return plan
+
+
+def recorded_seeds(own: tuple[int, ...], recorded: set[int]) -> tuple[int, ...]:
+    """The seeds to plan where no manifest says: the grid's own and any others the records hold;
+    the records' alone where they hold none of the grid's own (a --seeds run: every job of the
+    grid's own seeds, failed or not, would have left a record)."""
+    if recorded and not set(recorded) & set(own):
+        return tuple(sorted(recorded))
+    return (*own, *sorted(set(recorded) - set(own)))
 
 
 # --- main table --------------------------------------------------------------------------------
@@ -360,6 +374,26 @@ def planned_runs(grid: str, root: Path, grid_file: str | Path | None = None
     return runs, plan, stale, skipped
 
 
+# Where the README's rerun command writes a grid's rerun (`bench.sweep --seeds 7-13 --results-root
+# results/rerun`): `python -m bench.report` sets a rerun found there beside the grid's claims by
+# itself, so the plain command regenerates a report first made with --rerun byte for byte.
+RERUN_ROOT = "rerun"
+
+
+def found_rerun(root: Path, grid: str) -> Path | None:
+    """`root/rerun` where it holds records of `grid` (a rerun of it), else None."""
+    rerun = root / RERUN_ROOT
+    return rerun if any((rerun / grid / "records").glob("*.json")) else None
+
+
+def shown_path(path: Path, root: Path) -> str:
+    """`path` as a report names it: from the results root's parent where it lies below the results
+    root (`results/rerun`), so the report's bytes depend neither on where the checkout is nor on
+    the directory the command ran in; else as given."""
+    full, base = path.resolve(), root.resolve()
+    return full.relative_to(base.parent).as_posix() if full.is_relative_to(base) else str(path)
+
+
 def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, ...] = FORMATS,
            grid_file: str | Path | None = None, rerun: Path | None = None) -> str:
     """Write the grid's report into `out` (default root/<grid>/report); return main_table.md.
@@ -384,7 +418,8 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
         if other.empty:
             raise BenchError(f"--rerun {rerun}: no finished method runs of grid {grid!r} under {rerun / grid / 'records'}")
         moved = rerun_table(claims, claim_table(other, settings))
-        outputs["rerun"] = (rerun_render(moved, shared_groups(done, other), grid, str(rerun)), None, moved)
+        outputs["rerun"] = (rerun_render(moved, shared_groups(done, other), grid, shown_path(rerun, root)), None,
+                            moved)
     costs = cost_table(done, settings)
     outputs["costs"] = (*render_costs(costs, grid), costs)
     for name, (md, tex, frame) in outputs.items():
@@ -429,8 +464,9 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
     # Outputs of an earlier report that these records no longer give.
     for name in {n for n in OUTPUTS if n.endswith(formats) or n == "anchors.md"} - set(written):
         (out / name).unlink(missing_ok=True)
-    if "rerun.md" not in written and (out / "rerun.md").exists():  # from a report given --rerun: kept
-        written.append("rerun.md")
+    if rerun is None:  # the comparison of an earlier report given --rerun is kept, and linked where it was
+        at = max((i + 1 for i, n in enumerate(written) if n.startswith("claims.")), default=len(written))
+        written[at:at] = [n for n in ("rerun.md", "rerun.csv") if (out / n).exists()]
     links = [f"- [{n}]({n})" for n in written if n != "failed.md"] + \
         [f"- [plots/{a}.png](plots/{a}.png), [pdf](plots/{a}.pdf): top-1 against {a}" for a in axes] + \
         [f"- [plots/{a}.png](plots/{a}.png), [pdf](plots/{a}.pdf): {PLOT_TITLES[a]}" for a in extra_plots] + \
@@ -466,7 +502,8 @@ def main(argv: list[str] | None = None) -> None:
                                             "(default results/<grid>/report)")
     p.add_argument("--format", default=",".join(FORMATS), help="tables to write: any of md,tex,csv (default all)")
     p.add_argument("--rerun", type=Path, help="results root of the same grid run with other seeds "
-                                              "(bench.sweep --seeds): its claims beside these, in rerun.md")
+                                              "(bench.sweep --seeds): its claims beside these, in rerun.md "
+                                              f"(default: <results root>/{RERUN_ROOT} where it holds the grid's records)")
     a = p.parse_args(argv)
     root, formats = results_root(a.results_root), parse_formats(a.format)
     if a.rerun is not None and not a.grid:
@@ -476,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
         if root.is_dir() else []
     for name, source in grids or [("main_table", "main_table")]:
         out = a.out / name if a.out else None
-        print(report(name, root, out, formats, source, a.rerun))
+        print(report(name, root, out, formats, source, a.rerun or found_rerun(root, name)))
         print(f"report: {(out or root / name / 'report') / 'index.md'}\n")
     top = a.out or root
     write_top_index(top, sorted(top.glob("*/index.md") if a.out else top.glob("*/report/index.md")))
