@@ -171,12 +171,14 @@ def grid_names() -> list[str]:
 
 def grid_path(grid: str) -> Path:
     """A grid's name (a file in sweeps/) or the path of a user's own YAML file."""
-    path = Path(grid)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    path, shipped = Path(grid), GRID_DIR / f"{grid}.yaml"
+    if path.is_dir() and not shipped.is_file():  # a shipped grid's name wins over a folder of that name
+        raise BenchError(f"grid {path} is a folder; a grid is a .yaml file, or one of: {', '.join(grid_names())}")
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise BenchError(f"grid file {path} not found")
         return path
-    if not (GRID_DIR / f"{grid}.yaml").is_file():
+    if not shipped.is_file():
         raise BenchError(f"unknown grid {grid!r}; valid: {', '.join(grid_names())} (or a path to a .yaml file)")
     return GRID_DIR / f"{grid}.yaml"
 

@@ -255,6 +255,19 @@ def test_missing_cells_failed_runs_and_corrupt_records(tmp_path):
     assert md_cells(text, "top-1 (%)").set_index("method").loc["single", "vgg11 / digits"] == "missing (0 of 3 runs)"
 
 
+def test_a_truncated_record_is_skipped_in_one_line(tmp_path):
+    """The command names the record it skips in one line, not Python's warning with a line of the
+    report's own source."""
+    path = planned_grid(tmp_path)
+    (tmp_path / "p" / "records" / "zz-corrupt.json").unlink()
+    victim = sorted((tmp_path / "p" / "records").glob("*.json"))[0]
+    victim.write_bytes(victim.read_bytes()[:40])  # as a copy cut short leaves it
+    r = subprocess.run([sys.executable, "-m", "bench.report", "--grid", str(path), "--results-root", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"warning: skipping unreadable record p/records/{victim.name}: "), r.stderr
+
+
 def wf_ablation_grid(tmp_path):
     folder = tmp_path / "w" / "records"
     run(folder, "weightformer", [96.0, 96.5, 97.0], variant="weightformer", **WF)
