@@ -9,7 +9,8 @@ Reads a grid's run records (`results/<grid>/records/*.json`) and writes its repo
   bold (csv: long form, `best` column). A cell the grid plans but no run finished shows
   "missing (k of n runs)"; a cell the grid does not plan shows "—".
 - claims.{md,tex,csv}: the WeightFormer and Allen-Zhu & Li claims per setting: supported / not
-  supported / inconclusive from the Welch 95% CI of the top-1 difference (bench.report.claims).
+  supported / inconclusive from the paired 95% t interval of the top-1 difference over distinct groups
+  of teachers (bench.report.claims).
 - costs.{md,tex,csv}: time to make each student, forward passes per test image, cost relative to
   KD, and how many ensembles repay WeightFormer's meta-training.
 - plots/<axis>.{png,pdf} and ablations.csv: WeightFormer ablations, one figure per setting the
