@@ -247,7 +247,8 @@ def meta_train_step_rows(quick: bool, repeat: int, archs: tuple[str, ...] | None
                            ("checkpointing", step_rate(True)), unit="steps/s", repeat=repeat,
                            settings={"n_teachers": 4, "pool": 6, **size.meta_options}))
     for arch in size.meta_count_archs:
-        without, with_ = (perf_meta.count_step(arch, checkpointing=c, scale=size.meta_count_scale) for c in (False, True))
+        without, with_ = (perf_meta.count_step(arch, checkpointing=c, scale=size.meta_count_scale)
+                          for c in (False, True))
         gb = 2 ** 30
         rows.append(Row(f"meta_train_step/{size.meta_count_scale}/{arch}", without["peak_bytes"] / with_["peak_bytes"],
                         "no checkpointing", "checkpointing", "GiB counted", with_["peak_bytes"] / gb,

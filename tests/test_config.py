@@ -95,7 +95,7 @@ def test_a_folder_given_as_a_grid_is_named_a_folder(tmp_path, monkeypatch, capsy
     from bench.report import main as report
     from bench.sweep import main as sweep
 
-    with pytest.raises(BenchError, match=f"grid {tmp_path} is a folder; a grid is a .yaml file, or one of: .*main_table"):
+    with pytest.raises(BenchError, match=f"grid {tmp_path} is a folder; a grid is a .yaml file, or one of: .*smoke"):
         load_grid(str(tmp_path))
     for main in (sweep, report):
         with pytest.raises(SystemExit) as stop:

@@ -265,7 +265,8 @@ def test_a_truncated_record_is_skipped_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench.report", "--grid", str(path), "--results-root", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"warning: skipping unreadable record p/records/{victim.name}: "), r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"warning: skipping unreadable record p/records/{victim.name}: "), r.stderr
 
 
 def wf_ablation_grid(tmp_path):

@@ -503,8 +503,8 @@ def main(argv: list[str] | None = None) -> None:
                                             "(default results/<grid>/report)")
     p.add_argument("--format", default=",".join(FORMATS), help="tables to write: any of md,tex,csv (default all)")
     p.add_argument("--rerun", type=Path, help="results root of the same grid run with other seeds "
-                                              "(bench.sweep --seeds): its claims beside these, in rerun.md "
-                                              f"(default: <results root>/{RERUN_ROOT} where it holds the grid's records)")
+                                              "(bench.sweep --seeds): its claims beside these, in rerun.md (default: "
+                                              f"<results root>/{RERUN_ROOT} where it holds the grid's records)")
     a = p.parse_args(argv)
     root, formats = results_root(a.results_root), parse_formats(a.format)
     if a.rerun is not None and not a.grid:
