@@ -58,6 +58,12 @@ RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig)
                                       "device", "init_from", "train_fraction", "train_split"))
 
 
+def default_pool_name(arch: str, dataset: str, scale: str, init: str) -> str:
+    """A pool's name where the grid gives none, and the name `python -m bench.pool` trains under:
+    the one spelling, so that a pool trained either way lands in the folder the other reads."""
+    return f"{arch}-{dataset}-{scale}-{init}"
+
+
 @dataclass(frozen=True)
 class PoolSpec:
     name: str
@@ -157,18 +163,30 @@ def with_seeds(grid: Grid, seeds: tuple[int, ...]) -> Grid:
     return dataclasses.replace(grid, seeds=tuple(seeds))
 
 
+def narrowed(grid: Grid, selection: dict[str, Any]) -> Grid:
+    """The grid as a sweep narrowed it (`selection`, kept in its manifest): other `seeds` (--seeds),
+    only the pools of `archs` (--archs). The sweep, --status and the report plan with it alike."""
+    if selection.get("seeds"):
+        grid = with_seeds(grid, tuple(selection["seeds"]))
+    if selection.get("archs"):
+        grid = select_archs(grid, list(selection["archs"]))
+    return grid
+
+
 def grid_names() -> list[str]:
     return sorted(p.stem for p in GRID_DIR.glob("*.yaml") if p.stem != "cluster")
 
 
 def grid_path(grid: str) -> Path:
     """A grid's name (a file in sweeps/) or the path of a user's own YAML file."""
-    path = Path(grid)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    path, shipped = Path(grid), GRID_DIR / f"{grid}.yaml"
+    if path.is_dir() and not shipped.is_file():  # a shipped grid's name wins over a folder of that name
+        raise BenchError(f"grid {path} is a folder; a grid is a .yaml file, or one of: {', '.join(grid_names())}")
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise BenchError(f"grid file {path} not found")
         return path
-    if not (GRID_DIR / f"{grid}.yaml").is_file():
+    if not shipped.is_file():
         raise BenchError(f"unknown grid {grid!r}; valid: {', '.join(grid_names())} (or a path to a .yaml file)")
     return GRID_DIR / f"{grid}.yaml"
 
@@ -324,7 +342,7 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
                                        f"({available} of {members} members)")
         base = read_base(r, p.get("base"), f"{where}.base", arch, init, scale)
         ranges = check_ranges(r.mapping(p.get("ranges") or {}, f"{where}.ranges", RANGE_KEYS), f"{path}: {where}.ranges")
-        name = p.get("name") or f"{arch}-{dataset}-{scale}-{init}"
+        name = p.get("name") or default_pool_name(arch, dataset, scale, init)
         pools.append(PoolSpec(str(name), arch, dataset, scale, init, members, held_out, recipe, base, ranges))
     names = [p.name for p in pools]
     if len(set(names)) != len(names):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import functools
 import sys
+import warnings
 from typing import Callable, Iterable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -26,12 +27,19 @@ def choose(kind: str, value: str, valid: Iterable[str]) -> str:
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as a command shows it: `warning: <message>`, without the file, line and source
+    line of the code that raised it (Python's format), which tell a user nothing."""
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def cli(main: F) -> F:
     """Decorate a command-line entry point: a BenchError, or an OSError of the machine's
-    (ENVIRONMENT_ERRNOS), exits 2 with `error: <message>`."""
+    (ENVIRONMENT_ERRNOS), exits 2 with `error: <message>`; a warning prints as one line."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        shown, warnings.formatwarning = warnings.formatwarning, one_line_warning
         try:
             return main(*args, **kwargs)
         except BenchError as err:
@@ -43,5 +51,7 @@ def cli(main: F) -> F:
             where = f"{err.filename}: " if err.filename else ""
             print(f"error: {where}{err.strerror or err}", file=sys.stderr)
             raise SystemExit(2) from None
+        finally:
+            warnings.formatwarning = shown
 
     return wrapper  # type: ignore[return-value]

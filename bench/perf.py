@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from bench.errors import BenchError, choose, cli
+from bench.paths import project_root
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,41 @@ class Row:
     min: float
     max: float
     settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The work the benchmarks measure: FULL, or QUICK with --quick (within 5 minutes on 2 cores)."""
+    gemm_n: int  # gemm_peak (and the fp32 rate teacher_pool_training reports against): n x n fp32; bf16 n/2
+    pool_archs: tuple[str, ...]  # teacher_pool_training: architectures, members per stack, steps, batch
+    pool_members: tuple[int, ...]
+    pool_steps: int
+    pool_batch: int
+    meta_archs: tuple[str, ...]  # meta_train_step: the tiny steps timed (WFConfig overrides in meta_options)
+    meta_options: dict[str, Any]
+    meta_count_archs: tuple[str, ...]  # ... and the steps counted on fake tensors, at meta_count_scale
+    meta_count_scale: str
+    loader: tuple[int, int, int, int, int]  # classes, images per class, stored px, image size, batch
+    kd_archs: tuple[str, ...]  # kd_student: architectures, the teachers' epochs, the students'
+    kd_teacher_epochs: int
+    kd_epochs: int
+    step_archs: tuple[str, ...]  # training_step: architectures, steps per measurement
+    step_steps: int
+
+
+ALL_ARCHS = ("vgg11", "resnet50", "vit_b32")
+FULL = Sizes(gemm_n=2048, pool_archs=("vgg11", "resnet50"), pool_members=(8, 16), pool_steps=10, pool_batch=64,
+             meta_archs=ALL_ARCHS, meta_options={}, meta_count_archs=("resnet50", "vit_b32"), meta_count_scale="paper",
+             loader=(10, 200, 160, 128, 100), kd_archs=("vgg11", "resnet50"), kd_teacher_epochs=2, kd_epochs=2,
+             step_archs=ALL_ARCHS, step_steps=20)
+QUICK = Sizes(gemm_n=1024, pool_archs=("vgg11",), pool_members=(8, 16), pool_steps=5, pool_batch=64,
+              meta_archs=("vgg11",), meta_options={}, meta_count_archs=("resnet50",), meta_count_scale="paper",
+              loader=(10, 40, 96, 64, 50), kd_archs=("vgg11",), kd_teacher_epochs=1, kd_epochs=1,
+              step_archs=ALL_ARCHS, step_steps=5)
+
+
+def sizes(quick: bool) -> Sizes:
+    return QUICK if quick else FULL
 
 
 def paired(name: str, baseline: tuple[str, Callable[[], float]], contender: tuple[str, Callable[[], float]],
@@ -89,7 +125,7 @@ def gemm_gflops(n: int, dtype: torch.dtype, seconds: float = 0.3) -> Callable[[]
 
 
 def gemm_peak_rows(quick: bool, repeat: int) -> list[Row]:
-    n = 1024 if quick else 2048
+    n = sizes(quick).gemm_n
     # bf16 at a quarter of the size: where the CPU has no bf16 instructions one call takes seconds.
     row = paired("gemm_peak", ("fp32", gemm_gflops(n, torch.float32)), ("bf16", gemm_gflops(n // 2, torch.bfloat16)),
                  unit="GFLOP/s", repeat=repeat, settings={"n_fp32": n, "n_bf16": n // 2,
@@ -109,15 +145,15 @@ def cpu_has_bf16() -> bool | None:
 
 def gemm_peak_fp32(quick: bool = True) -> float:
     """The fp32 GEMM rate other benchmarks report a fraction of (median of three)."""
-    measure = gemm_gflops(1024 if quick else 2048, torch.float32)
+    measure = gemm_gflops(sizes(quick).gemm_n, torch.float32)
     measure()
     return statistics.median(measure() for _ in range(3))
 
 
 # -- teacher_pool_training -------------------------------------------------------------------
 
-def teacher_pool_rows(quick: bool, repeat: int, members_list: tuple[int, ...] = (8, 16),
-                      steps: int | None = None, batch: int = 64) -> list[Row]:
+def teacher_pool_rows(quick: bool, repeat: int, members_list: tuple[int, ...] | None = None,
+                      steps: int | None = None, batch: int | None = None) -> list[Row]:
     """M tiny members trained side by side: one packed network (bench.engine.stacked) against the
     M networks one at a time, AdamW steps on random digits-shaped batches (64 x 3 x 16 x 16) on
     the CPU; images/s of all members together. `gemm_fraction`: the stack's FLOP rate (3 x
@@ -130,10 +166,11 @@ def teacher_pool_rows(quick: bool, repeat: int, members_list: tuple[int, ...] = 
     from bench.engine.stacked import stack_models
     from bench.models import build_model
 
+    size = sizes(quick)
     peak = gemm_peak_fp32(quick)
-    steps = steps or (5 if quick else 10)
+    members_list, steps, batch = members_list or size.pool_members, steps or size.pool_steps, batch or size.pool_batch
     rows = []
-    for arch in ("vgg11",) if quick else ("vgg11", "resnet50"):
+    for arch in size.pool_archs:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             torch.manual_seed(0)
             build_model(arch, 10, 16, "tiny").eval()(torch.zeros(1, 3, 16, 16))
@@ -194,10 +231,11 @@ def meta_train_step_rows(quick: bool, repeat: int, archs: tuple[str, ...] | None
     its FLOPs, with checkpointing against without; the ratio is the memory saved (without / with)."""
     from bench import perf_meta
 
-    rows = []
-    for arch in archs or (("vgg11",) if quick else ("vgg11", "resnet50", "vit_b32")):
+    size, rows = sizes(quick), []
+    for arch in archs or size.meta_archs:
         def step_rate(checkpointing: bool) -> Callable[[], float]:
-            step, counter = perf_meta.tiny_step(arch, checkpointing=checkpointing), itertools.count()
+            step = perf_meta.tiny_step(arch, checkpointing=checkpointing, **size.meta_options)
+            counter = itertools.count()
 
             def one() -> float:
                 step(next(counter))
@@ -207,11 +245,12 @@ def meta_train_step_rows(quick: bool, repeat: int, archs: tuple[str, ...] | None
 
         rows.append(paired(f"meta_train_step/tiny/{arch}", ("no checkpointing", step_rate(False)),
                            ("checkpointing", step_rate(True)), unit="steps/s", repeat=repeat,
-                           settings={"n_teachers": 4, "pool": 6}))
-    for arch in ("resnet50",) if quick else ("resnet50", "vit_b32"):
-        without, with_ = (perf_meta.count_step(arch, checkpointing=c) for c in (False, True))
+                           settings={"n_teachers": 4, "pool": 6, **size.meta_options}))
+    for arch in size.meta_count_archs:
+        without, with_ = (perf_meta.count_step(arch, checkpointing=c, scale=size.meta_count_scale)
+                          for c in (False, True))
         gb = 2 ** 30
-        rows.append(Row(f"meta_train_step/paper/{arch}", without["peak_bytes"] / with_["peak_bytes"],
+        rows.append(Row(f"meta_train_step/{size.meta_count_scale}/{arch}", without["peak_bytes"] / with_["peak_bytes"],
                         "no checkpointing", "checkpointing", "GiB counted", with_["peak_bytes"] / gb,
                         with_["peak_bytes"] / gb, with_["peak_bytes"] / gb,
                         {"baseline_median": without["peak_bytes"] / gb, "flops": with_["flops"],
@@ -230,7 +269,7 @@ def loader_rows(quick: bool, repeat: int) -> list[Row]:
 
     if not ffcv_available():
         raise BenchError("loader: FFCV is not importable here (see the README's FFCV section)")
-    classes, per_class, size, image_size, batch = (10, 40, 96, 64, 50) if quick else (10, 200, 160, 128, 100)
+    classes, per_class, size, image_size, batch = sizes(quick).loader
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     with tempfile.TemporaryDirectory() as tmp:
         root = write_imagenet(Path(tmp) / "jpegs", {"train": per_class, "test": 0}, classes, size)
@@ -283,7 +322,8 @@ def kd_student_rows(quick: bool, repeat: int) -> list[Row]:
     from bench.options import DistillOptions
     from bench.recipes import TrainConfig
 
-    archs, teacher_epochs, epochs = (("vgg11",), 1, 1) if quick else (("vgg11", "resnet50"), 2, 2)
+    size = sizes(quick)
+    archs, teacher_epochs, epochs = size.kd_archs, size.kd_teacher_epochs, size.kd_epochs
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -320,8 +360,7 @@ def kd_student_rows(quick: bool, repeat: int) -> list[Row]:
 
 # -- training_step ---------------------------------------------------------------------------
 
-def training_step_rows(quick: bool, repeat: int, archs: tuple[str, ...] = ("vgg11", "resnet50", "vit_b32")
-                       ) -> list[Row]:
+def training_step_rows(quick: bool, repeat: int, archs: tuple[str, ...] | None = None) -> list[Row]:
     """One tiny training step (16 px, batch 64, the arch's own optimizer) as `train` ran it before
     (contiguous tensors, the optimizer's per-tensor loop) against as it runs it now (convnets
     channels-last, a fused optimizer), and an evaluation forward (512 images) on a contiguous
@@ -331,7 +370,7 @@ def training_step_rows(quick: bool, repeat: int, archs: tuple[str, ...] = ("vgg1
     from bench.engine.optim import param_groups
     from bench.models import ARCH_SPECS, build_model
 
-    steps = 5 if quick else 20
+    steps, archs = sizes(quick).step_steps, archs or sizes(quick).step_archs
     rows = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -448,6 +487,9 @@ def time_to_student_rows(records: Path) -> list[Row]:
 
 # -- the command -----------------------------------------------------------------------------
 
+# The committed reference run tiny_main_table compares with (wherever the command runs from).
+REFERENCE_RECORDS = project_root() / "results" / "main_table" / "records"
+
 # name -> rows(quick, repeat, args): the order is the order they run in.
 BENCHMARKS: dict[str, Callable[[bool, int, argparse.Namespace], list[Row]]] = {
     "gemm_peak": lambda quick, repeat, a: gemm_peak_rows(quick, repeat),
@@ -458,7 +500,7 @@ BENCHMARKS: dict[str, Callable[[bool, int, argparse.Namespace], list[Row]]] = {
     "training_step": lambda quick, repeat, a: training_step_rows(quick, repeat),
     "time_to_student": lambda quick, repeat, a: time_to_student_rows(Path(a.results_root) / "main_table" / "records"),
     "tiny_main_table": lambda quick, repeat, a: tiny_main_table_rows(Path(a.results_root) / "main_table" / "records",
-                                                                     Path("results/main_table/records")),
+                                                                     REFERENCE_RECORDS),
 }
 
 

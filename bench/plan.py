@@ -90,6 +90,11 @@ def record_path(roots: Roots, grid: Grid | str, job: Job) -> Path:
     return roots.results / (grid if isinstance(grid, str) else grid.name) / "records" / f"{job.run_id}.json"
 
 
+# Where `python -m bench.pool` writes its members' records (under its default --grid): a member it
+# trained, in the folder and with the run id a sweep plans, is done for that sweep too.
+POOL_RECORDS = "teachers"
+
+
 class PretrainStage:
     """One job per base network some pool of the grid is fine-tuned from (tiny scale's stand-in for
     timm's pretrained weights): a training run on the base's source task into `base_dir`."""
@@ -136,7 +141,8 @@ class TeachersStage:
         return [g[i:i + max(1, stack)] for g in groups.values() for i in range(0, len(g), max(1, stack))]
 
     def done(self, job: Job, grid: Grid, roots: Roots) -> bool:
-        return (member_dir(roots, job.spec) / "model.json").exists() and record_path(roots, grid, job).exists()
+        return (member_dir(roots, job.spec) / "model.json").exists() and any(
+            record_path(roots, g, job).exists() for g in (grid, POOL_RECORDS))
 
 
 def part_members(pool: PoolSpec, part: str, pool_size: int | None = None) -> tuple[int, ...]:

@@ -1,8 +1,10 @@
 """Teacher pools: K members of one (arch, dataset, scale, init), trained one run each.
 
 `python -m bench.pool --arch all --dataset digits --scale tiny --members 4` trains (or finds)
-every member under `teachers/<pool>/member-<k>/` and prints a table of their test metrics,
-built from the run records written to `results/<grid>/records/`.
+every member under `teachers/<pool>-<recipe hash>/member-<k>/` and prints a table of their test
+metrics, built from the run records written to `results/<grid>/records/`. Folder and run id are
+the ones a sweep plans for a grid pool of the same name (default `<arch>-<dataset>-<scale>-<init>`)
+and recipe (here: `--epochs` when given), so a pool trained either way is found by the other.
 
 init: `scratch` -- member k is seed k for initial weights and data order (independent
 networks, as in Allen-Zhu & Li); `shared` -- every member starts from the weights of seed 0 and
@@ -20,17 +22,17 @@ from typing import Any
 
 import pandas as pd
 
+from bench.config import INITS, PoolSpec, default_pool_name
 from bench.data import DATASETS
 from bench.system import world
 from bench.errors import BenchError, choose, cli
 from bench.models import ARCHS, SCALES
-from bench.paths import data_root, results_root, teachers_root
+from bench.paths import data_root, results_root
+from bench.plan import POOL_RECORDS, Roots, member_dir, teacher_spec
 from bench.store import load_records, run_id, write_record
 from bench.engine import train
 from bench.engine.stacked import train_stack
 from bench.recipes import TrainConfig
-
-INITS = ("scratch", "shared", "pretrained")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class Pool:
 
     @property
     def name(self) -> str:
-        return f"{self.arch}-{self.dataset}-{self.scale}-{self.init}"
+        return default_pool_name(self.arch, self.dataset, self.scale, self.init)
 
     def member_config(self, k: int, **overrides: Any) -> TrainConfig:
         init_seed = 0 if self.init == "shared" else None
@@ -57,37 +59,34 @@ class Pool:
         return TrainConfig(arch=self.arch, dataset=self.dataset, scale=self.scale, seed=k,
                            init_seed=init_seed, pretrained=pretrained, **overrides)
 
-    def member_dir(self, k: int, root: str | Path | None = None) -> Path:
-        return teachers_root(root) / self.name / f"member-{k}"
+    def member_spec(self, k: int, recipe: dict[str, Any]) -> dict[str, Any]:
+        """Member k's teachers-stage job as a sweep plans it for a grid pool of this name and
+        `recipe` (bench.plan.teacher_spec): its run id and folder (bench.plan.member_dir)."""
+        spec = PoolSpec(self.name, self.arch, self.dataset, self.scale, self.init, k + 1, 0, recipe)
+        return teacher_spec(spec, k)
 
 
-def train_member(pool: Pool, k: int, *, teachers: str | Path | None = None,
-                 results: str | Path | None = None, grid: str = "teachers",
-                 progress: bool | None = None, run: str | None = None, run_dir: Path | None = None,
-                 pool_name: str | None = None, noted: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
-    """Train member k (resuming or finding it), write its run record, return the record.
-
-    The sweep passes its job's `run` id, its own `run_dir`, the grid's `pool_name` and what the
-    record notes besides the metrics (`noted`: the member's drawn hyperparameters, its base); by
-    default the record's id is a hash of the member and the folder `pool.member_dir(k)`."""
+def train_member(pool: Pool, k: int, *, run: str, run_dir: Path, results: str | Path | None = None,
+                 grid: str = POOL_RECORDS, progress: bool | None = None, pool_name: str | None = None,
+                 noted: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """Train member k into `run_dir` (resuming or finding it), write its run record (id `run`),
+    return the record. The sweep passes its job's run id and folder, the grid's `pool_name` and what
+    the record notes besides the metrics (`noted`: the member's drawn hyperparameters, its base)."""
     cfg = pool.member_config(k, **overrides)
     t0 = time.perf_counter()
-    run_dir = run_dir or pool.member_dir(k, teachers)
     meta = train(cfg, run_dir, progress=progress)
     return _write_member_record(pool, k, cfg, meta, run_dir, time.perf_counter() - t0, results=results, grid=grid,
                                 run=run, pool_name=pool_name, noted=noted)
 
 
-def train_members(pool: Pool, ks: list[int], *, teachers: str | Path | None = None,
-                  results: str | Path | None = None, grid: str = "teachers", progress: bool | None = None,
-                  runs: list[str] | None = None, run_dirs: list[Path] | None = None,
+def train_members(pool: Pool, ks: list[int], *, runs: list[str], run_dirs: list[Path],
+                  results: str | Path | None = None, grid: str = POOL_RECORDS, progress: bool | None = None,
                   pool_name: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
     """`train_member` for several members at once, trained as one stacked network where the
     architecture allows (`bench.engine.stacked.train_stack`; else one at a time). Every member
     gets the record `train_member` writes (its seconds: its share of the stack's); a member that
     failed gets none, and its error is raised once the others are done."""
     cfgs = [pool.member_config(k, **overrides) for k in ks]
-    run_dirs = run_dirs or [pool.member_dir(k, teachers) for k in ks]
     t0 = time.perf_counter()
     metas = train_stack(cfgs, run_dirs, progress=progress,
                         on_fallback=lambda why: print(f"{pool.name}: members {ks} one at a time ({why})", flush=True))
@@ -98,17 +97,16 @@ def train_members(pool: Pool, ks: list[int], *, teachers: str | Path | None = No
             errors.append(meta)
             continue
         records.append(_write_member_record(pool, k, cfg, meta, run_dirs[i], share, results=results, grid=grid,
-                                            run=runs[i] if runs else None, pool_name=pool_name))
+                                            run=runs[i], pool_name=pool_name))
     if errors:
         raise errors[0]
     return records
 
 
 def _write_member_record(pool: Pool, k: int, cfg: TrainConfig, meta: dict[str, Any], run_dir: Path, wall_s: float,
-                         *, results: str | Path | None, grid: str, run: str | None,
+                         *, results: str | Path | None, grid: str, run: str,
                          pool_name: str | None, noted: dict[str, Any] | None = None) -> dict[str, Any]:
-    spec = {"stage": "teachers", "pool": pool.name, "member": k, "config": cfg.resolved().to_json()}
-    record = {"run_id": run or run_id(spec), "grid": grid, "stage": "teachers", "method": "single",
+    record = {"run_id": run, "grid": grid, "stage": "teachers", "method": "single",
               "arch": pool.arch, "dataset": pool.dataset, "scale": pool.scale, "init": pool.init,
               "pool": pool_name or pool.name, "member": k, "seed": k, "n_teachers": 1, "status": "done",
               **{k: meta["metrics"][k] for m in ("top1", "top5", "nll", "ece") for k in (m, f"val_{m}")
@@ -139,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--stack", type=int, default=16,
                    help="train up to this many members as one stacked network (1: one at a time)")
-    p.add_argument("--grid", default="teachers", help="records go to <results>/<grid>/records")
+    p.add_argument("--grid", default=POOL_RECORDS, help="records go to <results>/<grid>/records")
     p.add_argument("--data-root")
     p.add_argument("--teachers-root")
     p.add_argument("--results-root")
@@ -148,16 +146,22 @@ def main(argv: list[str] | None = None) -> None:
     if a.members < 1:
         raise BenchError(f"--members must be at least 1, got {a.members}")
     pools = [Pool(arch, a.dataset, a.scale, a.init) for arch in archs]  # validates every name first
-    overrides = {"epochs": a.epochs} if a.epochs else {}
+    # The recipe names the member's folder, as a grid pool's does; the data root is where the data
+    # is, not how the member trains, so it stays out of it (as BENCH_DATA does for a sweep).
+    recipe = {"epochs": a.epochs} if a.epochs else {}
     root = data_root(a.data_root)
-    if root:
-        overrides["data_root"] = str(root)
+    where = {"data_root": str(root)} if root else {}
     if a.stack < 1:
         raise BenchError(f"--stack must be at least 1, got {a.stack}")
+    roots = Roots.resolve(a.teachers_root, a.results_root)
     chunks = [list(range(a.members))[i:i + a.stack] for i in range(0, a.members, a.stack)]
-    records = [r for pool in pools for ks in chunks
-               for r in train_members(pool, ks, teachers=a.teachers_root, results=a.results_root, grid=a.grid,
-                                      **overrides)]
+    records = []
+    for pool in pools:
+        for ks in chunks:
+            specs = [pool.member_spec(k, recipe) for k in ks]
+            records += train_members(pool, ks, runs=[run_id(s) for s in specs],
+                                     run_dirs=[member_dir(roots, s) for s in specs], results=roots.results,
+                                     grid=a.grid, **recipe, **where)
     table = pd.DataFrame(records)
     cols = ["pool", "member", "top1", "top5", "nll", "ece", "train_s"]
     with pd.option_context("display.width", 160, "display.max_columns", 20):

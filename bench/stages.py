@@ -71,7 +71,7 @@ def run_teachers(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any
     if "stack" in spec:
         return run_teacher_stack(spec["stack"], grid, roots)
     fields, noted = member_training(spec, roots)
-    return train_member(_pool(spec), spec["member"], teachers=roots.teachers, results=roots.results, grid=grid,
+    return train_member(_pool(spec), spec["member"], results=roots.results, grid=grid,
                         run=run_id(spec), run_dir=member_dir(roots, spec), pool_name=spec["pool"],
                         progress=False, noted=noted, **fields)
 
@@ -83,7 +83,7 @@ def run_teacher_stack(specs: list[dict[str, Any]], grid: str, roots: Roots) -> d
     if "base" in first or "ranges" in first:  # bench.plan never stacks them: each trains its own way
         raise BenchError("members with a base or drawn hyperparameters are trained one at a time")
     recipe = {**first["recipe"], "data_root": data_root_of(first["recipe"])}
-    records = train_members(_pool(first), [s["member"] for s in specs], teachers=roots.teachers,
+    records = train_members(_pool(first), [s["member"] for s in specs],
                             results=roots.results, grid=grid, runs=[run_id(s) for s in specs],
                             run_dirs=[member_dir(roots, s) for s in specs], pool_name=first["pool"],
                             progress=False, **recipe)

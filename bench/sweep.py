@@ -31,7 +31,7 @@ import submitit
 from tqdm import tqdm
 
 from bench import smoke
-from bench.config import Grid, grid_path, load_grid, parse_seeds, read_yaml, select_archs, with_seeds
+from bench.config import Grid, grid_path, load_grid, narrowed, parse_seeds, read_yaml
 from bench.errors import BenchError, choose, cli
 from bench.estimate import (DEFAULT_TFLOPS, TFLOPS_SOURCE, check_tflops, gpu_hours, job_flops, net_of,
                             training_config)
@@ -178,11 +178,7 @@ def make_plan(grid: Grid, roots: Roots, force: bool = False, selection: dict[str
 def selected_grid(grid: str | Path, scale: str, selection: dict[str, Any]) -> Grid:
     """The grid file narrowed as `selection` says: `seeds` (--seeds), `archs` (--archs),
     `smoke_steps` (--smoke)."""
-    out = load_grid(grid, scale)
-    if selection.get("seeds"):
-        out = with_seeds(out, tuple(selection["seeds"]))
-    if selection.get("archs"):
-        out = select_archs(out, list(selection["archs"]))
+    out = narrowed(load_grid(grid, scale), selection)
     return smoke.smoke_grid(out) if selection.get("smoke_steps") else out
 
 
@@ -682,14 +678,20 @@ def preflight(plan: Plan, roots: Roots, create: bool, smoke: bool = False) -> No
             raise BenchError(f"pool {pool.name}: data root {root} is not a folder")
 
 
+# What the slurm executor runs: sbatch submits each array, and submitit starts every task through
+# srun (without it submitit refuses to submit at all).
+SLURM_COMMANDS = ("sbatch", "srun")
+
+
 def resolve_cluster(name: str) -> str:
     choose("cluster", name, CLUSTERS)
-    if name == "auto":
-        return "slurm" if shutil.which("sbatch") else "local"
-    if name == "slurm" and not shutil.which("sbatch"):
-        raise BenchError("--cluster slurm: sbatch not found on this machine (use --cluster local, or start "
-                         "a one-node SLURM with bench/scripts/slurm_local.sh start)")
-    return name
+    cluster = name if name != "auto" else "slurm" if shutil.which("sbatch") else "local"
+    missing = [c for c in SLURM_COMMANDS if not shutil.which(c)] if cluster == "slurm" else []
+    if missing:
+        how = " picked slurm (sbatch is on PATH), but" if name == "auto" else ":"
+        raise BenchError(f"--cluster {name}{how} {' and '.join(missing)} not found on this machine (use --cluster "
+                         f"local, or start a one-node SLURM with bench/scripts/slurm_local.sh start)")
+    return cluster
 
 
 @cli

@@ -88,3 +88,22 @@ def test_unknown_grid_lists_the_shipped_ones(tmp_path):
         load_grid("mian_table")
     with pytest.raises(BenchError, match="not found"):
         load_grid(str(tmp_path / "mine.yaml"))
+
+
+def test_a_folder_given_as_a_grid_is_named_a_folder(tmp_path, monkeypatch, capsys):
+    from bench.config import GRID_DIR, grid_path
+    from bench.report import main as report
+    from bench.sweep import main as sweep
+
+    with pytest.raises(BenchError, match=f"grid {tmp_path} is a folder; a grid is a .yaml file, or one of: .*smoke"):
+        load_grid(str(tmp_path))
+    for main in (sweep, report):
+        with pytest.raises(SystemExit) as stop:
+            main(["--grid", str(tmp_path), "--results-root", str(tmp_path / "results")])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1 and "is a folder" in err, err
+    assert not (tmp_path / "results").exists()
+    # A folder named like a shipped grid (results/main_table, when run from results/) does not hide it.
+    (tmp_path / "main_table").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert grid_path("main_table") == GRID_DIR / "main_table.yaml"

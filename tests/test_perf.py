@@ -83,3 +83,27 @@ def test_training_step_rows_pair_each_architecture_before_and_after(tmp_path):
     assert all(r.median > 0 and r.settings["baseline_median"] > 0 and r.settings["threads"] == 1 for r in rows)
     assert rows[0].unit == "steps/s" and rows[1].unit == "images/s"
     assert torch.get_num_threads() == threads  # the benchmark's one thread is not left behind
+
+
+# Every size at its least: the benchmarks' code, not their numbers.
+SMALLEST = perf.Sizes(gemm_n=64, pool_archs=("vgg11",), pool_members=(2,), pool_steps=1, pool_batch=4,
+                      meta_archs=("vgg11",), meta_options={"steps": 2, "batch_size": 8, "d_model": 16, "depth": 1,
+                                                           "heads": 2},
+                      meta_count_archs=("vgg11",), meta_count_scale="tiny", loader=(2, 4, 32, 32, 4),
+                      kd_archs=("vgg11",), kd_teacher_epochs=1, kd_epochs=1, step_archs=("vgg11",), step_steps=1)
+
+
+def test_quick_runs_every_benchmark_to_the_end(tmp_path, monkeypatch, capsys):
+    from bench.data.ffcv import ffcv_available
+    from bench.paths import project_root
+
+    monkeypatch.setattr(perf, "QUICK", SMALLEST)
+    out = tmp_path / "perf.json"
+    # The committed main table's records stand in for a demo run (time_to_student, tiny_main_table).
+    perf.main(["--quick", "--repeat", "1", "--results-root", str(project_root() / "results"), "--out", str(out)])
+    result = json.loads(out.read_text())
+    # The loader compares FFCV with torchvision: where FFCV is not installed it says so and the rest run.
+    assert set(result["not_run"]) == (set() if ffcv_available() else {"loader"}), result["not_run"]
+    ran = {r["name"].split("/")[0] for r in result["rows"]}
+    assert ran == (set(perf.BENCHMARKS) | {"eval_forward"}) - set(result["not_run"])
+    assert all(math.isfinite(r["ratio"]) and r["median"] > 0 for r in result["rows"]), result["rows"]

@@ -4,6 +4,7 @@ import statistics
 import subprocess
 import sys
 from itertools import dropwhile, takewhile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -254,6 +255,20 @@ def test_missing_cells_failed_runs_and_corrupt_records(tmp_path):
     assert md_cells(text, "top-1 (%)").set_index("method").loc["single", "vgg11 / digits"] == "missing (0 of 3 runs)"
 
 
+def test_a_truncated_record_is_skipped_in_one_line(tmp_path):
+    """The command names the record it skips in one line, not Python's warning with a line of the
+    report's own source."""
+    path = planned_grid(tmp_path)
+    (tmp_path / "p" / "records" / "zz-corrupt.json").unlink()
+    victim = sorted((tmp_path / "p" / "records").glob("*.json"))[0]
+    victim.write_bytes(victim.read_bytes()[:40])  # as a copy cut short leaves it
+    r = subprocess.run([sys.executable, "-m", "bench.report", "--grid", str(path), "--results-root", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"warning: skipping unreadable record p/records/{victim.name}: "), r.stderr
+
+
 def wf_ablation_grid(tmp_path):
     folder = tmp_path / "w" / "records"
     run(folder, "weightformer", [96.0, 96.5, 97.0], variant="weightformer", **WF)
@@ -411,6 +426,25 @@ def test_rerun_sets_each_claim_beside_the_same_grid_run_with_other_seeds(tmp_pat
         (tmp_path / "empty" / "c" / "records").mkdir(parents=True)
         write_record(tmp_path / "empty" / "c" / "records", {"run_id": "t", "status": "done", "stage": "teachers"})
         report("c", here.parent, rerun=tmp_path / "empty")
+
+def test_a_rerun_under_the_results_root_is_reported_without_being_named(tmp_path, monkeypatch, capsys):
+    """The README's rerun goes to <results>/rerun: the plain report finds it, and writes the bytes
+    the report given --rerun wrote, from any working directory."""
+    root = tmp_path / "results"
+    claims_grid(root)
+    run(root / "rerun" / "c" / "records", "single", [90.4, 90.5, 90.6], teacher_members=[[7, 8], [8, 9], [7, 9]])
+    run(root / "rerun" / "c" / "records", "ensemble", [95.3, 95.6, 95.5], teacher_members=[[7, 8], [8, 9], [7, 9]])
+    monkeypatch.chdir(tmp_path)
+    report("c", Path("results"), rerun=Path("results/rerun"))  # python -m bench.report --rerun results/rerun
+    named = {p.name: p.read_bytes() for p in (root / "c" / "report").glob("*.*")}
+    assert {"rerun.md", "rerun.csv"} <= set(named) and b"records under results/rerun" in named["rerun.md"]
+    for name in ("rerun.md", "rerun.csv"):
+        (root / "c" / "report" / name).unlink()
+    monkeypatch.chdir(root / "c")
+    main(["--results-root", str(root)])  # every grid with records: "c" (results/rerun holds none itself)
+    assert "report: " in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (root / "c" / "report").glob("*.*")} == named
+
 
 def test_rerun_needs_one_grid(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:

@@ -158,19 +158,14 @@ def test_a_bundle_runs_every_job_whatever_fails(tmp_path):
                for o in outcome.values())
 
 
-def test_generated_sbatch_holds_the_array_and_the_dependency(mini, tmp_path):
-    """A stand-in `sbatch` records what it is given: the text submitit generates."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(
-        "#!/bin/sh\nn=$(cat \"$0.count\" 2>/dev/null || echo 100); n=$((n+1)); echo $n > \"$0.count\"\n"
-        "cp \"$1\" \"$0.$n.sh\"\necho \"Submitted batch job $n\"\n")
-    (bin_dir / "sbatch").chmod(0o755)
+def test_generated_sbatch_holds_the_array_and_the_dependency(mini, tmp_path, fake_slurm):
+    """A stand-in `sbatch` records what it is given: the text submitit generates. Stand-ins for
+    every SLURM command come first on PATH (tests/conftest.py): no real cluster is needed or reached."""
+    path = {"PATH": f"{fake_slurm}:{os.environ['PATH']}"}
     r = sweep("--grid", str(mini), "--cluster", "slurm", "--partition", "debug", "--timeout-min", "7",
-              "--teachers-root", str(tmp_path / "teachers"), "--results-root", str(tmp_path / "results"),
-              env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+              "--teachers-root", str(tmp_path / "teachers"), "--results-root", str(tmp_path / "results"), env=path)
     assert r.returncode == 0, r.stderr
-    teachers, methods = (bin_dir / "sbatch.101.sh").read_text(), (bin_dir / "sbatch.102.sh").read_text()
+    teachers, methods = (fake_slurm / "sbatch.101.sh").read_text(), (fake_slurm / "sbatch.102.sh").read_text()
     # The three members are one stack (sweeps/cluster.yaml: tiny teachers stack 16): one job, no array.
     assert "--array" not in teachers and "dependency" not in teachers
     assert "#SBATCH --array=0-3" in methods and "#SBATCH --dependency=afterok:101" in methods
@@ -178,9 +173,12 @@ def test_generated_sbatch_holds_the_array_and_the_dependency(mini, tmp_path):
     manifest = json.loads((tmp_path / "results" / "mini" / "sweep.json").read_text())
     assert [j["job_id"] for j in manifest["stages"]["teachers"]] == ["101", "101", "101"]
     one = sweep("--grid", str(mini), "--cluster", "slurm", "--stack", "1", "--teachers-root", str(tmp_path / "t1"),
-                "--results-root", str(tmp_path / "r1"), env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+                "--results-root", str(tmp_path / "r1"), env=path)
     assert one.returncode == 0, one.stderr
-    assert "#SBATCH --array=0-2" in (bin_dir / "sbatch.103.sh").read_text()  # --stack 1: a task per member
+    assert "#SBATCH --array=0-2" in (fake_slurm / "sbatch.103.sh").read_text()  # --stack 1: a task per member
+    # Submitting calls sbatch and nothing else (srun runs inside the jobs, on the cluster).
+    calls = (fake_slurm / "calls").read_text().splitlines()
+    assert len(calls) == 4 and all(c.startswith("sbatch ") for c in calls), calls  # 2 stages x 2 sweeps
 
 
 def test_teachers_are_grouped_into_stacks_that_keep_every_members_job():
@@ -229,9 +227,24 @@ def test_bad_input_stops_with_one_line(args, words, tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_slurm_without_sbatch_and_unwritable_root_stop_before_submitting(mini, tmp_path):
-    no_sbatch = sweep("--grid", str(mini), "--cluster", "slurm", env={"PATH": str(Path(sys.executable).parent)})
-    assert no_sbatch.returncode == 2 and "sbatch not found" in no_sbatch.stderr
+@pytest.mark.parametrize("cluster, have, missing", [
+    ("slurm", (), "sbatch and srun not found"),
+    ("slurm", ("sbatch",), "srun not found"),
+    ("slurm", ("srun",), "sbatch not found"),
+    ("auto", ("sbatch",), "--cluster auto picked slurm (sbatch is on PATH), but srun not found"),
+])
+def test_slurm_without_its_commands_stops_before_submitting(mini, tmp_path, fake_slurm, cluster, have, missing):
+    for name in {"sbatch", "srun"} - set(have):
+        (fake_slurm / name).unlink()
+    # Only the stand-ins and Python on PATH: a real SLURM elsewhere on this machine is not seen.
+    r = sweep("--grid", str(mini), "--cluster", cluster, "--teachers-root", str(tmp_path / "teachers"),
+              "--results-root", str(tmp_path / "results"), env={"PATH": f"{fake_slurm}:{Path(sys.executable).parent}"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and missing in r.stderr, r.stderr
+    assert not (tmp_path / "teachers").exists() and not (tmp_path / "results").exists()
+    assert not (fake_slurm / "calls").exists()
+
+
+def test_an_unwritable_root_stops_before_submitting(mini, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     r = sweep("--grid", str(mini), "--cluster", "debug", "--results-root", str(blocker / "results"),
@@ -318,13 +331,36 @@ def test_seeds_flag_reruns_the_grid_on_other_groups(mini, tmp_path):
     # The report plans the seeds the sweep ran: none of its records is left out as stale.
     report("mini", tmp_path / "r", grid_file=mini)
     assert "left out" not in (tmp_path / "r" / "mini" / "report" / "index.md").read_text()
-    # ... and without the manifest (records copied from a cluster), from the records' own seeds.
+    # ... and without the manifest (records copied from a cluster), from the records' own seeds:
+    # none of them is the grid's own, so the grid's own are not listed as missing either.
     (tmp_path / "r" / "mini" / "sweep.json").unlink()
     report("mini", tmp_path / "r", grid_file=mini)
     assert "left out" not in (tmp_path / "r" / "mini" / "report" / "index.md").read_text()
+    assert "## Missing cells (0)" in (tmp_path / "r" / "mini" / "report" / "failed.md").read_text()
     bad = sweep("--grid", str(mini), "--seeds", "1,1", "--dry-run", *r)
     assert bad.returncode == 2 and bad.stderr.strip().endswith("expected a count (5), or distinct whole numbers "
                                                                 ">= 0 and ranges (5-9 or 0,2,7-9)"), bad.stderr
+
+
+def test_the_report_plans_what_a_narrowed_sweep_planned(mini, tmp_path):
+    """A sweep given --seeds and --archs keeps them in its manifest; the report plans the same
+    jobs from it, so the pools left out are not listed as missing."""
+    from bench.report.tables import missing_lines, planned_runs
+    from bench.sweep import selected_grid, write_manifest
+
+    # Valid at both scales (the report plans every scale): no tiny-only recipe.
+    mini.write_text("n_teachers: 2\nseeds: 2\npools:\n  - {arch: vgg11, dataset: digits, members: 5}\n"
+                    "  - {arch: resnet50, dataset: digits, members: 3}\nmethods: [single, ensemble]\n")
+    selection = {"seeds": [3, 4], "archs": ["vgg11"]}
+    where = roots(tmp_path)
+    plan = make_plan(selected_grid(mini, "tiny", selection), where, selection=selection)
+    write_manifest(plan, "debug", {})
+    swept = {j.run_id for jobs in plan.stages.values() for j in jobs}
+    runs, planned, _, _ = planned_runs("mini", where.results, mini)
+    assert planned.ids_at_scales == swept and {j.spec["arch"] for j in plan.stages["teachers"]} == {"vgg11"}
+    assert planned.settings == ["vgg11 / digits"]
+    assert missing_lines(runs, planned) == ["single on vgg11 / digits: 0 of 2 runs finished",
+                                            "ensemble on vgg11 / digits: 0 of 2 runs finished"]
 
 
 def test_pools_with_other_recipes_never_share_a_teacher_folder(mini, tmp_path):

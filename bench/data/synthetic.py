@@ -24,7 +24,10 @@ def _textures(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
 
     cells = max(2, size // 8)
     coarse = rng.integers(0, 256, (count, cells, cells, 3), dtype=np.uint8)
-    return np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.BILINEAR)) for c in coarse])
+    out = np.empty((count, size, size, 3), dtype=np.uint8)  # a split of 0 images is an empty array
+    for i, c in enumerate(coarse):
+        out[i] = np.asarray(Image.fromarray(c).resize((size, size), Image.BILINEAR))
+    return out
 
 
 def write_cifar(root: Path, variant: str, per_class: dict[str, int], seed: int = 0) -> Path:

@@ -1,7 +1,8 @@
 """`python -m bench.report`: tables, claim verdicts, costs, ablation plots and provenance from run records.
 
 tables.py  the CLI, main tables, costs, failed runs, index pages (the outputs are listed there)
-claims.py  claim verdicts from Welch confidence intervals; anchors beside published numbers
+claims.py  claim verdicts from paired t confidence intervals over groups of teachers; anchors beside
+           published numbers
 plots.py   ablation figures (PNG and PDF)
 frame.py   what they share: labelling runs, ordering rows and columns, Markdown / LaTeX / CSV
 """

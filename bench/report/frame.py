@@ -9,6 +9,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from bench.config import default_pool_name
+
 # The soups together, the learned soup (WeightFormer with N x L parameters) right above WeightFormer.
 METHOD_ORDER = ("single", "ensemble", "kd", "self_distill", "soup", "aligned_soup", "greedy_soup", "learned_soup",
                 "weightformer", "weightformer_ft")
@@ -29,7 +31,7 @@ def setting_label(arch: str, dataset: str, init: str | None, pool: str | None = 
     # grid names itself (a teacher zoo beside the default pool of the same setting).
     missing = init is None or (isinstance(init, float) and math.isnan(init))
     label = f"{arch} / {dataset}" + ("" if missing or init == "scratch" else f" [{init}]")
-    named = isinstance(pool, str) and pool and not missing and pool != f"{arch}-{dataset}-{scale}-{init}"
+    named = isinstance(pool, str) and pool and not missing and pool != default_pool_name(arch, dataset, scale, init)
     return label + (f" [{pool}]" if named and isinstance(scale, str) else "")
 
 

@@ -9,7 +9,8 @@ Reads a grid's run records (`results/<grid>/records/*.json`) and writes its repo
   bold (csv: long form, `best` column). A cell the grid plans but no run finished shows
   "missing (k of n runs)"; a cell the grid does not plan shows "—".
 - claims.{md,tex,csv}: the WeightFormer and Allen-Zhu & Li claims per setting: supported / not
-  supported / inconclusive from the Welch 95% CI of the top-1 difference (bench.report.claims).
+  supported / inconclusive from the paired 95% t interval of the top-1 difference over distinct groups
+  of teachers (bench.report.claims).
 - costs.{md,tex,csv}: time to make each student, forward passes per test image, cost relative to
   KD, and how many ensembles repay WeightFormer's meta-training.
 - plots/<axis>.{png,pdf} and ablations.csv: WeightFormer ablations, one figure per setting the
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.config import SCALES, grid_path, load_grid, with_seeds
+from bench.config import SCALES, grid_path, load_grid, narrowed, with_seeds
 from bench.errors import BenchError, cli
 from bench.io import atomic_write_bytes
 from bench.paths import results_root
@@ -68,36 +69,51 @@ class Plan:
     counterpart: dict[tuple[str, str], str] = field(default_factory=dict)  # pool (arch, dataset) -> paper dataset
 
 
-def grid_plan(grid: str | Path, scales: set[str] | None = None, seeds: tuple[int, ...] | None = None,
+def grid_plan(grid: str | Path, scales: set[str] | None = None, selection: dict | None = None,
               recorded: set[int] = frozenset()) -> Plan | None:
-    """The grid file's plan, with `seeds` instead of its own where the sweep was given --seeds;
-    without them (the manifest gone: records copied from a cluster) with the `recorded` seeds of
-    the method records added, so that a --seeds run's records are not left out as another
-    version's. None when the grid file is not known."""
+    """The grid file's plan as the sweep narrowed it (`selection`: its manifest's --seeds and
+    --archs, bench.config.narrowed); without --seeds there (the manifest gone: records copied from
+    a cluster) with the seeds the method records hold (`recorded`, `recorded_seeds`), so that a
+    --seeds run's records are not left out as another version's. A grid written for one scale (a
+    tiny-only recipe) is planned at the scales it loads at. None when the grid file is not known or
+    does not load at the records' scales."""
     plan, roots = Plan(), Roots(Path("."), Path("."))
-    try:
-        grids = {scale: load_grid(str(grid), scale) for scale in SCALES}
-    except BenchError:
+    grids, jobs = {}, {}
+    for scale in SCALES:
+        try:
+            g = load_grid(str(grid), scale)
+            grids[scale] = narrowed(with_seeds(g, recorded_seeds(g.seeds, recorded)), selection or {})
+            jobs[scale] = [job for stage in STAGES.values() for job in stage.plan(grids[scale], roots)]
+        except BenchError:
+            grids.pop(scale, None)
+    if not grids or not set(scales or ()) <= set(grids):
         return None
-    grids = {scale: with_seeds(g, seeds or (*g.seeds, *sorted(set(recorded) - set(g.seeds))))
-             for scale, g in grids.items()}
     for scale, g in grids.items():
-        plan.counterpart.update({(p.arch, p.dataset): q.dataset for p, q in zip(g.pools, grids["paper"].pools)})
-        for stage in STAGES.values():
-            for job in stage.plan(g, roots):
-                plan.ids.add(job.run_id)
-                if not scales or scale in scales:
-                    plan.ids_at_scales.add(job.run_id)
-                if job.stage != "methods" or (scales and scale not in scales):
-                    continue
-                t = job.spec["teachers"][0]
-                variant = job.spec.get("variant") or job.spec["method"]
-                setting = setting_label(t["arch"], t["dataset"], t["init"], t["pool"], t["scale"])
-                plan.expected[variant, setting] += 1
-                plan.methods.setdefault(variant, job.spec["method"])
-                if setting not in plan.settings:
-                    plan.settings.append(setting)
+        if "paper" in grids:
+            plan.counterpart.update({(p.arch, p.dataset): q.dataset for p, q in zip(g.pools, grids["paper"].pools)})
+        for job in jobs[scale]:
+            plan.ids.add(job.run_id)
+            if not scales or scale in scales:
+                plan.ids_at_scales.add(job.run_id)
+            if job.stage != "methods" or (scales and scale not in scales):
+                continue
+            t = job.spec["teachers"][0]
+            variant = job.spec.get("variant") or job.spec["method"]
+            setting = setting_label(t["arch"], t["dataset"], t["init"], t["pool"], t["scale"])
+            plan.expected[variant, setting] += 1
+            plan.methods.setdefault(variant, job.spec["method"])
+            if setting not in plan.settings:
+                plan.settings.append(setting)
     return plan
+
+
+def recorded_seeds(own: tuple[int, ...], recorded: set[int]) -> tuple[int, ...]:
+    """The seeds to plan where no manifest says: the grid's own and any others the records hold;
+    the records' alone where they hold none of the grid's own (a --seeds run: every job of the
+    grid's own seeds, failed or not, would have left a record)."""
+    if recorded and not set(recorded) & set(own):
+        return tuple(sorted(recorded))
+    return (*own, *sorted(set(recorded) - set(own)))
 
 
 # --- main table --------------------------------------------------------------------------------
@@ -330,10 +346,9 @@ def record_scales(runs: pd.DataFrame, folder: Path) -> set[str]:
     return scales or {"tiny"}
 
 
-def swept_seeds(folder: Path) -> tuple[int, ...] | None:
-    """The seeds the sweep was given instead of the grid's (--seeds), from its manifest."""
-    seeds = (manifest(folder).get("selection") or {}).get("seeds")
-    return tuple(seeds) if seeds else None
+def swept_selection(folder: Path) -> dict:
+    """How the sweep narrowed the grid file (--seeds, --archs), from its manifest; {} where none."""
+    return manifest(folder).get("selection") or {}
 
 
 def planned_runs(grid: str, root: Path, grid_file: str | Path | None = None
@@ -352,7 +367,7 @@ def planned_runs(grid: str, root: Path, grid_file: str | Path | None = None
                          f"that the plan runs and are no results; `python -m bench.sweep --status --smoke` shows it")
     recorded = {int(s) for s, stage in zip(column(runs, "seed"), column(runs, "stage")) if stage == "methods"
                 and pd.notna(s)}  # a record without a seed reads as NaN, not None
-    plan = grid_plan(grid_file or grid, record_scales(runs, root / grid), swept_seeds(root / grid), recorded)
+    plan = grid_plan(grid_file or grid, record_scales(runs, root / grid), swept_selection(root / grid), recorded)
     if runs.empty and plan is None:
         raise BenchError(f"no records for grid {grid!r} under {root / grid / 'records'}; run the sweep first")
     stale = 0
@@ -360,6 +375,26 @@ def planned_runs(grid: str, root: Path, grid_file: str | Path | None = None
         keep = runs.run_id.isin(plan.ids)
         stale, runs = int((~keep).sum()), runs[keep]
     return runs, plan, stale, skipped
+
+
+# Where the README's rerun command writes a grid's rerun (`bench.sweep --seeds 7-13 --results-root
+# results/rerun`): `python -m bench.report` sets a rerun found there beside the grid's claims by
+# itself, so the plain command regenerates a report first made with --rerun byte for byte.
+RERUN_ROOT = "rerun"
+
+
+def found_rerun(root: Path, grid: str) -> Path | None:
+    """`root/rerun` where it holds records of `grid` (a rerun of it), else None."""
+    rerun = root / RERUN_ROOT
+    return rerun if any((rerun / grid / "records").glob("*.json")) else None
+
+
+def shown_path(path: Path, root: Path) -> str:
+    """`path` as a report names it: from the results root's parent where it lies below the results
+    root (`results/rerun`), so the report's bytes depend neither on where the checkout is nor on
+    the directory the command ran in; else as given."""
+    full, base = path.resolve(), root.resolve()
+    return full.relative_to(base.parent).as_posix() if full.is_relative_to(base) else str(path)
 
 
 def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, ...] = FORMATS,
@@ -386,7 +421,8 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
         if other.empty:
             raise BenchError(f"--rerun {rerun}: no finished method runs of grid {grid!r} under {rerun / grid / 'records'}")
         moved = rerun_table(claims, claim_table(other, settings))
-        outputs["rerun"] = (rerun_render(moved, shared_groups(done, other), grid, str(rerun)), None, moved)
+        outputs["rerun"] = (rerun_render(moved, shared_groups(done, other), grid, shown_path(rerun, root)), None,
+                            moved)
     costs = cost_table(done, settings)
     outputs["costs"] = (*render_costs(costs, grid), costs)
     for name, (md, tex, frame) in outputs.items():
@@ -431,8 +467,9 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
     # Outputs of an earlier report that these records no longer give.
     for name in {n for n in OUTPUTS if n.endswith(formats) or n == "anchors.md"} - set(written):
         (out / name).unlink(missing_ok=True)
-    if "rerun.md" not in written and (out / "rerun.md").exists():  # from a report given --rerun: kept
-        written.append("rerun.md")
+    if rerun is None:  # the comparison of an earlier report given --rerun is kept, and linked where it was
+        at = max((i + 1 for i, n in enumerate(written) if n.startswith("claims.")), default=len(written))
+        written[at:at] = [n for n in ("rerun.md", "rerun.csv") if (out / n).exists()]
     links = [f"- [{n}]({n})" for n in written if n != "failed.md"] + \
         [f"- [plots/{a}.png](plots/{a}.png), [pdf](plots/{a}.pdf): top-1 against {a}" for a in axes] + \
         [f"- [plots/{a}.png](plots/{a}.png), [pdf](plots/{a}.pdf): {PLOT_TITLES[a]}" for a in extra_plots] + \
@@ -468,7 +505,8 @@ def main(argv: list[str] | None = None) -> None:
                                             "(default results/<grid>/report)")
     p.add_argument("--format", default=",".join(FORMATS), help="tables to write: any of md,tex,csv (default all)")
     p.add_argument("--rerun", type=Path, help="results root of the same grid run with other seeds "
-                                              "(bench.sweep --seeds): its claims beside these, in rerun.md")
+                                              "(bench.sweep --seeds): its claims beside these, in rerun.md (default: "
+                                              f"<results root>/{RERUN_ROOT} where it holds the grid's records)")
     a = p.parse_args(argv)
     root, formats = results_root(a.results_root), parse_formats(a.format)
     if a.rerun is not None and not a.grid:
@@ -478,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
         if root.is_dir() else []
     for name, source in grids or [("main_table", "main_table")]:
         out = a.out / name if a.out else None
-        print(report(name, root, out, formats, source, a.rerun))
+        print(report(name, root, out, formats, source, a.rerun or found_rerun(root, name)))
         print(f"report: {(out or root / name / 'report') / 'index.md'}\n")
     top = a.out or root
     write_top_index(top, sorted(top.glob("*/index.md") if a.out else top.glob("*/report/index.md")))
