@@ -47,7 +47,7 @@ def test_split_sizes_are_those_of_the_loaded_splits():
 
 
 def tiny_jobs(tmp_path):
-    grid = load_grid("main_table", "tiny")
+    grid = load_grid("main_table_scratch", "tiny")
     roots = Roots.resolve(str(tmp_path / "t"), str(tmp_path / "r"))
     return grid, {name: stage.plan(grid, roots) for name, stage in STAGES.items()}
 
@@ -97,7 +97,7 @@ def test_the_soup_controls_estimates_count_their_work(tmp_path):
 
 
 def dry_run(capsys, *flags):
-    main(["--grid", "main_table", "--scale", "tiny", "--cluster", "local", "--dry-run", *flags])
+    main(["--grid", "main_table_scratch", "--scale", "tiny", "--cluster", "local", "--dry-run", *flags])
     return capsys.readouterr().out.splitlines()
 
 

@@ -235,3 +235,15 @@ def test_a_smoke_with_standin_weights_writes_one_file_per_pretrained_weight(tmp_
     smoke.prepare(grid, roots, 1, write=True, standin_weights=True)
     assert sorted(p.name for p in (tmp_path / "r" / "pretrained").iterdir()) == ["resnet50.tv_in1k.safetensors"]
     assert __import__("os").environ[PRETRAINED_ENV] == str(tmp_path / "r" / "pretrained")
+
+
+def test_a_member_that_draws_its_epochs_is_estimated_at_them(tmp_path):
+    from bench.estimate import teacher_job_flops
+
+    grid = load_grid(grid_file(tmp_path, """\
+        - {arch: vgg11, dataset: digits, init: pretrained, members: 6, base: {dataset: multiview},
+           recipe: {epochs: 1}, ranges: {epochs: [1, 8]}}"""))
+    jobs = STAGES["teachers"].plan(grid, Roots(tmp_path / "t", tmp_path / "r"))
+    per_epoch = {teacher_job_flops(j.spec) / draw(j.spec["ranges"], j.spec["member"])["epochs"] for j in jobs}
+    assert len({round(f) for f in per_epoch}) == 1 and len({draw(j.spec["ranges"], j.spec["member"])["epochs"]
+                                                          for j in jobs}) > 1

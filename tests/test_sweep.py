@@ -184,7 +184,7 @@ def test_generated_sbatch_holds_the_array_and_the_dependency(mini, tmp_path, fak
 def test_teachers_are_grouped_into_stacks_that_keep_every_members_job():
     from bench.plan import unit_spec, units
 
-    grid = load_grid("main_table", "tiny")
+    grid = load_grid("main_table_scratch", "tiny")
     jobs = make_plan(grid, Roots(Path("/nonexistent"), Path("/nonexistent"))).stages["teachers"]
     stacks = units("teachers", jobs, 5)
     assert [j.run_id for u in stacks for j in u] == [j.run_id for j in jobs]  # every member, in plan order
@@ -198,6 +198,9 @@ def test_teachers_are_grouped_into_stacks_that_keep_every_members_job():
     spec = unit_spec(stacks[0])
     assert spec["stage"] == "teachers" and [run_id(s) for s in spec["stack"]] == [j.run_id for j in stacks[0]]
     assert unit_spec(stacks[-1]) == stacks[-1][0].spec
+    # Members fine-tuned from a base (each from its own start, some with drawn hyperparameters) never stack.
+    finetuned = make_plan(load_grid("main_table", "tiny"), Roots(Path("/nonexistent"), Path("/nonexistent")))
+    assert all(len(u) == 1 for u in units("teachers", finetuned.stages["teachers"], 16))
 
 
 def test_every_committed_teacher_record_is_still_planned():
