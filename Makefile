@@ -22,7 +22,7 @@ demo: install
 test: install
 	$(PYTHON) -m pytest
 
-# The paper-scale main table's smoke (VGG-11, ResNet-50) on the CPU through SLURM (needs one:
+# The paper-scale smoke of the scratch main table (VGG-11, ResNet-50 at 32 px) on the CPU through SLURM (needs one:
 # bench/scripts/slurm_local.sh start), some minutes; CI runs it after the suite.
 smoke-test: install
 	$(PYTHON) -m pytest -m slow
