@@ -6,6 +6,9 @@ it to validate recipes and compute run ids without importing the training engine
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,10 +111,6 @@ def check_ranges(ranges: Mapping[str, Any], where: str) -> dict[str, list]:
 def draw(ranges: Mapping[str, list], seed: int) -> dict[str, Any]:
     """Member `seed`'s values from a pool's `ranges`: a function of the seed and the key alone (each
     key has its own stream, so adding a range leaves the other draws as they were)."""
-    import hashlib
-    import math
-    import random
-
     out: dict[str, Any] = {}
     for key, (low, high) in sorted(ranges.items()):
         u = random.Random(int.from_bytes(hashlib.sha256(f"draw:{seed}:{key}".encode()).digest()[:8], "little")).random()
