@@ -25,7 +25,7 @@ from bench.data.synthetic import write_smoke_data
 from bench.errors import BenchError
 from bench.models import PRETRAINED_ENV, pretrained_name, write_standin_weights
 from bench.plan import Roots
-from bench.system import SMOKE_STEPS_ENV
+from bench.system import SMOKE_BATCH_ENV, SMOKE_STEPS_ENV
 
 DEFAULT_STEPS = 2
 # A smoke's resources are the stage's, but no task needs a day: a short limit schedules sooner.
@@ -64,14 +64,23 @@ def check_steps(steps: int) -> int:
     return steps
 
 
-def prepare(grid: Grid, roots: Roots, steps: int, write: bool = True, standin_weights: bool = False) -> Path:
+def check_batch(batch_size: int) -> int:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise BenchError(f"--smoke-batch-size must be a whole number of images, at least 1, got {batch_size}")
+    return batch_size
+
+
+def prepare(grid: Grid, roots: Roots, steps: int, write: bool = True, standin_weights: bool = False,
+            batch_size: int | None = None) -> Path:
     """Export the step cap and the smoke's data root to this process and every job it starts;
     write the synthetic data sets the grid's pools read from disk (`write=False`: a dry run,
     which writes nothing). `standin_weights`: pretrained pools read stand-in weights of the right
     shapes (bench.models.write_standin_weights, under the smoke's results) instead of the hub's.
-    Returns the data root."""
+    `batch_size`: every batch capped at it (bench.system.capped_batch). Returns the data root."""
     data = smoke_data_root(roots)
     os.environ[SMOKE_STEPS_ENV] = str(check_steps(steps))
+    if batch_size is not None:
+        os.environ[SMOKE_BATCH_ENV] = str(check_batch(batch_size))
     os.environ["BENCH_DATA"] = str(data)
     if write:
         write_smoke_data(data, [p.dataset for p in grid.pools if dataset_spec(p.dataset).needs_root])

@@ -621,6 +621,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the plan capped to --smoke-steps steps a job on synthetic data in the real formats, "
                         "first seed only, records under <results root>/smoke/ (bench/smoke.py)")
     p.add_argument("--smoke-steps", type=int, default=2, help="--smoke: optimiser steps per training loop")
+    p.add_argument("--smoke-batch-size", type=int,
+                   help="--smoke: cap every batch at this size, for a machine smaller than the grid's nodes "
+                        "(a CPU); without it the smoke runs the real batch sizes")
     p.add_argument("--standin-weights", action="store_true",
                    help="--smoke on a machine without the hub: pretrained pools start from stand-in weights of the "
                         "right shapes (random, fixed seed) instead of timm's")
@@ -703,9 +706,12 @@ def main(argv: list[str] | None = None) -> None:
             raise BenchError("--smoke reads its own synthetic data (written under the smoke's results); "
                              "leave out --data-root")
         smoke.check_steps(a.smoke_steps)
+        if a.smoke_batch_size is not None:
+            smoke.check_batch(a.smoke_batch_size)
         roots = smoke.smoke_roots(roots)
-    elif a.standin_weights:
-        raise BenchError("--standin-weights is for a --smoke run only: real runs read real weights")
+    elif a.standin_weights or a.smoke_batch_size is not None:
+        flag = "--standin-weights" if a.standin_weights else "--smoke-batch-size"
+        raise BenchError(f"{flag} is for a --smoke run only: real runs read real weights at real batch sizes")
     if a.status:
         print_status(grid_path(a.grid).stem, roots)
         return
@@ -729,8 +735,10 @@ def main(argv: list[str] | None = None) -> None:
     resources = {s: load_resources(a.cluster_config, grid.scale, s, flags) for s in STAGES}
     if a.smoke:
         resources = {s: smoke.resources(r, flags) for s, r in resources.items()}
-        data = smoke.prepare(grid, roots, a.smoke_steps, write=not a.dry_run, standin_weights=a.standin_weights)
-        print(f"smoke run: every training loop stops after {a.smoke_steps} steps; seed {grid.seeds[0]} only; "
+        data = smoke.prepare(grid, roots, a.smoke_steps, write=not a.dry_run, standin_weights=a.standin_weights,
+                             batch_size=a.smoke_batch_size)
+        capped = f", batches of at most {a.smoke_batch_size}" if a.smoke_batch_size else ""
+        print(f"smoke run: every training loop stops after {a.smoke_steps} steps{capped}; seed {grid.seeds[0]} only; "
               f"synthetic data in {data}; records under {roots.results / grid.name} (never results)")
     if not a.dry_run:  # what killed writers left (bench.io); a dry run changes nothing
         for root in (roots.results / grid.name, roots.teachers):
@@ -762,6 +770,7 @@ def main(argv: list[str] | None = None) -> None:
                "--cluster", "local", "--wait", "--quiet", "--teachers-root", str(base.teachers),
                "--results-root", str(base.results), "--cluster-config", str(a.cluster_config)]
         cmd += ["--smoke", "--smoke-steps", str(a.smoke_steps)] if a.smoke else []
+        cmd += ["--smoke-batch-size", str(a.smoke_batch_size)] if a.smoke_batch_size else []
         cmd += ["--standin-weights"] if a.standin_weights else []
         cmd += ["--archs", a.archs] if a.archs is not None else []
         cmd += ["--seeds", a.seeds] if a.seeds is not None else []

@@ -48,6 +48,18 @@ def capped_steps(steps: int) -> int:
     return steps if cap is None else min(steps, cap)
 
 
+# `--smoke --smoke-batch-size B` caps every batch (training and evaluation) at B, for a smoke on a
+# machine smaller than the grid's nodes (CI's CPU): the real resolutions, steps and code paths, in
+# less memory. Without it a smoke runs the real batch sizes, which is what it checks on a GPU node.
+SMOKE_BATCH_ENV = "BENCH_SMOKE_BATCH"
+
+
+def capped_batch(batch_size: int) -> int:
+    """`batch_size`, or the smoke's batch cap where it is lower."""
+    value = os.environ.get(SMOKE_BATCH_ENV, "").strip()
+    return min(batch_size, int(value)) if value.isdigit() and int(value) > 0 else batch_size
+
+
 def world() -> tuple[int, int]:
     """(rank, world size) of torch.distributed, (0, 1) when it is not initialised."""
     if dist.is_available() and dist.is_initialized():

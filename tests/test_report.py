@@ -73,7 +73,7 @@ def claims_grid(tmp_path):
     run(folder, "single", [90.4, 90.5, 90.6])
     run(folder, "ensemble", [95.3, 95.6, 95.5])  # clearly better than single
     run(folder, "kd", [95.35, 95.55, 95.5])  # clearly equal to the ensemble
-    run(folder, "self_distill", [90.45, 90.45, 90.65])  # equal to single, so not better
+    run(folder, "self_distill", [90.35, 90.45, 90.65])  # equal to single (Δ a hair below 0), so not better
     run(folder, "weightformer", [97.0], **WF)  # one seed
     run(folder, "weightformer_ft", [80.0, 81.0, 80.5], **{**WF, "wf_ft_epochs": 2})  # clearly worse
     return tmp_path / "c"
@@ -137,12 +137,15 @@ def test_pairs_are_per_group_and_a_repeated_group_counts_once():
 
 
 def test_seeds_needed_is_the_first_n_whose_interval_decides():
-    mean, sd = 0.4, 1.5  # ">": decided once the half-width drops below max(|mean|, margin - |mean|) = 0.6
-    n = seeds_needed(">", mean, sd)
+    sd = 1.5
     half = lambda k: scipy_stats.t.ppf(0.975, k - 1) * sd / math.sqrt(k)
-    assert half(n) < 0.6 <= half(n - 1)
-    assert verdict(">", mean - half(n), mean + half(n))[0] != "inconclusive"
-    assert verdict(">", mean - half(n - 1), mean + half(n - 1))[0] == "inconclusive"
+    # ">" with Δ ≤ 0: decided once the half-width drops below max(|Δ|, margin - |Δ|) = 0.6 (within the
+    # margin); with Δ > 0 only clearing 0 decides: below |Δ| = 0.4
+    for mean, gap in ((-0.4, 0.6), (0.4, 0.4)):
+        n = seeds_needed(">", mean, sd)
+        assert half(n) < gap <= half(n - 1)
+        assert verdict(">", mean - half(n), mean + half(n))[0] != "inconclusive"
+        assert verdict(">", mean - half(n - 1), mean + half(n - 1))[0] == "inconclusive"
     n = seeds_needed("≈", 1.5, 0.8)  # "≈": the interval must clear the margin: |1.5 - 1| = 0.5
     assert half_width(n, 0.8) < 0.5 <= half_width(n - 1, 0.8)
     assert seeds_needed(">", 0.0, 1.0) is not None  # within the margin is a decision too
@@ -173,7 +176,11 @@ def test_identical_replicates_are_no_evidence(tmp_path):
 def test_verdict_rules():
     assert verdict(">", 0.2, 3.0)[0] == "supported"
     assert verdict(">", -3.0, -0.1)[0] == "not supported"
-    assert verdict(">", -0.5, 0.5) == ("not supported", f"CI within ±{MARGIN_PP:g} pp: approximately equal")
+    assert verdict(">", -0.5, 0.5) == ("not supported", f"CI within ±{MARGIN_PP:g} pp, Δ ≤ 0: approximately equal")
+    # a small lead whose CI touches 0 is no verdict: "supported" (CI above 0) and "not supported"
+    # never border each other, so a rerun cannot turn one into the other by a hair
+    assert verdict(">", -0.1, 0.3)[0] == "inconclusive" and verdict(">", 0.01, 0.3)[0] == "supported"
+    assert verdict(">", -0.3, 0.1)[0] == "not supported"
     assert verdict(">", -0.5, 2.5)[0] == "inconclusive"
     assert verdict("≈", -0.9, 0.9)[0] == "supported"
     assert verdict("≈", 1.2, 3.0)[0] == "not supported" and verdict("≈", -3.0, -1.1)[0] == "not supported"

@@ -16,7 +16,7 @@ from bench.plan import Roots
 from bench.smoke import smoke_grid
 from bench.store import load_records
 from bench.sweep import make_plan
-from bench.system import SMOKE_STEPS_ENV
+from bench.system import SMOKE_BATCH_ENV, SMOKE_STEPS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,6 +85,21 @@ def test_every_training_loop_stops_at_the_smoke_cap(tmp_path, monkeypatch):
     assert history[-1]["step"] == 5
 
 
+def test_the_smoke_batch_cap_reaches_every_loader_and_the_meta_training_batches(monkeypatch):
+    from bench.data.loaders import make_loader
+    from bench.weightformer.meta_train import SoftLabels
+
+    sizes = lambda train: [len(x) for x, *_ in make_loader("digits", "train", batch_size=64, train=train)]
+    assert max(sizes(True)) == 64
+    monkeypatch.setenv(SMOKE_BATCH_ENV, "16")
+    assert max(sizes(True)) == 16 and sum(sizes(False)) == len(load_dataset("digits", None, "train"))
+    assert make_loader("digits", "val", batch_size=8, train=False).batch_size == 8  # a cap, never a raise
+    x = next(iter(make_loader("digits", "train", batch_size=2, train=False)))[0]
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), 10))
+    labels = SoftLabels([teacher], "digits", None, None, torch.device("cpu"), 64, 0, 4.0, steps=1)
+    assert len(labels.batch(0, [0])[0]) == 16
+
+
 def test_the_smoke_plan_keeps_every_stage_pool_and_row_with_one_seed():
     full = load_grid("main_table", "paper")
     grid = smoke_grid(full)
@@ -104,6 +119,8 @@ def test_the_smoke_plan_keeps_every_stage_pool_and_row_with_one_seed():
 def test_smoke_options_refused_in_one_line(tmp_path):
     for args, message in ((["--smoke", "--data-root", str(tmp_path)], "--smoke reads its own synthetic data"),
                           (["--smoke", "--smoke-steps", "0"], "--smoke-steps must be a whole number"),
+                          (["--smoke", "--smoke-batch-size", "0"], "--smoke-batch-size must be a whole number"),
+                          (["--smoke-batch-size", "8"], "--smoke-batch-size is for a --smoke run only"),
                           (["--archs", "vgg16"], "grid main_table has no pool of vgg16; its architectures: "
                                                  "resnet50, vgg11, vit_b32")):
         r = sweep("--grid", "main_table", "--scale", "paper", "--results-root", str(tmp_path / "r"), *args,

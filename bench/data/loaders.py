@@ -16,7 +16,7 @@ import torch
 from bench.data import ImageSet, dataset_spec, load_dataset, take
 from bench.data.memory import DeviceLoader, channel_stats
 from bench.errors import BenchError
-from bench.system import world
+from bench.system import capped_batch, world
 
 
 def _rendered(name: str, image_size: int | None) -> int | None:
@@ -75,6 +75,7 @@ def make_loader(name: str, split: str, *, batch_size: int, train: bool, seed: in
     `batch_size` is the global batch size; `distributed=True` gives this rank's share of every
     global batch (see the module doc; the world size must divide `batch_size`)."""
     spec = dataset_spec(name)
+    batch_size = capped_batch(batch_size)
     rank, world_size = world() if distributed else (0, 1)
     if batch_size % world_size:
         raise BenchError(f"global batch size {batch_size} is not divisible by the world size "

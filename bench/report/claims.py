@@ -25,8 +25,9 @@ RULES = (f"Each seed's group of teachers gives one paired difference top-1(A) �
          f"that group); Δ is their mean over distinct groups and the CI its {LEVEL:.0%} paired t interval. "
          f"A ≈ B (approximately equal) is supported when the CI lies within ±{MARGIN_PP:g} pp, not supported "
          f"when it lies entirely outside, inconclusive otherwise. A > B is supported when the CI lies above "
-         f"0, not supported when it lies below 0 or within ±{MARGIN_PP:g} pp (approximately equal, so A is "
-         f"not better), inconclusive otherwise. Fewer than {MIN_GROUPS} distinct groups, or differences "
+         f"0, not supported when it lies below 0, or within ±{MARGIN_PP:g} pp with Δ ≤ 0 (approximately equal and "
+         f"A not ahead), inconclusive otherwise (so a small lead whose CI touches 0 is inconclusive, never "
+         f"a verdict a rerun could turn into its opposite). Fewer than {MIN_GROUPS} distinct groups, or differences "
          f"with no spread at all, are inconclusive; an inconclusive claim gives the number of groups "
          f"(seeds) at which its observed mean and spread would decide it.")
 UNSEEN = "weightformer@held_out"  # the side "WeightFormer on teachers never used for meta-training"
@@ -71,8 +72,12 @@ def paired_ci(diffs: pd.Series, level: float = LEVEL) -> tuple[float, float, flo
 def seeds_needed(relation: str, mean: float, sd: float, margin: float = MARGIN_PP, level: float = LEVEL) -> int | None:
     """The fewest groups at which a paired t interval of this mean and spread would reach a verdict
     (None: more than MAX_SEEDS, e.g. a mean sitting on a boundary). For ">" the interval must
-    clear 0 on the mean's side or fit within ±margin; for "≈" fit within ±margin or clear it."""
-    gap = max(abs(mean), margin - abs(mean)) if relation == ">" else abs(abs(mean) - margin)
+    clear 0 on the mean's side, or, with the mean at or below 0, fit within ±margin; for "≈" fit
+    within ±margin or clear it."""
+    if relation == ">":
+        gap = mean if mean > 0 else max(-mean, margin + mean)
+    else:
+        gap = abs(abs(mean) - margin)
     if sd == 0:
         return MIN_GROUPS
     for n in range(MIN_GROUPS, MAX_SEEDS + 1):
@@ -82,15 +87,22 @@ def seeds_needed(relation: str, mean: float, sd: float, margin: float = MARGIN_P
 
 
 def verdict(relation: str, lo: float, hi: float, margin: float = MARGIN_PP) -> tuple[str, str]:
-    """(verdict, reason) for a CI [lo, hi] of A − B in pp."""
+    """(verdict, reason) for a symmetric CI [lo, hi] of A − B in pp (its mean: the midpoint).
+
+    "A > B" is not supported by a CI within the margin only where the mean is at or below 0: a
+    lead whose CI touches 0 from above is inconclusive, so that "supported" (CI above 0) and "not
+    supported" never border each other and a rerun moves a verdict to inconclusive before it could
+    turn it over."""
     within = -margin <= lo and hi <= margin
     if relation == ">":
         if lo > 0:
             return "supported", "CI above 0"
         if hi < 0:
             return "not supported", "CI below 0"
+        if within and lo + hi <= 0:
+            return "not supported", f"CI within ±{margin:g} pp, Δ ≤ 0: approximately equal"
         if within:
-            return "not supported", f"CI within ±{margin:g} pp: approximately equal"
+            return "inconclusive", "CI within the margin but Δ > 0 and the CI contains 0"
         return "inconclusive", "CI contains 0 and reaches beyond the margin"
     if within:
         return "supported", f"CI within ±{margin:g} pp"

@@ -35,6 +35,7 @@ from bench.checkpoint import load_checkpoint, paths, read_meta
 from bench.data import dataset_spec
 from bench.data.loaders import make_loader
 from bench.errors import BenchError
+from bench.system import capped_batch
 from bench.models import ARCH_SPECS
 from bench.engine import autocast, load_model
 from bench.engine.checkpointer import RunFolder
@@ -117,7 +118,7 @@ class SoftLabels:
                  device: torch.device, batch_size: int, seed: int, temperature: float,
                  steps: int, checkpoints: Sequence[Path] | None = None, channels_last: bool = False,
                  split: str = "train") -> None:
-        self.temperature, self.batch_size, self.seed = temperature, batch_size, seed
+        self.temperature, self.batch_size, self.seed = temperature, capped_batch(batch_size), seed
         # Convolutions run faster on channels-last images, on a CPU too (the teachers and the student).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.teachers = BatchedTeachers(list(models), mode="loop")  # the group changes every step
