@@ -262,7 +262,10 @@ def meta_train_step_rows(quick: bool, repeat: int, archs: tuple[str, ...] | None
 # -- loader ----------------------------------------------------------------------------------
 
 def loader_rows(quick: bool, repeat: int) -> list[Row]:
-    from bench.data.ffcv import ffcv_available, make_ffcv_loader, make_file_loader, write_beton_from
+    from bench.data.beton import write_beton_from
+    from bench.data.ffcv_loader import make_ffcv_loader
+    from bench.data.file_loader import make_file_loader
+    from bench.data.optional_ffcv import ffcv_available
     from bench.data.imagenet import load as load_imagenet
     from bench.data.synthetic import write_imagenet
     from bench.system import job_cpus

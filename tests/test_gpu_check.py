@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from bench.data.ffcv import ffcv_available
+from bench.data.optional_ffcv import ffcv_available
 from bench.scripts import gpu_check
 
 

@@ -94,7 +94,7 @@ SMALLEST = perf.Sizes(gemm_n=64, pool_archs=("vgg11",), pool_members=(2,), pool_
 
 
 def test_quick_runs_every_benchmark_to_the_end(tmp_path, monkeypatch, capsys):
-    from bench.data.ffcv import ffcv_available
+    from bench.data.optional_ffcv import ffcv_available
     from bench.paths import project_root
 
     monkeypatch.setattr(perf, "QUICK", SMALLEST)
