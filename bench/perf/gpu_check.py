@@ -1,10 +1,10 @@
 """`make gpu-check`: what the paper-scale jobs will cost on one GPU, in a few minutes, as JSON.
 
-    python -m bench.scripts.gpu_check [--out results/gpu_check.json] [--device cuda] [--tiny]
+    python -m bench.perf.gpu_check [--out results/gpu_check.json] [--device cuda] [--tiny]
 
 Sections (each one's figures, or {"skipped": reason} / {"failed": reason}, so one failure does not
 lose the rest):
-  meta_step        one paper-shape WeightFormer meta-training step (bench.perf_meta.paper_step) for
+  meta_step        one paper-shape WeightFormer meta-training step (bench.perf.meta_step.paper_step) for
                    ResNet-50 / CIFAR-100 and ViT-B/32 / ImageNet, N = 4, student batch 8, bf16
                    autocast, with and without activation checkpointing: seconds, peak CUDA memory
                    (max_memory_allocated; an out-of-memory is recorded, not raised)
@@ -55,7 +55,7 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def meta_step(device: torch.device, tiny: bool) -> dict[str, Any]:
-    from bench.perf_meta import paper_step
+    from bench.perf.meta_step import paper_step
 
     out = {}
     for arch in ("resnet50", "vit_b32"):
@@ -193,7 +193,7 @@ def gpu_check(device: torch.device, tiny: bool, sections=SECTIONS) -> dict[str, 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.scripts.gpu_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.perf.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/gpu_check.json")
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (seconds on a CPU)")
