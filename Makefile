@@ -32,4 +32,4 @@ smoke-test: install
 # teachers and FFCV on synthetic JPEGs, as JSON. `--device cpu --tiny` checks the script itself.
 GPU_CHECK_OUT ?= results/gpu_check.json
 gpu-check: install
-	$(PYTHON) -m bench.scripts.gpu_check --out $(GPU_CHECK_OUT)
+	$(PYTHON) -m bench.perf.gpu_check --out $(GPU_CHECK_OUT)

@@ -17,8 +17,13 @@ import torch
 from PIL import Image
 
 from bench.data import UNKNOWN_VIEW, ImageSet
-from bench.data import ffcv as fd
+from bench.data import beton, optional_ffcv
+from bench.data.beton import write_beton_from
+from bench.data.ffcv_loader import FFCVLoader, make_ffcv_loader
+from bench.data.file_loader import make_file_loader
+from bench.data.optional_ffcv import ffcv_available, warn_no_ffcv_once
 from bench.errors import BenchError
+from bench.system import job_cpus
 
 # When an FFCV loader is garbage-collected, numba's Dispatcher finalizer for FFCV's compiled
 # JPEG decoder can fail on its own overload table and print a harmless KeyError as "Exception
@@ -40,7 +45,7 @@ COLOURS = [(220, 30, 30), (30, 200, 40), (40, 50, 230)]
 
 
 def need_ffcv():
-    if fd.ffcv_available():  # ffcv and its compiled parts (libffcv, numba, cv2) all import
+    if ffcv_available():  # ffcv and its compiled parts (libffcv, numba, cv2) all import
         return
     if os.environ.get("BENCH_REQUIRE_FFCV"):  # CI installs FFCV: there a skip would hide a failure
         pytest.fail("BENCH_REQUIRE_FFCV is set but ffcv does not import (bench/scripts/install_ffcv.sh)")
@@ -96,12 +101,12 @@ def check_colour_batches(batches, n: int, image_size: int, atol: float):
 def test_cifar_raw_roundtrip_exact_and_every_eval_image(tmp_path):
     need_ffcv()
     data = tiny_cifar(37)  # 37 = 4 full batches of 8 and one of 5
-    out = fd.write_beton_from(data, tmp_path / "c.beton", num_workers=2)
+    out = write_beton_from(data, tmp_path / "c.beton", num_workers=2)
     assert out == tmp_path / "c.beton" and out.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.beton"]  # no temporary left
 
     common = dict(batch_size=8, seed=0, image_size=32, mean=MEAN, std=STD, device="cpu")
-    raw = fd.make_ffcv_loader(out, train=False, raw=True, **common)
+    raw = make_ffcv_loader(out, train=False, raw=True, **common)
     batches = list(raw)
     assert len(raw) == len(batches) == 5 and [len(y) for _, y, *_ in batches] == [8, 8, 8, 8, 5]
     images = torch.cat([x for x, *_ in batches])
@@ -110,13 +115,13 @@ def test_cifar_raw_roundtrip_exact_and_every_eval_image(tmp_path):
     assert torch.equal(torch.cat([i for _, _, i, _ in batches]), torch.arange(37))  # every sample's index, in order
     assert all((v == UNKNOWN_VIEW).all() for *_, v in batches)  # FFCV's views are not tracked
 
-    ev = fd.make_ffcv_loader(out, train=False, **common)
+    ev = make_ffcv_loader(out, train=False, **common)
     x = torch.cat([x for x, *_ in ev])
     expected = (data.images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
 
     # Training: seeded random order, ragged last batch dropped, epochs differ, set_epoch replays.
-    tr = fd.make_ffcv_loader(out, train=True, **common)
+    tr = make_ffcv_loader(out, train=True, **common)
     first = [(x, y) for x, y, *_ in tr]
     for _, y, i, _ in tr:  # each image's sample index names its row in the split, in FFCV's random order
         assert torch.equal(data.labels[i], y) and len(set(i.tolist())) == len(i)
@@ -126,7 +131,7 @@ def test_cifar_raw_roundtrip_exact_and_every_eval_image(tmp_path):
     order1 = torch.cat([y for _, y, *_ in tr])
     tr.set_epoch(0)
     assert torch.equal(torch.cat([y for _, y, *_ in tr]), order0)
-    again = fd.make_ffcv_loader(out, train=True, **common)
+    again = make_ffcv_loader(out, train=True, **common)
     assert torch.equal(torch.cat([y for _, y, *_ in again]), order0)
     assert not torch.equal(order0, order1) or not torch.equal(order0, data.labels[:32])
 
@@ -142,19 +147,19 @@ def test_imagenet_folder_jpeg_roundtrip_through_cli(tmp_path, capsys):
                 size = (40 + 7 * i + k, 56 - 3 * i)  # (w, h): varying sizes and aspect ratios
                 Image.new("RGB", size, COLOURS[k]).save(folder / f"{wnid}_{i}.JPEG", quality=95)
     out = tmp_path / "val.beton"
-    code = fd.main(["--dataset", "imagenet", "--root", str(root), "--out", str(out),
-                    "--split", "test", "--max-resolution", "48", "--num-workers", "2"])
+    code = beton.main(["--dataset", "imagenet", "--root", str(root), "--out", str(out),
+                       "--split", "test", "--max-resolution", "48", "--num-workers", "2"])
     assert code == 0 and out.is_file()
     assert "wrote" in capsys.readouterr().out
 
     common = dict(batch_size=4, seed=1, image_size=24, mean=MEAN, std=STD, device="cpu")
-    ev = fd.make_ffcv_loader(out, train=False, **common)
+    ev = make_ffcv_loader(out, train=False, **common)
     batches = list(ev)
     assert len(batches) == len(ev) == 6  # 21 images: five batches of 4 and one of 1
     labels = check_colour_batches(batches, 21, 24, atol=0.06)
     assert labels.tolist() == [k for k in range(3) for _ in range(7)]  # folder order kept
 
-    tr = fd.make_ffcv_loader(out, train=True, **common)
+    tr = make_ffcv_loader(out, train=True, **common)
     batches = list(tr)
     assert len(batches) == 5  # drop_last for training
     check_colour_batches(batches, 20, 24, atol=0.06)
@@ -170,27 +175,27 @@ def test_failed_write_leaves_nothing_and_says_why(tmp_path):
             return super().__getitem__(i)
 
     with pytest.raises(BenchError, match="image 5 is unreadable"):
-        fd.write_beton_from(Broken(12), tmp_path / "b.beton", num_workers=2, chunksize=2)
+        write_beton_from(Broken(12), tmp_path / "b.beton", num_workers=2, chunksize=2)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_ffcv_loader_rejects_bad_input(tmp_path):
     need_ffcv()
-    out = fd.write_beton_from(ColourImages(3), tmp_path / "v.beton", num_workers=1)
+    out = write_beton_from(ColourImages(3), tmp_path / "v.beton", num_workers=1)
     with pytest.raises(BenchError, match="different sizes"):
-        fd.make_ffcv_loader(out, train=False, raw=True, batch_size=2, seed=0, image_size=24,
-                            mean=MEAN, std=STD, device="cpu")
+        make_ffcv_loader(out, train=False, raw=True, batch_size=2, seed=0, image_size=24,
+                         mean=MEAN, std=STD, device="cpu")
     with pytest.raises(BenchError, match="no such .beton"):
-        fd.make_ffcv_loader(tmp_path / "missing.beton", train=False, batch_size=2, seed=0,
-                            image_size=24, mean=MEAN, std=STD, device="cpu")
+        make_ffcv_loader(tmp_path / "missing.beton", train=False, batch_size=2, seed=0,
+                         image_size=24, mean=MEAN, std=STD, device="cpu")
 
 
 # ---------------------------------------------------------------------------------------------
 # Always: the torchvision fallback, the CLI's errors, the helpers
 
 def test_file_loader_eval_keeps_every_image_normalised():
-    ev = fd.make_file_loader(ColourImages(10), train=False, batch_size=4, seed=0, image_size=16,
-                             mean=MEAN, std=STD, device="cpu", num_workers=0)
+    ev = make_file_loader(ColourImages(10), train=False, batch_size=4, seed=0, image_size=16,
+                          mean=MEAN, std=STD, device="cpu", num_workers=0)
     batches = list(ev)
     assert len(ev) == len(batches) == 3 and [len(y) for _, y, *_ in batches] == [4, 4, 2]
     labels = check_colour_batches(batches, 10, 16, atol=1e-5)
@@ -199,8 +204,8 @@ def test_file_loader_eval_keeps_every_image_normalised():
 
 def test_file_loader_train_seeded_order_with_workers():
     def order(seed, epoch):
-        tr = fd.make_file_loader(ColourImages(10), train=True, batch_size=4, seed=seed,
-                                 image_size=16, mean=MEAN, std=STD, device="cpu", num_workers=2)
+        tr = make_file_loader(ColourImages(10), train=True, batch_size=4, seed=seed,
+                              image_size=16, mean=MEAN, std=STD, device="cpu", num_workers=2)
         tr.set_epoch(epoch)
         batches = list(tr)
         assert len(tr) == len(batches) == 2  # ragged last batch dropped
@@ -213,8 +218,8 @@ def test_file_loader_train_seeded_order_with_workers():
 
 def test_file_loader_imageset_goes_to_device_loader():
     data = tiny_cifar(11)
-    ev = fd.make_file_loader(data, train=False, batch_size=4, seed=0, image_size=32,
-                             mean=MEAN, std=STD, device="cpu")
+    ev = make_file_loader(data, train=False, batch_size=4, seed=0, image_size=32,
+                          mean=MEAN, std=STD, device="cpu")
     x = torch.cat([x for x, *_ in ev])
     expected = (data.images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
@@ -222,7 +227,7 @@ def test_file_loader_imageset_goes_to_device_loader():
 
 def test_cli_unknown_dataset_is_one_line_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
-        fd.main(["--dataset", "mnist", "--out", "x.beton"])
+        beton.main(["--dataset", "mnist", "--out", "x.beton"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown dataset 'mnist'")
@@ -230,10 +235,10 @@ def test_cli_unknown_dataset_is_one_line_exit_2(capsys):
 
 
 def test_warn_no_ffcv_once(monkeypatch, caplog):
-    monkeypatch.setattr(fd, "_warned_no_ffcv", False)
-    with caplog.at_level(logging.WARNING, logger="bench.data.ffcv"):
-        assert fd.warn_no_ffcv_once() is True
-        assert fd.warn_no_ffcv_once() is False
+    monkeypatch.setattr(optional_ffcv, "_warned_no_ffcv", False)
+    with caplog.at_level(logging.WARNING, logger="bench.data.optional_ffcv"):
+        assert warn_no_ffcv_once() is True
+        assert warn_no_ffcv_once() is False
     assert len([r for r in caplog.records if "ffcv is not installed" in r.message]) == 1
 
 
@@ -243,28 +248,28 @@ def test_job_cpus(monkeypatch):
     allowed = len(os.sched_getaffinity(0))
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert fd.job_cpus() == allowed
+    assert job_cpus() == allowed
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
-    assert fd.job_cpus() == 1
+    assert job_cpus() == 1
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(allowed + 50))
-    assert fd.job_cpus() == allowed
+    assert job_cpus() == allowed
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "garbage")
-    assert fd.job_cpus() == allowed
+    assert job_cpus() == allowed
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the debug executor's threads follow it
-    assert fd.job_cpus() == 1
+    assert job_cpus() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "0")  # not a budget: ignored
-    assert fd.job_cpus() == allowed
+    assert job_cpus() == allowed
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_a_corrupt_beton_is_refused_in_one_line(tmp_path, damage):
     need_ffcv()
-    out = fd.write_beton_from(ColourImages(3), tmp_path / "v.beton", num_workers=1)
+    out = write_beton_from(ColourImages(3), tmp_path / "v.beton", num_workers=1)
     data = out.read_bytes()
     out.write_bytes({"garbage": bytes(range(256)) * 8, "truncated": data[:len(data) // 3], "empty": b""}[damage])
     with pytest.raises(BenchError, match=r"v.beton: not a readable .beton") as err:
-        fd.make_ffcv_loader(out, train=False, batch_size=2, seed=0, image_size=24, mean=MEAN, std=STD,
-                            device="cpu")
+        make_ffcv_loader(out, train=False, batch_size=2, seed=0, image_size=24, mean=MEAN, std=STD,
+                         device="cpu")
     assert "\n" not in str(err.value)
 
 
@@ -276,17 +281,17 @@ def test_a_cifar_beton_at_another_resolution_is_resized_as_the_in_memory_set_is(
     from bench.data.memory import DeviceLoader
 
     data = tiny_cifar(19)
-    out = fd.write_beton_from(data, tmp_path / "c.beton", num_workers=1)
+    out = write_beton_from(data, tmp_path / "c.beton", num_workers=1)
     common = dict(batch_size=8, seed=0, image_size=224, mean=MEAN, std=STD, device="cpu", augment="crop4_flip")
-    ev = torch.cat([x for x, *_ in fd.make_ffcv_loader(out, train=False, resize=True, **common)])
+    ev = torch.cat([x for x, *_ in make_ffcv_loader(out, train=False, resize=True, **common)])
     memory = DeviceLoader(data, batch_size=8, train=False, mean=MEAN, std=STD, image_size=224)
     torch.testing.assert_close(ev, torch.cat([x for x, *_ in memory]), atol=1e-5, rtol=0)
     assert ev.shape == (19, 3, 224, 224)
-    train = list(fd.make_ffcv_loader(out, train=True, resize=True, **common))
+    train = list(make_ffcv_loader(out, train=True, resize=True, **common))
     assert [x.shape for x, *_ in train] == [(8, 3, 224, 224)] * 2
     with pytest.raises(BenchError, match="so image_size must be 32, not 224"):
-        fd.make_ffcv_loader(out, train=False, **common)
+        make_ffcv_loader(out, train=False, **common)
     from bench.data.loaders import make_loader  # a CIFAR run's loader asks for the resize
 
     run = make_loader("cifar10", "test", batch_size=8, train=False, beton=out, image_size=224)
-    assert isinstance(run, fd.FFCVLoader) and [x.shape[1:] for x, *_ in run] == [(3, 224, 224)] * 3
+    assert isinstance(run, FFCVLoader) and [x.shape[1:] for x, *_ in run] == [(3, 224, 224)] * 3

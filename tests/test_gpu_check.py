@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from bench.data.ffcv import ffcv_available
-from bench.scripts import gpu_check
+from bench.data.optional_ffcv import ffcv_available
+from bench.perf import gpu_check
 
 
 def test_tiny_gpu_check_writes_every_section(tmp_path):

@@ -259,7 +259,7 @@ def test_differing_configs_do_not_stack():
 
 
 def test_benchmark_row_reports_both_rates_and_the_gemm_fraction():
-    from bench.perf import teacher_pool_rows
+    from bench.perf.training import teacher_pool_rows
 
     (row,) = teacher_pool_rows(True, 1, members_list=(2,), steps=1, batch=4)
     assert row.name == "teacher_pool_training/vgg11/M=2" and row.unit == "images/s"

@@ -70,7 +70,7 @@ class DatasetSpec:
     image_size: int        # the training resolution models are built for
     in_memory: bool        # True: load() returns an ImageSet
     needs_root: bool       # False: generated or shipped with a package
-    augment: str           # name of the training augmentation (bench.data.memory / ffcv)
+    augment: str           # name of the training augmentation (bench.data.memory / ffcv_loader)
     mean: tuple[float, ...] | None = None  # per-channel, in [0, 1]; None: computed from train
     std: tuple[float, ...] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)  # the module's load() options: a preset

@@ -14,7 +14,10 @@ from pathlib import Path
 import torch
 
 from bench.data import ImageSet, dataset_spec, load_dataset, take
+from bench.data.ffcv_loader import make_ffcv_loader
+from bench.data.file_loader import make_file_loader
 from bench.data.memory import DeviceLoader, channel_stats
+from bench.data.optional_ffcv import ffcv_available, warn_no_ffcv_once
 from bench.errors import BenchError
 from bench.system import capped_batch, world
 
@@ -90,25 +93,23 @@ def make_loader(name: str, split: str, *, batch_size: int, train: bool, seed: in
         data = _subset(_in_memory(name, root, split, image_size), fraction, seed)
         return DeviceLoader(data, batch_size=batch_size, train=train, seed=seed, device=device,
                             mean=mean, std=std, augment=augment, channels=channels, image_size=size, **shard)
-    from bench.data import ffcv as ffcv_data
-
-    if beton is not None and ffcv_data.ffcv_available():
+    if beton is not None and ffcv_available():
         # FFCV's batch size is per rank; its `distributed` order is DistributedSampler's
         # (rank and world size read from torch.distributed).
-        return ffcv_data.make_ffcv_loader(beton, train=train, batch_size=batch_size // world_size,
-                                          seed=seed, image_size=size, mean=mean, std=std, device=device,
-                                          distributed=world_size > 1, augment=spec.augment,
-                                          resize=spec.in_memory and spec.needs_root)
+        return make_ffcv_loader(beton, train=train, batch_size=batch_size // world_size,
+                                seed=seed, image_size=size, mean=mean, std=std, device=device,
+                                distributed=world_size > 1, augment=spec.augment,
+                                resize=spec.in_memory and spec.needs_root)
     if beton is not None:
-        ffcv_data.warn_no_ffcv_once()
+        warn_no_ffcv_once()
     dataset = _subset(load_dataset(name, root, split, **({"image_size": r} if (r := _rendered(name, image_size))
                                                          else {})), fraction, seed)
     if isinstance(dataset, ImageSet):  # what make_file_loader does with one, plus the sharding
         return DeviceLoader(dataset, batch_size=batch_size, train=train, seed=seed, device=device,
                             mean=mean, std=std, augment=augment, channels=channels, image_size=size, **shard)
-    loader = ffcv_data.make_file_loader(dataset, train=train, batch_size=batch_size // world_size,
-                                        seed=seed, image_size=size, mean=mean, std=std, device=device,
-                                        augment=spec.augment)
+    loader = make_file_loader(dataset, train=train, batch_size=batch_size // world_size,
+                              seed=seed, image_size=size, mean=mean, std=std, device=device,
+                              augment=spec.augment)
     return _shard_file_loader(loader, rank, world_size) if world_size > 1 else loader
 
 

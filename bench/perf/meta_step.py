@@ -1,9 +1,9 @@
 """What one WeightFormer meta-training step costs: the tiny step (timed, profiled) and the
 paper-shape step (time, peak memory, FLOPs), with and without activation checkpointing.
 
-    python -m bench.perf_meta tiny [--arch vgg11 resnet50 vit_b32] [--steps 5] [--profile]
-    python -m bench.perf_meta paper --arch resnet50 [--no-checkpointing] [--device cpu] [--cap-gb 20]
-    python -m bench.perf_meta count --arch vit_b32 [--no-checkpointing]   # fake tensors: no memory used
+    python -m bench.perf.meta_step tiny [--arch vgg11 resnet50 vit_b32] [--steps 5] [--profile]
+    python -m bench.perf.meta_step paper --arch resnet50 [--no-checkpointing] [--device cpu] [--cap-gb 20]
+    python -m bench.perf.meta_step count --arch vit_b32 [--no-checkpointing]   # fake tensors: no memory used
 
 `tiny_step` builds the step meta-training runs (`MetaTrainTask` on digits, the tiny defaults,
 N = 4 of 6 freshly initialised, jittered tiny teachers) and returns one call of `fit`'s step body.
@@ -236,7 +236,7 @@ def measure_in_child(arch: str, *, checkpointing: bool, cap_bytes: int, device: 
     """`paper_step` in a child process whose address space is capped at `cap_bytes` (so a step too big
     for the machine fails there instead of swapping it or waking the OOM killer). Returns its dict,
     or {"exceeded_cap": cap_bytes, ...} when it ran out of memory."""
-    cmd = [sys.executable, "-m", "bench.perf_meta", "paper", "--arch", arch, "--device", device, "--json",
+    cmd = [sys.executable, "-m", "bench.perf.meta_step", "paper", "--arch", arch, "--device", device, "--json",
            *([] if checkpointing else ["--no-checkpointing"])]
 
     def cap() -> None:
@@ -248,12 +248,12 @@ def measure_in_child(arch: str, *, checkpointing: bool, cap_bytes: int, device: 
     tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or [f"exit {run.returncode}"]
     if "memory" in tail[0].lower() or "alloc" in tail[0].lower() or run.returncode < 0:
         return {"arch": arch, "checkpointing": checkpointing, "exceeded_cap": cap_bytes, "error": tail[0]}
-    raise BenchError(f"perf_meta: the {arch} paper step failed in its child: {tail[0]}")
+    raise BenchError(f"meta_step: the {arch} paper step failed in its child: {tail[0]}")
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.perf_meta", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.perf.meta_step", description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=("tiny", "paper", "count"))
     p.add_argument("--arch", nargs="+", default=None)
     p.add_argument("--steps", type=int, default=5)

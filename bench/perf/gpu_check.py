@@ -1,10 +1,10 @@
 """`make gpu-check`: what the paper-scale jobs will cost on one GPU, in a few minutes, as JSON.
 
-    python -m bench.scripts.gpu_check [--out results/gpu_check.json] [--device cuda] [--tiny]
+    python -m bench.perf.gpu_check [--out results/gpu_check.json] [--device cuda] [--tiny]
 
 Sections (each one's figures, or {"skipped": reason} / {"failed": reason}, so one failure does not
 lose the rest):
-  meta_step        one paper-shape WeightFormer meta-training step (bench.perf_meta.paper_step) for
+  meta_step        one paper-shape WeightFormer meta-training step (bench.perf.meta_step.paper_step) for
                    ResNet-50 / CIFAR-100 and ViT-B/32 / ImageNet, N = 4, student batch 8, bf16
                    autocast, with and without activation checkpointing: seconds, peak CUDA memory
                    (max_memory_allocated; an out-of-memory is recorded, not raised)
@@ -13,8 +13,8 @@ lose the rest):
                    (`steps` x `batch` images; the epoch's seconds extrapolated from it)
   soft_labels      N = 4 ResNet-50 teachers' mean soft labels: BatchedTeachers vmap vs loop, images/s
                    and the largest difference between the two
-  ffcv             synthetic JPEGs written to a .beton with bench.data.ffcv and read back by its
-                   training loader (RandomResizedCrop, flip): images/s; skipped if ffcv does not import
+  ffcv             synthetic JPEGs written to a .beton with bench.data.beton and read back by the
+                   FFCV loader (RandomResizedCrop, flip): images/s; skipped if ffcv does not import
 
 `--tiny` (with `--device cpu`): the same sections at the tiny shapes, in seconds, so that a test can
 run the script end to end.
@@ -55,7 +55,7 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def meta_step(device: torch.device, tiny: bool) -> dict[str, Any]:
-    from bench.perf_meta import paper_step
+    from bench.perf.meta_step import paper_step
 
     out = {}
     for arch in ("resnet50", "vit_b32"):
@@ -146,20 +146,22 @@ class _SyntheticJPEGs:
 
 
 def ffcv(device: torch.device, tiny: bool) -> dict[str, Any]:
-    from bench.data import ffcv as ffcv_data
+    from bench.data.beton import write_beton_from
+    from bench.data.ffcv_loader import make_ffcv_loader
+    from bench.data.optional_ffcv import ffcv_available
 
-    if not ffcv_data.ffcv_available():
+    if not ffcv_available():
         return {"skipped": "ffcv does not import here (bench/scripts/install_ffcv.sh)"}
     n, stored, size, batch = (32, 40, 32, 16) if tiny else (4096, 256, 224, 256)
     with tempfile.TemporaryDirectory() as tmp:
         beton = Path(tmp) / "synthetic.beton"
         t0 = time.perf_counter()
-        ffcv_data.write_beton_from(_SyntheticJPEGs(n, stored), beton, raw=False, jpeg_quality=90,
-                                   max_resolution=stored + 32, num_workers=1)
+        write_beton_from(_SyntheticJPEGs(n, stored), beton, raw=False, jpeg_quality=90,
+                         max_resolution=stored + 32, num_workers=1)
         write_s = time.perf_counter() - t0
-        loader = ffcv_data.make_ffcv_loader(beton, train=True, batch_size=batch, seed=0, image_size=size,
-                                            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), device=device,
-                                            augment="rrc_flip")
+        loader = make_ffcv_loader(beton, train=True, batch_size=batch, seed=0, image_size=size,
+                                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), device=device,
+                                  augment="rrc_flip")
         for _ in loader:  # warm-up epoch: numba compiles the pipeline
             pass
         images = 0
@@ -191,7 +193,7 @@ def gpu_check(device: torch.device, tiny: bool, sections=SECTIONS) -> dict[str, 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.scripts.gpu_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.perf.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/gpu_check.json")
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (seconds on a CPU)")
