@@ -20,6 +20,7 @@ import math
 import pandas as pd
 from scipy import stats
 
+from bench.report import style
 from bench.report.claims import groups_of
 from bench.report.frame import DASH, column, figure_bytes, fmt, md_table, tex_table
 
@@ -183,17 +184,15 @@ def pool_size_table(done: pd.DataFrame) -> pd.DataFrame:
                                        "minus_anchor_ci_half", "groups"])
 
 
-def plot_pool_size(table: pd.DataFrame, grid: str) -> dict[str, bytes]:
+def plot_pool_size(table: pd.DataFrame, grid: str, settings: list[str] | None = None) -> dict[str, bytes]:
     """One column of panels per setting: above, WeightFormer's top-1 against pool size (log2 axis,
     95% intervals over groups) with the unseen groups' references as horizontal lines with shaded
-    intervals; below, WeightFormer − its anchor paired per group (free of the teachers' own spread)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    settings = sorted(set(table.setting))
-    fig, axes = plt.subplots(2, len(settings), figsize=(6.4 * len(settings), 7.4), squeeze=False,
-                             sharex="col", gridspec_kw={"height_ratios": [3, 2]})
+    intervals; below, WeightFormer − its anchor paired per group (free of the teachers' own spread).
+    Columns in the order of `settings` (the main table's), others after by name."""
+    present = set(table.setting)
+    settings = [s for s in settings or [] if s in present] + sorted(present - set(settings or []))
+    fig, axes = style.pyplot().subplots(2, len(settings), figsize=(6.4 * len(settings), 7.4), squeeze=False,
+                                        sharex="col", gridspec_kw={"height_ratios": [3, 2]}, layout="constrained")
     styles = {"single": ("tab:gray", ":"), "ensemble": ("tab:green", "--"), "KD": ("tab:red", "-."),
               "KD on transfer": ("tab:purple", (0, (5, 2, 1, 2, 1, 2)))}
     for ax, low, setting in zip(axes[0], axes[1], settings):
@@ -210,8 +209,8 @@ def plot_pool_size(table: pd.DataFrame, grid: str) -> dict[str, bytes]:
         low.set_xlabel("meta-train pool size (teachers)")
         low.grid(alpha=0.3)
         for r in t[t.pool_size.isna()].itertuples():
-            colour, style = styles.get(r.series.split(" (")[0], ("tab:brown", "-"))
-            ax.axhline(r.mean, color=colour, linestyle=style, linewidth=1.2, label=f"{r.series} (n = {r.groups})")
+            colour, dash = styles.get(r.series.split(" (")[0], ("tab:brown", "-"))
+            ax.axhline(r.mean, color=colour, linestyle=dash, linewidth=1.2, label=f"{r.series} (n = {r.groups})")
             if not pd.isna(r.ci_half):
                 ax.axhspan(r.mean - r.ci_half, r.mean + r.ci_half, color=colour, alpha=0.12, linewidth=0)
         sizes = sorted(set(t.pool_size.dropna()))
@@ -220,7 +219,7 @@ def plot_pool_size(table: pd.DataFrame, grid: str) -> dict[str, bytes]:
         ax.set_ylabel("test top-1 accuracy (%)")
         ax.set_title(setting, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
+    style.legend_outside(fig, list(axes[0]))
     fig.suptitle(f"{grid}: WeightFormer vs meta-train pool size (mean, 95% t interval over distinct groups)",
                  fontsize=10)
     return figure_bytes(fig)
@@ -244,11 +243,7 @@ def curve_rows(runs: pd.DataFrame) -> pd.DataFrame:
 
 def plot_curves(curves: pd.DataFrame, grid: str) -> dict[str, bytes]:
     """Train KL (solid) and val KL (dashed, same colour) per meta-training, log y."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    fig, ax = style.pyplot().subplots(figsize=(7.2, 4.4), layout="constrained")
     for i, (label, c) in enumerate(curves.groupby("label", sort=True)):
         colour = f"C{i % 10}"
         ax.plot(c.step, c.kl, color=colour, linewidth=1, label=label)
@@ -259,5 +254,5 @@ def plot_curves(curves: pd.DataFrame, grid: str) -> dict[str, bytes]:
     ax.set_ylabel("eq. 1 KL (nats; solid: training batches, dashed: val)")
     ax.set_title(f"{grid}: meta-training curves", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=6)
+    style.legend_outside(fig, [ax])
     return figure_bytes(fig)

@@ -5,15 +5,15 @@ The default of a setting is its value in the runs of the plain variant (`weightf
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
 from bench.io import atomic_write_bytes
+from bench.report import style
 from bench.report.diagnostics import interval, per_group
-from bench.report.frame import SAVE_METADATA, WF_METHODS, column, figure_bytes
+from bench.report.frame import SAVE_METADATA, WF_METHODS, column, figure_bytes, method_rank
 
 # axis -> (record column, x-axis label with its unit)
 AXES = {
@@ -28,7 +28,7 @@ AXES = {
     "init": ("init", "teacher pool initialisation"),
     "ft_epochs": ("wf_ft_epochs", "fine-tuning (epochs)"),
     "ft_fraction": ("wf_ft_fraction", "fine-tuning data (fraction of the training set)"),
-    "teacher_part": ("teacher_part", "teachers (meta_train = seen, held_out = unseen)"),
+    "teacher_part": ("teacher_part", "teachers (meta-train = seen, held-out = unseen)"),
 }
 # Bytes depend on nothing but the data: no creation dates, no software versions.
 
@@ -100,14 +100,15 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table[table.axis.isin(varied)].reset_index(drop=True)
 
 
-REFERENCES = {"single": ("tab:gray", ":"), "ensemble": ("tab:green", "--"), "kd": ("tab:red", "-.")}
+REFERENCES = ("single", "ensemble", "kd")
 
 
-def references(runs: pd.DataFrame) -> pd.DataFrame:
-    """setting, method, mean, ci_half, groups: single, ensemble and KD (their plain variants, seen
-    teachers) per setting: the reference lines of every ablation panel."""
+def references(runs: pd.DataFrame, methods: tuple[str, ...] = REFERENCES) -> pd.DataFrame:
+    """setting, method, mean, ci_half, groups of `methods` (their plain variants, meta-train
+    teachers) per setting: the reference lines of the ablation panels (single, ensemble, KD) and of
+    the headline figure."""
     rows = []
-    plain = runs[runs.method.isin(list(REFERENCES)) & (runs.variant == runs.method) &
+    plain = runs[runs.method.isin(list(methods)) & (runs.variant == runs.method) &
                  (runs.teacher_part == "meta_train")]
     for (setting, method), r in plain.groupby(["setting", "method"], sort=True):
         mean, half = interval(per_group(r, "top1"))
@@ -116,58 +117,60 @@ def references(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["setting", "method", "mean", "ci_half", "groups"])
 
 
-def plot_axis(table: pd.DataFrame, axis: str, grid: str, refs: pd.DataFrame | None = None) -> dict[str, bytes]:
-    """PNG and PDF of one axis: one panel per series (method, setting), top-1 mean with its 95% t
-    interval over distinct groups, the setting's single / ensemble / KD as reference lines."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def series_order(series: set[str], settings: list[str] | None) -> list[str]:
+    """Series ("method, setting") as the main table lays them out: methods in its row order, then
+    settings in its column order (others after, by name)."""
+    where = {s: i for i, s in enumerate(settings or [])}
+    split = {s: s.split(", ", 1) for s in series}
+    return sorted(series, key=lambda s: (method_rank(split[s][0]), split[s][0],
+                                         where.get(split[s][1], len(where)), split[s][1]))
 
+
+def plot_axis(table: pd.DataFrame, axis: str, grid: str, refs: pd.DataFrame | None = None,
+              settings: list[str] | None = None) -> dict[str, bytes]:
+    """PNG and PDF of one axis: one panel per series (method, setting) in table order, top-1 mean
+    with its 95% t interval over distinct groups, the setting's single / ensemble / KD as
+    reference lines with their intervals as bands."""
     values = sorted({norm(v) for v in table.value}, key=lambda v: (str(type(v)), v))
     numeric = all(isinstance(v, float) for v in values)
     where = (lambda v: v) if numeric else {v: i for i, v in enumerate(values)}.get
-    series = sorted(set(table.series))
-    cols = min(3, len(series))
-    rows_n = math.ceil(len(series) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
+    series = series_order(set(table.series), settings)
+    fig, axes = style.panels(len(series), width=4.2, height=3.2)
     refs = refs if refs is not None else pd.DataFrame(columns=["setting", "method", "mean", "ci_half", "groups"])
-    for ax, s in zip(axes.flat, series):
+    for ax, s in zip(axes, series):
         rows = table[table.series == s].copy()
         rows["x"] = [where(norm(v)) for v in rows.value]
         rows = rows.sort_values("x")
         ax.errorbar(rows.x, rows["mean"], yerr=rows.ci_half.fillna(0), marker="o", capsize=3,
                     linestyle="-" if numeric else "none", color="tab:blue",
-                    label=f"WeightFormer ({int(rows.groups.min())}-{int(rows.groups.max())} groups)")
+                    label=f"WeightFormer ({style.groups_text(rows.groups)})")
         for r in refs[refs.setting == rows.setting.iloc[0]].itertuples():
-            colour, style = REFERENCES[r.method]
-            ax.axhline(r.mean, color=colour, linestyle=style, linewidth=1.1, label=f"{r.method} ({r.groups} groups)")
+            colour, dash = style.REFERENCE_STYLE[r.method]
+            ax.axhline(r.mean, color=colour, linestyle=dash, linewidth=1.1,
+                       label=f"{style.REFERENCE_NAMES[r.method]}, meta-train teachers ({r.groups} groups)")
             if not pd.isna(r.ci_half):
                 ax.axhspan(r.mean - r.ci_half, r.mean + r.ci_half, color=colour, alpha=0.12, linewidth=0)
         if not numeric:
-            ax.set_xticks(range(len(values)), [{True: "on", False: "off"}.get(v, str(v)) for v in values])
+            ax.set_xticks(range(len(values)), [style.name(v) for v in values])
             ax.set_xlim(-0.5, len(values) - 0.5)
         elif len(values) <= 8:  # ticks at the values tried, whole numbers without ".0"
-            ax.set_xticks(values, [f"{v:g}" for v in values])
-        ax.set_xlabel(AXES[axis][1], fontsize=8)
-        ax.set_ylabel("test top-1 accuracy (%)", fontsize=8)
-        ax.set_title(s, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
-    for ax in list(axes.flat)[len(series):]:
-        ax.set_visible(False)
+            ax.set_xticks(values, [style.name(v) for v in values])
+        style.tidy(ax, s, AXES[axis][1], "test top-1 accuracy (%)")
+    style.legend_outside(fig, axes, title="lines: mean; bands, bars: 95% t interval")
     fig.suptitle(f"{grid}: WeightFormer ablation, {axis} (mean, 95% t interval over distinct groups)", fontsize=10)
     return figure_bytes(fig)
 
 
-def write_ablations(runs: pd.DataFrame, folder: Path, grid: str,
-                    extra: dict[str, dict[str, bytes]] | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """plots/<axis>.{png,pdf} for every varied axis, and the `extra` figures ({name: {ext: bytes}});
-    returns the numbers and the axes drawn."""
+def write_ablations(runs: pd.DataFrame, folder: Path, grid: str, extra: dict[str, dict[str, bytes]] | None = None,
+                    settings: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """plots/<axis>.{png,pdf} for every varied axis (panels in the order of `settings`, the main
+    table's columns), and the `extra` figures ({name: {ext: bytes}}); returns the numbers and the
+    axes drawn."""
     table = ablation_table(runs)
     axes = [a for a in AXES if (table.axis == a).any()]
     written = set()
     for axis in axes:
-        for fmt, data in plot_axis(table[table.axis == axis], axis, grid, references(runs)).items():
+        for fmt, data in plot_axis(table[table.axis == axis], axis, grid, references(runs), settings).items():
             written.add(atomic_write_bytes(folder / "plots" / f"{axis}.{fmt}", data))
     for name, figure in (extra or {}).items():
         for fmt, data in figure.items():

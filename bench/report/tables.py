@@ -13,6 +13,8 @@ Reads a grid's run records (`results/<grid>/records/*.json`) and writes its repo
   of teachers (bench.report.claims).
 - costs.{md,tex,csv}: time to make each student, forward passes per test image, cost relative to
   KD, and how many ensembles repay WeightFormer's meta-training.
+- plots/headline.{png,pdf}, plots/claims.{png,pdf}: every row's top-1 per setting with the baselines as
+  lines, and the claims' forest plot (bench.report.figures); linked with captions atop index.md.
 - plots/<axis>.{png,pdf} and ablations.csv: WeightFormer ablations, one figure per setting the
   records vary (bench.report.plots).
 - anchors.md (grids with wrn28_10 runs): beside Allen-Zhu & Li's published WRN-28-10 numbers.
@@ -38,7 +40,7 @@ from bench.errors import BenchError, cli
 from bench.io import atomic_write_bytes
 from bench.paths import results_root
 from bench.plan import STAGES, Roots
-from bench.report import diagnostics
+from bench.report import diagnostics, figures
 from bench.report.claims import (anchors, claim_table, claims_render, groups_of, rerun_render, rerun_table,
                                  shared_groups)
 from bench.report.frame import (DASH, WF_METHODS, column, regime_line, csv_text, fmt, label_runs, md_table, method_runs,
@@ -416,6 +418,7 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
     outputs = {"main_table": (text, tex, long)}
     claims = claim_table(done, settings)
     outputs["claims"] = (*claims_render(claims, grid, regime_line(runs)), claims)
+    moved = None
     if rerun is not None:
         other = method_runs(planned_runs(grid, rerun, grid_file)[0])
         if other.empty:
@@ -439,10 +442,10 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
             for ext, data in (("md", md), ("tex", tex), ("csv", csv_text(frame))):
                 if ext in formats:
                     write(f"{name}.{ext}", data)
-    extra_plots = {}
+    extra_plots, figure_links = figures.report_figures(done, settings, claims, moved, out, grid)
     sizes = diagnostics.pool_size_table(done)
     if len(sizes):
-        extra_plots["pool_size"] = diagnostics.plot_pool_size(sizes, grid)
+        extra_plots["pool_size"] = diagnostics.plot_pool_size(sizes, grid, settings)
         if "csv" in formats:
             write("pool_size.csv", csv_text(sizes))
     curves = diagnostics.curve_rows(runs)
@@ -450,7 +453,7 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
         extra_plots["meta_training"] = diagnostics.plot_curves(curves, grid)
         if "csv" in formats:
             write("meta_training.csv", csv_text(curves))
-    ablations, axes = write_ablations(done, out, grid, extra_plots)
+    ablations, axes = write_ablations(done, out, grid, extra_plots, settings)
     if axes and "csv" in formats:
         write("ablations.csv", csv_text(ablations))
     anchor_text = anchors(done, settings, plan.counterpart if plan else {})
@@ -472,10 +475,11 @@ def report(grid: str, root: Path, out: Path | None = None, formats: tuple[str, .
         written[at:at] = [n for n in ("rerun.md", "rerun.csv") if (out / n).exists()]
     links = [f"- [{n}]({n})" for n in written if n != "failed.md"] + \
         [f"- [plots/{a}.png](plots/{a}.png), [pdf](plots/{a}.pdf): top-1 against {a}" for a in axes] + \
-        [f"- [plots/{a}.png](plots/{a}.png), [pdf](plots/{a}.pdf): {PLOT_TITLES[a]}" for a in extra_plots] + \
+        [f"- [plots/{a}.png](plots/{a}.png), [pdf](plots/{a}.pdf): {PLOT_TITLES[a]}" for a in extra_plots
+         if a in PLOT_TITLES] + \
         [f"- [failed.md](failed.md): {len(failures)} failed runs, {len(missing)} incomplete cells, "
          f"{len(skipped)} unreadable records skipped"]
-    write("index.md", f"# Report: {grid}\n\n## Provenance (from the records)\n\n" +
+    write("index.md", f"# Report: {grid}\n\n{figure_links}## Provenance (from the records)\n\n" +
           "".join(f"- {x}\n" for x in provenance(runs, grid, plan)) +
           (f"- left out: {stale} records of runs the grid no longer plans\n" if stale else "") +
           "\n## Contents\n\n" + "\n".join(links) + "\n")

@@ -1,0 +1,204 @@
+"""The two figures a reader looks at first: the headline (every main-table row's top-1 per setting,
+with the baselines as reference lines) and the claims' forest plot (each claim's paired difference
+and its interval against 0 and the margin, beside a rerun's where there is one).
+
+Numbers come from the modules that make the tables: intervals over distinct groups of teachers
+(diagnostics.interval, per_group), the claims' differences and verdicts as claim_table and
+rerun_table computed them; nothing here recomputes a statistic.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bench.report import style
+from bench.report.claims import LEVEL, MARGIN_PP
+from bench.report.diagnostics import interval, per_group
+from bench.report.frame import figure_bytes, order_rows
+from bench.report.plots import references
+
+HEADLINE_REFERENCES = ("single", "ensemble", "soup")
+PART_COLOURS = {"meta_train": "tab:blue", "held_out": "tab:orange"}
+VERDICT_COLOURS = {"supported": "tab:green", "not supported": "tab:red", "inconclusive": "tab:gray"}
+KEYS = ["paper", "claim", "setting"]
+RERUN_COLUMNS = ["verdict_rerun", "diff_pp_rerun", "ci_low_rerun", "ci_high_rerun", "groups_rerun"]
+
+
+# --- headline ------------------------------------------------------------------------------------
+
+def headline_table(done: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
+    """setting, variant, method, part, mean, ci_half, groups: each main-table cell's top-1 as the mean over
+    distinct groups of teachers with its 95% t interval; rows in the main table's row order within
+    its column order, cells without a finished top-1 left out."""
+    methods = dict(zip(done.variant, done.method))
+    rows = []
+    for setting in settings:
+        here = done[done.setting == setting]
+        for variant in order_rows(methods):
+            runs = here[here.variant == variant]
+            values = per_group(runs, "top1").dropna()
+            if not len(values):
+                continue
+            mean, half = interval(values)
+            parts = sorted(set(runs.teacher_part))
+            rows.append({"setting": setting, "variant": variant, "method": methods[variant],
+                         "part": parts[0] if len(parts) == 1 else "mixed",
+                         "mean": mean, "ci_half": half, "groups": len(values)})
+    return pd.DataFrame(rows, columns=["setting", "variant", "method", "part", "mean", "ci_half", "groups"])
+
+
+def draw_references(ax, refs: pd.DataFrame) -> None:
+    """The baselines' means on meta-train teachers as horizontal lines across the panel."""
+    for r in refs.sort_values("method", key=lambda m: m.map(list(HEADLINE_REFERENCES).index)).itertuples():
+        colour, dash = style.REFERENCE_STYLE[r.method]
+        ax.axhline(r.mean, color=colour, linestyle=dash, linewidth=1.2, zorder=1,
+                   label=f"{style.REFERENCE_NAMES[r.method]} mean ({style.PARTS['meta_train']})")
+
+
+def plot_headline(table: pd.DataFrame, refs: pd.DataFrame, grid: str):
+    """The figure (not yet saved): one panel per setting in table order, each row's top-1 as a
+    point with its 95% t interval, coloured by teacher part, rows along x in table order."""
+    settings = list(dict.fromkeys(table.setting))
+    rows = order_rows(dict(zip(table.variant, table.method)))
+    fig, axes = style.panels(len(settings), width=max(4.0, 0.32 * len(rows) + 1.2), height=3.8)
+    for ax, setting in zip(axes, settings):
+        t = table[table.setting == setting]
+        for part, points in t.groupby("part", sort=False):
+            ax.errorbar([rows.index(v) for v in points.variant], points["mean"], yerr=points.ci_half.fillna(0),
+                        fmt="o", markersize=4, capsize=2.5, color=PART_COLOURS.get(part, "black"), zorder=3,
+                        label=f"top-1 ± {LEVEL:.0%} t interval over groups, {style.PARTS.get(part, 'both parts')}")
+        draw_references(ax, refs[refs.setting == setting])
+        ax.set_xticks(range(len(rows)), rows, rotation=60, ha="right", rotation_mode="anchor")
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        style.tidy(ax, setting, None, "test top-1 accuracy (%)")
+    style.legend_outside(fig, axes, title=f"per point: {style.groups_text(table.groups)} of teachers")
+    fig.suptitle(f"{grid}: top-1 per method and setting (mean over distinct groups of teachers, "
+                 f"{LEVEL:.0%} t interval)", fontsize=style.FONT["title"] + 1)
+    return fig
+
+
+def headline(done: pd.DataFrame, settings: list[str], grid: str):
+    """plot_headline of `done`'s finished method runs, or None where none has a top-1."""
+    table = headline_table(done, settings)
+    if table.empty:
+        return None
+    return plot_headline(table, references(done, HEADLINE_REFERENCES), grid)
+
+
+HEADLINE_CAPTION = (f"each method's test top-1 (the main table's rows, left to right) per setting (panels, in the "
+                    f"table's column order): a point is the mean over distinct groups of teachers, its bar the "
+                    f"{LEVEL:.0%} t interval over those groups (blue: meta-train teachers, orange: held-out "
+                    f"teachers; groups per point in the legend); horizontal lines: the mean top-1 on meta-train "
+                    f"teachers of the single network (grey, dotted), the ensemble (green, dashed) and the uniform "
+                    f"soup (purple, dash-dot), where the grid runs them")
+
+
+# --- claims' forest plot -----------------------------------------------------------------------------
+
+def forest_table(claims: pd.DataFrame, rerun: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The claims with runs (claim_table rows with at least one group), in the claim table's order,
+    with the rerun's verdict and interval beside each (rerun_table's `_rerun` columns; NaN without)."""
+    rows = claims[claims.groups > 0][KEYS + ["relation", "verdict", "diff_pp", "ci_low", "ci_high", "groups"]]
+    if rerun is not None and len(rerun) and set(RERUN_COLUMNS) <= set(rerun.columns):
+        rows = rows.merge(rerun[KEYS + RERUN_COLUMNS], on=KEYS, how="left")
+    else:
+        rows = rows.assign(**{c: pd.NA for c in RERUN_COLUMNS})
+    return rows.reset_index(drop=True)
+
+
+def has_rerun(table: pd.DataFrame) -> pd.Series:
+    """Rows whose rerun has runs of both sides (rerun_table marks the others `missing`)."""
+    verdicts = table.verdict_rerun.astype(object)
+    return verdicts.isin(list(VERDICT_COLOURS)) & pd.to_numeric(table.diff_pp_rerun, errors="coerce").notna()
+
+
+def draw_interval(ax, y: float, mean: float, low, high, verdict: str, rerun: bool = False) -> None:
+    """One claim's mean difference and its interval as a horizontal bar; a mean without an
+    interval (too few groups, no spread) as a point alone. A rerun's: hollow and lighter."""
+    err = [[mean - low], [high - mean]] if pd.notna(low) and pd.notna(high) else None
+    colour = VERDICT_COLOURS.get(verdict, "black")
+    ax.errorbar([mean], [y], xerr=err, fmt="o", markersize=4 if rerun else 5, capsize=2, color=colour,
+                alpha=0.5 if rerun else 1.0, markerfacecolor="white" if rerun else colour, zorder=3)
+
+
+def verdict_keys(ax, reruns: bool) -> None:
+    """Legend entries for the verdict colours and the rerun's marker, drawn as empty lines so the
+    legend shows every verdict whether or not the records reach it."""
+    for verdict, colour in VERDICT_COLOURS.items():
+        ax.plot([], [], "o", color=colour, label=verdict)
+    if reruns:
+        ax.plot([], [], "o", color="tab:gray", markerfacecolor="white", alpha=0.5,
+                label="rerun with other seeds (hollow, lighter; colour: its verdict)")
+
+
+def plot_forest(table: pd.DataFrame, grid: str):
+    """The figure (not yet saved): one panel per setting in table order, one row per claim in
+    claim order, each with its paired mean difference and interval coloured by verdict, the
+    rerun's just below it; vertical lines at 0 and at ±MARGIN_PP."""
+    settings = list(dict.fromkeys(table.setting))
+    claims = list(dict.fromkeys(table.claim))
+    reruns = bool(has_rerun(table).any())
+    fig, axes = style.panels(len(settings), width=4.4, height=0.34 * len(claims) * (1.5 if reruns else 1) + 1.4,
+                             sharex=True, sharey=True)
+    verdict_keys(axes[0], reruns)
+    for ax, setting in zip(axes, settings):
+        t = table[table.setting == setting]
+        for r, rerun in zip(t.itertuples(), has_rerun(t)):
+            y = claims.index(r.claim)
+            draw_interval(ax, y - (0.18 if reruns else 0), r.diff_pp, r.ci_low, r.ci_high, r.verdict)
+            if rerun:
+                draw_interval(ax, y + 0.18, float(r.diff_pp_rerun), r.ci_low_rerun, r.ci_high_rerun,
+                              r.verdict_rerun, rerun=True)
+        ax.axvline(0, color="black", linewidth=0.9, zorder=1, label="0: no difference")
+        for edge in (-MARGIN_PP, MARGIN_PP):
+            ax.axvline(edge, color="0.45", linestyle="--", linewidth=0.9, zorder=1,
+                       label=f"±{MARGIN_PP:g} pp: the margin of ≈ (approximately equal)")
+        ax.set_yticks(range(len(claims)), claims)
+        ax.set_ylim(len(claims) - 0.5, -0.5)  # the first claim on top, as in claims.md
+        style.tidy(ax, setting, "Δ top-1, A − B (pp)", None)
+    style.legend_outside(fig, axes, columns=3)
+    fig.suptitle(f"{grid}: claims, paired Δ top-1 with its {LEVEL:.0%} t interval over distinct groups of teachers",
+                 fontsize=style.FONT["title"] + 1)
+    return fig
+
+
+def claims_forest(claims: pd.DataFrame, rerun: pd.DataFrame | None, grid: str):
+    """plot_forest of the claims with runs, or None where no claim has any."""
+    table = forest_table(claims, rerun)
+    return None if table.empty else plot_forest(table, grid)
+
+
+def forest_caption(rerun: bool) -> str:
+    return (f"each claim's paired difference top-1(A) − top-1(B) in pp (rows: the claims of claims.md, panels: "
+            f"settings in the table's order): the point is the mean over distinct groups of teachers, the bar its "
+            f"{LEVEL:.0%} paired t interval (a point without a bar: fewer than two groups or no spread); colour: "
+            f"the verdict (green supported, red not supported, grey inconclusive); solid vertical line: 0, no "
+            f"difference; dashed vertical lines: ±{MARGIN_PP:g} pp, the margin within which A ≈ B"
+            + ("; hollow, lighter points just below: the same claim on the rerun with other seeds (rerun.md), "
+               "coloured by the rerun's verdict" if rerun else ""))
+
+
+# --- into the report -------------------------------------------------------------------------------
+
+def kept_rerun(folder: Path) -> pd.DataFrame | None:
+    """rerun.csv of an earlier report given a rerun, which the report keeps and links; None if none."""
+    path = folder / "rerun.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def report_figures(done: pd.DataFrame, settings: list[str], claims: pd.DataFrame, rerun: pd.DataFrame | None,
+                   folder: Path, grid: str) -> tuple[dict[str, dict[str, bytes]], str]:
+    """({name: {format: bytes}} of the headline and claims figures the records give, the index's
+    Figures section linking them with their captions; "" without figures). `rerun`: this report's
+    rerun_table, else the one an earlier report left in `folder`, drawn as the index still links it."""
+    figs, lines = {}, []
+    rerun = kept_rerun(folder) if rerun is None else rerun
+    forest = forest_table(claims, rerun)
+    made = {"headline": (headline(done, settings, grid), HEADLINE_CAPTION),
+            "claims": (None if forest.empty else plot_forest(forest, grid), forest_caption(bool(has_rerun(forest).any())))}
+    for name, (fig, caption) in made.items():
+        if fig is not None:
+            figs[name] = figure_bytes(fig)
+            lines.append(f"- [plots/{name}.png](plots/{name}.png), [pdf](plots/{name}.pdf): {caption}.")
+    return figs, ("## Figures\n\n" + "\n".join(lines) + "\n\n" if lines else "")
