@@ -169,13 +169,13 @@ def test_a_dry_run_refuses_a_results_root_that_is_a_file(tmp_path, capsys):
 
 
 def test_a_dry_run_refuses_an_unwritable_results_root(tmp_path, capsys, monkeypatch):
-    import bench.sweep
+    import bench.sweep.preflight
 
     locked = tmp_path / "locked"
     locked.mkdir()
     # Permission bits do not stop root (CI runs as root): the folder's access is what is asked.
     real = os.access
-    monkeypatch.setattr(bench.sweep.os, "access", lambda p, mode: Path(p) != locked and real(p, mode))
+    monkeypatch.setattr(bench.sweep.preflight.os, "access", lambda p, mode: Path(p) != locked and real(p, mode))
     err = refused(tmp_path, capsys, None, "--dry-run", "--results-root", str(locked / "r"))
     assert f"results root {locked}/r/smoke is not writable ({locked}: permission denied)" in err
 

@@ -13,8 +13,14 @@ BENCH = project_root() / "bench"
 RUNNING = ("bench.engine", "bench.train", "bench.pool", "bench.stages", "bench.sweep")
 UPPER = ("bench.methods", "bench.weightformer", "bench.plan", "bench.config", "bench.report", "bench.estimate",
          *RUNNING)
+# Inside bench.sweep: the command line and the status sit on the executors, which sit on the rest.
+SWEEP_TOP = ("bench.sweep.cli", "bench.sweep.status")
+SWEEP_BASE = ("bench.sweep.resources", "bench.sweep.plan", "bench.sweep.manifest", "bench.sweep.runners",
+              "bench.sweep.summary", "bench.sweep.preflight")
 # package or module -> the modules it must not import (a name and everything below it)
 FORBIDDEN = {
+    "bench.sweep.executors": SWEEP_TOP,
+    **{module: ("bench.sweep.executors", *SWEEP_TOP) for module in SWEEP_BASE},
     "bench.data": UPPER, "bench.models": UPPER, "bench.weights": UPPER, "bench.recipes": UPPER,
     "bench.options": UPPER, "bench.system": UPPER, "bench.checkpoint": UPPER, "bench.store": UPPER,
     "bench.metrics": UPPER, "bench.io": UPPER, "bench.errors": UPPER, "bench.paths": UPPER,

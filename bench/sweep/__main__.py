@@ -1,0 +1,4 @@
+"""`python -m bench.sweep`: the command line (bench/sweep/cli.py)."""
+from bench.sweep.cli import main
+
+main()

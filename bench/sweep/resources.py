@@ -1,0 +1,84 @@
+"""Per-stage resources of a sweep: `Resources`, read from sweeps/cluster.yaml with flags on top
+(`load_resources`), and the submitit parameters of a SLURM array from them (`slurm_parameters`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from bench.config import read_yaml
+from bench.errors import BenchError
+from bench.models import SCALES
+from bench.paths import project_root
+from bench.plan import STAGES
+
+CLUSTER_FILE = project_root() / "sweeps" / "cluster.yaml"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one task of a stage gets. Values keep the type the cluster file or flag gave them (a
+    plan prints them as given)."""
+
+    # SLURM partition; None: the cluster's default.
+    partition: str | None = None
+    # SLURM account charged; None: the user's default.
+    account: str | None = None
+    # GPUs per task; a task of several trains data-parallel, one process per GPU (bench.stages.run_job).
+    gpus: int = 0
+    # CPU cores per task; the local executor runs at most cores / cpus tasks at once.
+    cpus: int = 1
+    # Memory per task, in GB.
+    mem_gb: float = 4
+    # Time limit per task, in minutes: always set, submitit's own default would be a few minutes.
+    timeout_min: int = 60
+    # SLURM: tasks of one array running at once; None: as many as the cluster allows.
+    array_parallelism: int | None = None
+    # Teachers: members of one pool trained as one network in one task (bench.plan.TeachersStage.units).
+    stack: int = 1
+
+
+# The keys a cluster file may set, in the order its error messages list them.
+RESOURCE_KEYS = tuple(f.name for f in fields(Resources))
+DEFAULTS = {"cpus": 1, "mem_gb": 4, "gpus": 0, "timeout_min": 60, "stack": 1}
+
+
+def load_resources(path: Path, scale: str, stage: str, flags: dict[str, Any]) -> Resources:
+    """sweeps/cluster.yaml: `{scale: {default: {...}, <stage>: {...}}}`, then flags on top."""
+    raw = (read_yaml(path) if path.exists() else None) or {}
+
+    def check(kind: str, value: str, valid, where: str) -> None:
+        if value not in valid:
+            raise BenchError(f"{path}: {where}: unknown {kind} {value!r}; valid: {', '.join(valid)}")
+
+    for s in raw:
+        check("scale", s, SCALES, "top level")
+        for st, res in (raw[s] or {}).items():
+            check("stage", st, ("default", *STAGES), s)
+            for key in res or {}:
+                check("resource", key, RESOURCE_KEYS, f"{s}.{st}")
+    merged = dict(DEFAULTS)
+    merged.update((raw.get(scale) or {}).get("default") or {})
+    merged.update((raw.get(scale) or {}).get(stage) or {})
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    if not merged.get("timeout_min") or merged["timeout_min"] <= 0:
+        raise BenchError(f"{path}: timeout_min must be a positive number of minutes for stage {stage}")
+    if not isinstance(merged["stack"], int) or merged["stack"] < 1:
+        raise BenchError(f"{path}: stack must be a whole number of members, at least 1, for stage {stage}")
+    return Resources(**merged)
+
+
+def slurm_parameters(res: Resources, name: str) -> dict[str, Any]:
+    params = {"name": name, "timeout_min": int(res.timeout_min), "cpus_per_task": int(res.cpus),
+              "mem_gb": res.mem_gb, "slurm_signal_delay_s": 120}
+    if res.gpus:
+        params["gpus_per_node"] = int(res.gpus)
+        # One task per GPU: a job of several tasks trains data-parallel (bench.stages.run_job).
+        params["tasks_per_node"] = int(res.gpus)
+    if res.partition:
+        params["slurm_partition"] = res.partition
+    if res.account:
+        params["slurm_account"] = res.account
+    if res.array_parallelism:
+        params["slurm_array_parallelism"] = int(res.array_parallelism)
+    return params

@@ -1,0 +1,61 @@
+"""What a sweep prints before it runs: the plan per stage with its resources (`print_plan`) and,
+for a dry run, the teacher pools (`print_pools`) and the GPU-hours estimate (`print_estimate`)."""
+from __future__ import annotations
+
+from bench.estimate import gpu_hours, job_flops, net_of, training_config
+from bench.plan import Job
+from bench.sweep.plan import Plan
+from bench.sweep.resources import Resources
+
+
+def print_plan(plan: Plan, cluster: str, resources: dict[str, Resources]) -> None:
+    print(f"grid {plan.grid.name} ({plan.grid.path}), scale {plan.grid.scale}, cluster {cluster}")
+    tasks = plan.units(resources)
+    for stage, jobs in plan.stages.items():
+        todo = len(plan.todo[stage])
+        r = resources[stage]
+        stacked = f" in {len(tasks[stage])} tasks" if len(tasks[stage]) != todo else ""
+        print(f"  {stage:<10} {len(jobs):>4} jobs, {todo:>4} to run{stacked}, {len(jobs) - todo:>4} done | "
+              f"cpus {r.cpus} mem {r.mem_gb} GB gpus {r.gpus} time {r.timeout_min} min"
+              + (f" partition {r.partition}" if r.partition else ""))
+
+
+def print_pools(plan: Plan) -> None:
+    """The teacher pools the plan trains: what each member is, the resolution its images are
+    trained at (CIFAR resized to it), and one image's forward FLOPs at that resolution."""
+    firsts: dict[str, Job] = {}
+    for job in plan.stages["teachers"]:
+        firsts.setdefault(job.spec["pool"], job)
+    rows = []
+    for p in plan.grid.pools:
+        cfg, net = training_config(firsts[p.name].spec), net_of(firsts[p.name].spec)
+        rows.append((p.name, p.arch, p.dataset, p.init, str(p.members), str(p.held_out), str(cfg.epochs),
+                     str(cfg.image_size), f"{net.forward / 1e9:.3g}"))
+    head = ("pool", "arch", "dataset", "init", "members", "held out", "epochs", "px", "GFLOP/img")
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+    print("pools (px: the training resolution; GFLOP/img: one image's forward pass at it):")
+    for r in (head, *rows):
+        print("  " + "  ".join(v.ljust(w) if i < 4 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+
+
+def print_estimate(plan: Plan, resources: dict[str, Resources], tflops: float) -> None:
+    """GPU-hours per stage and in total, from FLOPs counted from the architectures and the grid,
+    beside each stage's largest job and its time limit."""
+    print(f"GPU-hours (an estimate: FLOPs counted from the architectures and the grid, bench/estimate.py, "
+          f"at {tflops:g} TFLOP/s per GPU, --gpu-tflops):")
+    print(f"  {'stage':<10} {'FLOP':>9} {'GPU-h':>9} {'to run':>9} {'largest job':>11} {'limit':>7}")
+    total = total_todo = 0.0
+    for stage, jobs in plan.stages.items():
+        flops = [job_flops(stage, j.spec) for j in jobs]
+        todo = sum(f for f, j in zip(flops, jobs) if j.run_id not in plan.done)
+        total, total_todo = total + sum(flops), total_todo + todo
+        # A job trains data-parallel on its gpus: its wall time is its GPU-hours over them.
+        gpus = max(1, int(resources[stage].gpus or 1))
+        print(f"  {stage:<10} {sum(flops):>9.2e} {_hours(sum(flops), tflops):>9} {_hours(todo, tflops):>9} "
+              f"{_hours(max(flops, default=0) / gpus, tflops) + ' h':>11} {resources[stage].timeout_min / 60:>6.3g}h")
+    print(f"  {'total':<10} {total:>9.2e} {_hours(total, tflops):>9} {_hours(total_todo, tflops):>9}")
+
+
+def _hours(flops: float, tflops: float) -> str:
+    h = gpu_hours(flops, tflops)
+    return f"{h:,.0f}" if h >= 100 else f"{h:.1f}" if h >= 1 else f"{h:.2g}"

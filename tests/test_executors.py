@@ -1,0 +1,83 @@
+"""One contract for every executor of bench.sweep (debug, local, slurm on the SLURM stand-ins of
+tests/conftest.py): each task of a tiny plan is handed over once, every job's state comes back,
+and a job already finished is never handed over again."""
+import os
+import shutil
+
+import pytest
+
+from bench.config import load_grid
+from bench.plan import Roots, unit_spec
+from bench.stages import run_job
+from bench.sweep import CLUSTER_FILE, load_resources, make_plan, read_manifest
+from bench.sweep.executors import EXECUTORS
+from bench.sweep.executors.local import LocalExecutor
+
+# Two members trained as one stack, then two method jobs that need them.
+TINY = """
+n_teachers: 2
+seeds: 1
+pools:
+  - arch: vgg11
+    dataset: digits
+    members: 2
+    held_out: 0
+    recipe: {epochs: 1}
+methods: [single, ensemble]
+"""
+# Answers every query with the lines of squeue.out beside it, as a cluster that knows the jobs would.
+SQUEUE = """#!/bin/sh
+echo "squeue $*" >> "$(dirname "$0")/calls"
+cat "$(dirname "$0")/squeue.out" 2>/dev/null
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A grid whose teachers are trained and recorded (once for the module): its methods are left."""
+    tree = tmp_path_factory.mktemp("trained")
+    (tree / "tiny.yaml").write_text(TINY)
+    roots = Roots(tree / "teachers", tree / "results")
+    plan = make_plan(load_grid(tree / "tiny.yaml", "tiny"), roots)
+    run_job(unit_spec(plan.stages["teachers"]), "tiny", roots)
+    return tree
+
+
+def executor(kind, folder, monkeypatch):
+    if kind == "slurm":  # the stand-ins first on PATH: a real SLURM elsewhere is never reached
+        monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    return LocalExecutor(progress=False) if kind == "local" else EXECUTORS[kind]()
+
+
+@pytest.mark.parametrize("kind", ["debug", "local", "slurm"])
+def test_each_task_is_handed_over_once_and_every_state_comes_back(kind, trained, tmp_path, fake_slurm, monkeypatch):
+    shutil.copytree(trained, tmp_path / "tree")
+    (fake_slurm / "squeue").write_text(SQUEUE)
+    roots, grid = Roots(tmp_path / "tree" / "teachers", tmp_path / "tree" / "results"), tmp_path / "tree" / "tiny.yaml"
+    ex = executor(kind, fake_slurm, monkeypatch)
+    handed = []
+    monkeypatch.setattr(ex, "task", lambda unit: handed.append(sorted(j.run_id for j in unit)) or unit_spec(unit))
+    resources = {s: load_resources(CLUSTER_FILE, "tiny", s, {}) for s in ("pretrain", "teachers", "meta_train", "methods")}
+
+    plan = make_plan(load_grid(grid, "tiny"), roots)
+    teachers, methods = ({j.run_id for j in plan.stages[s]} for s in ("teachers", "methods"))
+    assert plan.done == teachers and len(methods) == 2
+    states = ex.submit(plan, resources)
+    assert sorted(handed) == sorted([m] for m in methods)  # each method once, no finished teacher
+    assert set(states) == teachers | methods and all(states[t]["state"] == "done" for t in teachers)
+    ended = {"done"} if ex.blocking else {"submitted"}
+    assert {states[m]["state"] for m in methods} == ended, states
+
+    manifest = read_manifest("tiny", roots)
+    assert manifest["cluster"] == kind
+    if kind == "slurm":
+        (fake_slurm / "squeue.out").write_text("".join(f"{states[m]['job_id']} PENDING\n" for m in methods))
+    seen = ex.job_states(manifest)
+    assert set(seen) == teachers | methods
+    assert {seen[m] for m in methods} == ({"done"} if ex.blocking else {"pending"})
+
+    handed.clear()
+    again = make_plan(load_grid(grid, "tiny"), roots)
+    ex.submit(again, resources)
+    # Finished jobs are not handed over again; on the stand-ins no method job ever runs, so those are.
+    assert sorted(handed) == ([] if ex.blocking else sorted([m] for m in methods))
