@@ -3,6 +3,7 @@ tests/conftest.py): each task of a tiny plan is handed over once, every job's st
 and a job already finished is never handed over again."""
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,35 @@ def test_each_task_is_handed_over_once_and_every_state_comes_back(kind, trained,
     ex.submit(again, resources)
     # Finished jobs are not handed over again; on the stand-ins no method job ever runs, so those are.
     assert sorted(handed) == ([] if ex.blocking else sorted([m] for m in methods))
+
+
+def test_the_background_local_driver_reruns_the_command_with_the_same_roots(tmp_path, monkeypatch, capsys):
+    """`--cluster local` without --wait starts the same command again with --wait --quiet: every
+    flag given reaches the driver as given, relative paths name the same files from the folder it
+    starts in, and the roots are the ones this process checked."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from bench.sweep import main, parse_args
+    from bench.sweep.executors import local
+
+    started = []
+    monkeypatch.setattr(local.subprocess, "Popen",
+                        lambda cmd, **kw: started.append((cmd, kw)) or SimpleNamespace(pid=12345))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    argv = ["--grid", "tiny.yaml", "--cluster", "auto", "--results-root", "r", "--stack", "1", "--seeds", "1",
+            "--max-parallel", "1", "--data-root", "."]
+    monkeypatch.setenv("PATH", "/nonexistent")  # no sbatch: auto picks local
+    monkeypatch.setenv("BENCH_DATA", "")  # --data-root exports it; restored after the test
+    main(argv)
+    assert "local driver started (pid 12345)" in capsys.readouterr().out
+    (cmd, kw), = started
+    assert cmd[:3] == [sys.executable, "-m", "bench.sweep"] and cmd[3:3 + len(argv)] == argv
+    assert kw["start_new_session"] and kw["stdin"] == subprocess.DEVNULL and kw.get("cwd") is None
+    driver = parse_args(cmd[3:])
+    assert driver.wait and driver.quiet and driver.cluster == "local" and driver.stack == 1
+    assert driver.results_root == str((tmp_path / "r").resolve())
+    assert driver.teachers_root == str(Path(os.environ["BENCH_TEACHERS"]).resolve())
+    assert Path(driver.data_root).resolve() == tmp_path.resolve()
