@@ -236,10 +236,28 @@ def index(r: Report) -> str:
          if a in PLOT_TITLES] + \
         [f"- [failed.md](failed.md): {len(failures)} failed runs, {len(missing)} incomplete cells, "
          f"{len(r.skipped)} unreadable records skipped"]
-    return (f"# Report: {r.grid}\n\n{r.figure_links}## Provenance (from the records)\n\n" +
+    return (f"# Report: {r.grid}\n\n{front(r)}{r.figure_links}## Provenance (from the records)\n\n" +
             "".join(f"- {x}\n" for x in provenance(r.runs, r.grid, r.plan)) +
             (f"- left out: {r.stale} records of runs the grid no longer plans\n" if r.stale else "") +
             "\n## Contents\n\n" + "\n".join(links) + "\n")
+
+
+def front(r: Report) -> str:
+    """The top of index.md: what the grid reproduces, its teachers, the headline figure and every
+    claim's verdict per setting at a glance (Δ top-1 in pp; claims.md has the intervals)."""
+    lines = [f"{r.plan.description}\n\n" if r.plan and r.plan.description else "", regime_line(r.done)]
+    if "headline" in r.plots:
+        lines.append(f"\n![{r.grid}: each method's top-1 per setting](plots/headline.png)\n")
+    claims = r.claims[r.claims.verdict.notna()] if len(r.claims) else r.claims
+    if len(claims):
+        cell = lambda v, d: v if pd.isna(d) else f"{v} ({d:+.2f})"
+        table = claims.assign(cell=[cell(v, d) for v, d in zip(claims.verdict, claims.diff_pp)]).pivot_table(
+            index="claim", columns="setting", values="cell", aggfunc="first", sort=False)
+        table = table[[s for s in r.settings if s in table.columns]].fillna("—")
+        lines.append(f"\n## Verdicts\n\nEach claim per setting: its verdict and Δ top-1 (pp) over distinct groups "
+                     f"of teachers; intervals, groups and rules in [claims.md](claims.md).\n\n"
+                     f"{table.reset_index().to_markdown(index=False)}\n")
+    return "".join(lines) + ("\n" if any(lines) else "")
 
 
 def values_of(runs: pd.DataFrame, name: str) -> str:

@@ -28,6 +28,7 @@ class Plan:
     expected: Counter = field(default_factory=Counter)  # (variant, setting) -> planned method runs
     methods: dict[str, str] = field(default_factory=dict)  # variant -> method
     counterpart: dict[tuple[str, str], str] = field(default_factory=dict)  # pool (arch, dataset) -> paper dataset
+    description: str = ""  # the grid file's: what it reproduces
 
 
 def grid_plan(grid: str | Path, scales: set[str] | None = None, selection: dict | None = None,
@@ -49,6 +50,7 @@ def grid_plan(grid: str | Path, scales: set[str] | None = None, selection: dict 
             grids.pop(scale, None)
     if not grids or not set(scales or ()) <= set(grids):
         return None
+    plan.description = next(iter(grids.values())).description
     for scale, g in grids.items():
         if "paper" in grids:
             plan.counterpart.update({(p.arch, p.dataset): q.dataset for p, q in zip(g.pools, grids["paper"].pools)})
