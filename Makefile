@@ -22,8 +22,8 @@ demo: install
 test: install
 	$(PYTHON) -m pytest
 
-# The paper-scale smoke of the scratch main table (VGG-11, ResNet-50 at 32 px) on the CPU through SLURM (needs one:
-# bench/scripts/slurm_local.sh start), some minutes; CI runs it after the suite.
+# The paper-scale smokes on the CPU through SLURM (needs one: bench/scripts/slurm_local.sh start): the paper's-regime
+# main table's ResNet-50 at 224 px (batches capped at 16) and the scratch main table at 32 px; CI runs them after the suite.
 smoke-test: install
 	$(PYTHON) -m pytest -m slow
 

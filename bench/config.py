@@ -314,11 +314,19 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
     n_teachers = r.count(top.get("n_teachers", 4), "n_teachers", 1)
     seeds = r.seeds(top.get("seeds", 3), "seeds")
     part = r.choice(top.get("teacher_part", "meta_train"), "teacher_part", TEACHER_PARTS)
+    pools = read_pools(r, top["pools"], n_teachers, part)
+    methods = read_methods(r, top["methods"], pools, n_teachers, part)
+    return Grid(path.stem, path, scale, str(top.get("description", "")), n_teachers, seeds, part,
+                tuple(pools), tuple(methods))
 
-    if not isinstance(top["pools"], list) or not top["pools"]:
+
+def read_pools(r: _Reader, raw: Any, n_teachers: int, part: str) -> list[PoolSpec]:
+    """The grid's `pools`, each checked (its recipe resolved at the scale, its start, its parts)."""
+    path, scale = r.path, r.scale
+    if not isinstance(raw, list) or not raw:
         raise r.fail("pools", "expected a non-empty list of pools")
     pools = []
-    for i, item in enumerate(top["pools"]):
+    for i, item in enumerate(raw):
         where = f"pools[{i}]"
         p = r.mapping(item, where, POOL_KEYS, ("arch", "dataset"))
         arch = r.choice(p["arch"], f"{where}.arch", ARCHS)
@@ -347,14 +355,19 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
     names = [p.name for p in pools]
     if len(set(names)) != len(names):
         raise r.fail("pools", f"pool names repeat: {', '.join(names)}")
+    return pools
 
-    raw_methods = top["methods"]
-    if isinstance(raw_methods, list):
-        raw_methods = {m: {} for m in raw_methods} if all(isinstance(m, str) for m in raw_methods) else None
-    if not isinstance(raw_methods, dict) or not raw_methods:
+
+def read_methods(r: _Reader, raw: Any, pools: list[PoolSpec], n_teachers: int, part: str) -> list[MethodSpec]:
+    """The grid's `methods` (a list of names or a mapping variant -> options), each variant's
+    options checked against its method's and its groups against every pool it runs on."""
+    if isinstance(raw, list):
+        raw = {m: {} for m in raw} if all(isinstance(m, str) for m in raw) else None
+    if not isinstance(raw, dict) or not raw:
         raise r.fail("methods", "expected a non-empty list of method names or a mapping name -> options")
+    names = [p.name for p in pools]
     methods = []
-    for variant, options in raw_methods.items():
+    for variant, options in raw.items():
         name = str(variant).split("/", 1)[0]
         r.choice(name, "methods", METHODS)
         where = f"methods.{variant}"
@@ -368,31 +381,40 @@ def load_grid(grid: str | Path, scale: str = "tiny") -> Grid:
         pool_size = r.count(opts["pool_size"], f"{where}.pool_size", 1) if "pool_size" in opts else None
         m_part = r.choice(opts.get("teacher_part", part), f"{where}.teacher_part", TEACHER_PARTS)
         m_n = r.count(opts.get("n_teachers", n_teachers), f"{where}.n_teachers", 1)
-        for p in pools:
-            if not method_applies(opts, p):
-                continue
-            meta_train = len(p.meta_train_members)
-            if pool_size is not None and pool_size > meta_train:
-                raise r.fail(f"{where}.pool_size", f"{pool_size} is larger than pool {p.name}'s meta-train part "
-                                                   f"({meta_train} members)")
-            if pool_size is not None and m_n > pool_size:
-                raise r.fail(f"{where}.pool_size", f"{pool_size} members cannot make a group of N = {m_n}")
-            available = len(p.held_out_members) if m_part == "held_out" else min(meta_train, pool_size or meta_train)
-            if m_n > available:
-                raise r.fail(where, f"N = {m_n} is larger than pool {p.name}'s {m_part} part ({available} members)")
-        if opts.get("fit_group") is True and m_part != "meta_train":
-            raise r.fail(f"{where}.fit_group", "fits the group it is tested on: it needs teacher_part meta_train")
-        # A value may be given per architecture (a setting chosen on val for each): every pool the
-        # method runs on needs one, and each pool's resolved options are checked.
-        archs = [p.arch for p in pools if method_applies(opts, p)]
-        for key, value in opts.items():
-            missing = [a for a in archs if per_arch(value) and a not in value]
-            if missing:
-                raise r.fail(f"{where}.{key}", f"no value for arch {missing[0]!r} (given: {', '.join(value)})")
-        for arch in sorted(set(archs)) or [None]:
-            typed = method_options(name, opts if arch is None else for_arch(opts, arch), f"{path}: {where}")
-            if isinstance(typed, WeightFormerOptions):  # the WeightFormer it needs, at this scale's defaults
-                typed.wf_config(scale, f"{path}: {where}")
+        check_groups(r, where, opts, pools, pool_size, m_part, m_n)
+        check_method_options(r, where, name, opts, pools)
         methods.append(MethodSpec(name, opts, str(variant)))
-    return Grid(path.stem, path, scale, str(top.get("description", "")), n_teachers, seeds, part,
-                tuple(pools), tuple(methods))
+    return methods
+
+
+def check_groups(r: _Reader, where: str, opts: dict[str, Any], pools: list[PoolSpec], pool_size: int | None,
+                 part: str, n: int) -> None:
+    """Every pool a method variant runs on can give it groups of `n` from its `part`."""
+    for p in pools:
+        if not method_applies(opts, p):
+            continue
+        meta_train = len(p.meta_train_members)
+        if pool_size is not None and pool_size > meta_train:
+            raise r.fail(f"{where}.pool_size", f"{pool_size} is larger than pool {p.name}'s meta-train part "
+                                               f"({meta_train} members)")
+        if pool_size is not None and n > pool_size:
+            raise r.fail(f"{where}.pool_size", f"{pool_size} members cannot make a group of N = {n}")
+        available = len(p.held_out_members) if part == "held_out" else min(meta_train, pool_size or meta_train)
+        if n > available:
+            raise r.fail(where, f"N = {n} is larger than pool {p.name}'s {part} part ({available} members)")
+    if opts.get("fit_group") is True and part != "meta_train":
+        raise r.fail(f"{where}.fit_group", "fits the group it is tested on: it needs teacher_part meta_train")
+
+
+def check_method_options(r: _Reader, where: str, name: str, opts: dict[str, Any], pools: list[PoolSpec]) -> None:
+    """A method variant's options, typed per architecture it runs on. A value may be given per
+    architecture (a setting chosen on val for each): every pool the method runs on needs one."""
+    archs = [p.arch for p in pools if method_applies(opts, p)]
+    for key, value in opts.items():
+        missing = [a for a in archs if per_arch(value) and a not in value]
+        if missing:
+            raise r.fail(f"{where}.{key}", f"no value for arch {missing[0]!r} (given: {', '.join(value)})")
+    for arch in sorted(set(archs)) or [None]:
+        typed = method_options(name, opts if arch is None else for_arch(opts, arch), f"{r.path}: {where}")
+        if isinstance(typed, WeightFormerOptions):  # the WeightFormer it needs, at this scale's defaults
+            typed.wf_config(r.scale, f"{r.path}: {where}")

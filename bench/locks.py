@@ -7,7 +7,9 @@ the job runs. A lock is stale, and taken over, when its process is gone (on this
 whatever SLURM says), when it is another host's lock of this SLURM job from before a requeue,
 when its SLURM job has left the queue, or when nobody has touched it for STALE_S seconds (a host
 that died). A live lock is waited on, never
-broken; the waiter then finds the job done and does nothing, or runs it.
+broken; the waiter then finds the job done and does nothing, or runs it. Where the locks live:
+`bench.stages.lock_paths` (per teacher and WeightFormer under `teachers/.locks/`, per method
+run under `results/<grid>/locks/`).
 """
 from __future__ import annotations
 

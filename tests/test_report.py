@@ -208,6 +208,19 @@ def test_claim_verdicts(tmp_path):
     assert ["Allen-Zhu & Li", "ensemble > single", "vgg11 / digits", "supported"] in rows
 
 
+def test_the_index_opens_with_every_claims_verdict_per_setting(tmp_path):
+    root = claims_grid(tmp_path)
+    report("c", tmp_path)
+    text = (root / "report" / "index.md").read_text()
+    verdicts = text[text.index("## Verdicts"):text.index("## Figures")]
+    table = md_cells(verdicts).set_index("claim")
+    claims = claim_table(method_runs(load_records(root)), ["vgg11 / digits"]).set_index("claim")
+    assert list(table.columns) == ["vgg11 / digits"] and set(table.index) == set(claims.index)
+    assert table.loc["ensemble > single", "vgg11 / digits"] == "supported (+4.97)"
+    assert table.loc["WF works on unseen teachers", "vgg11 / digits"] == "inconclusive"  # no runs: no Δ
+    assert text.index("## Verdicts") < text.index("## Provenance")
+
+
 def test_unseen_teachers_claim(tmp_path):
     folder = tmp_path / "u" / "records"
     # The unseen WF is compared with single on held-out teachers (its own `/unseen` variant), not with

@@ -206,7 +206,7 @@ def test_teachers_are_grouped_into_stacks_that_keep_every_members_job():
 def test_every_committed_teacher_record_is_still_planned():
     """Stacking changes how members run, not what they are: committed records keep their run ids."""
     from bench.paths import project_root
-    from bench.report.tables import grid_plan
+    from bench.report.records import grid_plan
 
     results = project_root() / "results"
     for grid in sorted(d for d in results.iterdir() if (d / "records").is_dir()):
@@ -348,7 +348,8 @@ def test_seeds_flag_reruns_the_grid_on_other_groups(mini, tmp_path):
 def test_the_report_plans_what_a_narrowed_sweep_planned(mini, tmp_path):
     """A sweep given --seeds and --archs keeps them in its manifest; the report plans the same
     jobs from it, so the pools left out are not listed as missing."""
-    from bench.report.tables import missing_lines, planned_runs
+    from bench.report.records import planned_runs
+    from bench.report.tables import missing_lines
     from bench.sweep import selected_grid, write_manifest
 
     # Valid at both scales (the report plans every scale): no tiny-only recipe.

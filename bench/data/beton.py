@@ -67,6 +67,37 @@ def _writer_worker(errors, work_fn, *args) -> None:
         raise SystemExit(1)  # quietly; multiprocessing flushes `errors` before the exit
 
 
+def _collect_allocations(processes: list, done_number: Any, allocations_queue: Any, errors: Any, total: int,
+                         fname: str) -> list:
+    """Every worker's page allocations, as each finishes, with the samples written as progress; a
+    worker that fails ends the wait with its error."""
+    from tqdm import tqdm
+
+    allocation_list: list = []
+    with tqdm(total=total, disable=None, unit="img") as progress:
+        previous, collected = 0, 0
+        while collected < len(processes):
+            val = done_number.value
+            if val > previous:
+                progress.update(val - previous)
+                previous = val
+            try:  # a finished worker hands over its page allocations
+                allocation_list.extend(allocations_queue.get(timeout=0.1))
+                collected += 1
+                continue
+            except queue.Empty:
+                pass
+            failed = [p for p in processes if p.exitcode not in (None, 0)]
+            if failed:
+                try:
+                    reason = errors.get(timeout=1.0)
+                except queue.Empty:
+                    reason = f"a writer process died (exit code {failed[0].exitcode})"
+                raise BenchError(f"writing {fname} failed: {reason}")
+        progress.update(done_number.value - previous)
+    return allocation_list
+
+
 def _make_writer_class():
     from multiprocessing import Process, Queue, Value
     import ctypes
@@ -79,8 +110,6 @@ def _make_writer_class():
         instead of leaving the parent waiting forever for samples that will never come."""
 
         def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
-            from tqdm import tqdm
-
             self.num_samples = num_samples
             self.prepare()
             workqueue, allocations_queue, errors = Queue(), Queue(), Queue()
@@ -98,28 +127,8 @@ def _make_writer_class():
                              for _ in range(self.num_workers)]
                 for p in processes:
                     p.start()
-                allocation_list: list = []
-                with tqdm(total=self.num_samples, disable=None, unit="img") as progress:
-                    previous, collected = 0, 0
-                    while collected < len(processes):
-                        val = done_number.value
-                        if val > previous:
-                            progress.update(val - previous)
-                            previous = val
-                        try:  # a finished worker hands over its page allocations
-                            allocation_list.extend(allocations_queue.get(timeout=0.1))
-                            collected += 1
-                            continue
-                        except queue.Empty:
-                            pass
-                        failed = [p for p in processes if p.exitcode not in (None, 0)]
-                        if failed:
-                            try:
-                                reason = errors.get(timeout=1.0)
-                            except queue.Empty:
-                                reason = f"a writer process died (exit code {failed[0].exitcode})"
-                            raise BenchError(f"writing {self.fname} failed: {reason}")
-                    progress.update(done_number.value - previous)
+                allocation_list = _collect_allocations(processes, done_number, allocations_queue, errors,
+                                                       self.num_samples, self.fname)
                 if done_number.value != self.num_samples:
                     raise BenchError(f"writing {self.fname}: {done_number.value} of "
                                      f"{self.num_samples} samples written")

@@ -22,7 +22,7 @@ Training recipes (`augment`):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -95,6 +95,37 @@ def _image_sizes(beton: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(meta["height"]), np.asarray(meta["width"])
 
 
+def _augment_for(beton: Path, heights: np.ndarray, widths: np.ndarray, image_size: int, augment: str | None, raw: bool,
+                 resize: bool) -> str:
+    """The augmentation recipe for the stored image sizes (None: chosen from them), refused in one
+    line where the images cannot take it."""
+    fixed = heights.min() == heights.max() and widths.min() == widths.max()
+    if augment is None:
+        augment = "crop4_flip" if fixed and heights[0] == widths[0] == image_size else "rrc_flip"
+    choose("augmentation", augment, AUGMENTS)
+    if (raw or augment in FIXED_SIZE_AUGMENTS) and not fixed:
+        raise BenchError(f"{beton}: images of different sizes ({heights.min()}-{heights.max()} x "
+                         f"{widths.min()}-{widths.max()}) need augment 'rrc_flip', not "
+                         f"{'raw output' if raw else repr(augment)}")
+    stored_at_size = heights[0] == widths[0] == image_size
+    if not raw and augment in FIXED_SIZE_AUGMENTS and not stored_at_size and not resize:
+        raise BenchError(f"{beton} holds {heights[0]}x{widths[0]} images; augment {augment!r} "
+                         f"uses them as stored, so image_size must be {heights[0]}, not "
+                         f"{image_size} (or use 'rrc_flip', which resizes)")
+    return augment
+
+
+def _decoder(as_stored: bool, train: bool, image_size: int) -> Any:
+    """FFCV's image decoder: the stored pixels, a random resized crop (training) or a centre crop."""
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder
+
+    if as_stored:
+        return SimpleRGBImageDecoder()
+    if train:
+        return RandomResizedCropRGBImageDecoder((image_size, image_size))
+    return CenterCropRGBImageDecoder((image_size, image_size), ratio=EVAL_CROP_RATIO)
+
+
 def make_ffcv_loader(beton: str | Path, *, train: bool, batch_size: int, seed: int,
                      image_size: int, mean: Sequence[float], std: Sequence[float],
                      device: str | torch.device, distributed: bool = False,
@@ -115,8 +146,7 @@ def make_ffcv_loader(beton: str | Path, *, train: bool, batch_size: int, seed: i
     `num_workers` (decoding threads) defaults to `job_cpus()`.
     """
     require_ffcv()
-    from ffcv.fields.decoders import (CenterCropRGBImageDecoder, IntDecoder,
-                                      RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder)
+    from ffcv.fields.decoders import IntDecoder
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
     import numba
@@ -131,25 +161,9 @@ def make_ffcv_loader(beton: str | Path, *, train: bool, batch_size: int, seed: i
         heights, widths = _image_sizes(str(beton))
     except (AssertionError, ValueError, IndexError, OSError) as err:  # FFCV's own complaints
         raise BenchError(f"{beton}: not a readable .beton ({' '.join(str(err).split())})") from None
-    fixed = heights.min() == heights.max() and widths.min() == widths.max()
-    if augment is None:
-        augment = "crop4_flip" if fixed and heights[0] == widths[0] == image_size else "rrc_flip"
-    choose("augmentation", augment, AUGMENTS)
-    if (raw or augment in FIXED_SIZE_AUGMENTS) and not fixed:
-        raise BenchError(f"{beton}: images of different sizes ({heights.min()}-{heights.max()} x "
-                         f"{widths.min()}-{widths.max()}) need augment 'rrc_flip', not "
-                         f"{'raw output' if raw else repr(augment)}")
+    augment = _augment_for(beton, heights, widths, image_size, augment, raw, resize)
     stored_at_size = heights[0] == widths[0] == image_size
-    if not raw and augment in FIXED_SIZE_AUGMENTS and not stored_at_size and not resize:
-        raise BenchError(f"{beton} holds {heights[0]}x{widths[0]} images; augment {augment!r} "
-                         f"uses them as stored, so image_size must be {heights[0]}, not "
-                         f"{image_size} (or use 'rrc_flip', which resizes)")
-    if raw or augment in FIXED_SIZE_AUGMENTS:
-        decoder = SimpleRGBImageDecoder()
-    elif train:
-        decoder = RandomResizedCropRGBImageDecoder((image_size, image_size))
-    else:
-        decoder = CenterCropRGBImageDecoder((image_size, image_size), ratio=EVAL_CROP_RATIO)
+    decoder = _decoder(raw or augment in FIXED_SIZE_AUGMENTS, train, image_size)
     # On a GPU, FFCV copies each batch over on its own CUDA streams (the order of its ImageNet
     # example); on the CPU the batches stay where they were decoded.
     to_device = [ToDevice(device, non_blocking=True)] if device.type == "cuda" else []

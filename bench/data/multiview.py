@@ -66,16 +66,9 @@ def _encode(patches: torch.Tensor, channels: int, grid: int, patch: int) -> torc
     return (PIXEL_CENTER + PIXEL_GAIN * math.sqrt(d) * x).round().clamp(0, 255).to(torch.uint8)
 
 
-def load(root: Path | None, split: str, seed: int = 0, num_classes: int = 10, views: int = 2,
-         image_size: int = 16, patch: int = 4, channels: int = 3, n_train: int = 2000,
-         n_val: int = 1000, n_test: int = 1000, n_transfer: int = 0, single_view_fraction: float = 0.2, noise: float = 0.1,
-         feature_noise: float = 0.1) -> ImageSet:
-    """Generate one split; `root` is ignored.
-
-    `noise` is the expected norm of each patch's Gaussian noise (per-coordinate std
-    noise/sqrt(d)); `feature_noise` is the largest weight of another class's feature in a patch
-    (own features have weights in [0.5, 1]).
-    """
+def check_options(split: str, n_transfer: int, image_size: int, patch: int, num_classes: int, views: int,
+                  channels: int, single_view_fraction: float) -> None:
+    """One line for a generator option out of range, before anything is drawn."""
     choose("split", split, ("train", "val", "test", "transfer"))
     if split == "transfer" and n_transfer < 1:
         raise BenchError("multiview: no transfer split (n_transfer is 0)")
@@ -86,11 +79,25 @@ def load(root: Path | None, split: str, seed: int = 0, num_classes: int = 10, vi
                          f"{num_classes}, {views}, {channels}")
     if not 0.0 <= single_view_fraction <= 1.0:
         raise BenchError(f"multiview: single_view_fraction {single_view_fraction} is not in [0, 1]")
-    d, grid = channels * patch * patch, image_size // patch
-    n_patches = grid * grid
+    n_patches = (image_size // patch) ** 2
     if n_patches < views:
         raise BenchError(f"multiview: {n_patches} patches cannot show {views} views; "
                          f"raise image_size or lower patch")
+
+
+def load(root: Path | None, split: str, seed: int = 0, num_classes: int = 10, views: int = 2,
+         image_size: int = 16, patch: int = 4, channels: int = 3, n_train: int = 2000,
+         n_val: int = 1000, n_test: int = 1000, n_transfer: int = 0, single_view_fraction: float = 0.2, noise: float = 0.1,
+         feature_noise: float = 0.1) -> ImageSet:
+    """Generate one split; `root` is ignored.
+
+    `noise` is the expected norm of each patch's Gaussian noise (per-coordinate std
+    noise/sqrt(d)); `feature_noise` is the largest weight of another class's feature in a patch
+    (own features have weights in [0.5, 1]).
+    """
+    check_options(split, n_transfer, image_size, patch, num_classes, views, channels, single_view_fraction)
+    d, grid = channels * patch * patch, image_size // patch
+    n_patches = grid * grid
     features = class_features(seed, num_classes, views, d).reshape(num_classes * views, d)
     n = {"train": n_train, "val": n_val, "test": n_test, "transfer": n_transfer}[split]
     gen = _generator(seed, split)

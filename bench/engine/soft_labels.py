@@ -12,7 +12,9 @@ sample index and view id, so a teacher never runs twice on the same image. Logit
 probabilities: any temperature and any group of the teachers (meta-training's) reads the same
 entries, softmax(logits / T) and the group mean taken at lookup exactly as `mean_soft_labels`
 takes them. Each teacher's entries live in a file beside its checkpoint, shared by every job
-that uses that teacher on the same data (KD, self-distillation, fine-tuning, meta-training).
+that uses that teacher on the same data (KD, self-distillation, fine-tuning, meta-training):
+`view-logits-<hash>.safetensors`, the hash over the teacher's sha256, the data set, image size,
+augmentation, device type and torch version; written atomically, a damaged file is recomputed.
 
 Exactness: every cache forward has `CHUNK` images (the last chunk padded), made by the loader's
 own augmentation (`DeviceLoader.view_images`), so they have a training batch's memory layout

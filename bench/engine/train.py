@@ -149,6 +149,22 @@ def run_folder(cfg: TrainConfig, out: str | Path, writer: bool = True) -> RunFol
                      expect={"arch": cfg.arch}, writer=writer)
 
 
+def run_loaders(cfg: TrainConfig, device: torch.device, rank: int, world_size: int) -> tuple[Any, dict[str, Any]]:
+    """The run's training loader and (rank 0's) evaluation loaders. Each rank gets its share of
+    every global batch (the same draws as a single process); the loader refuses a batch size the
+    world size does not divide, before anything is written."""
+    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, root=cfg.data_root, image_size=cfg.image_size,
+                  device=device)
+    train_loader = make_loader(cfg.dataset, cfg.train_split, train=True, beton=cfg.beton_train,
+                               distributed=world_size > 1, fraction=cfg.train_fraction, **common)
+    eval_loaders = {split: make_loader(cfg.dataset, split, train=False, beton=cfg.beton_test if split == "test"
+                                       else None, **common) for split in EVAL_SPLITS} if rank == 0 else {}
+    if len(train_loader) == 0:
+        raise BenchError(f"the training data ({cfg.train_fraction:g} of the {cfg.dataset} split) is smaller than "
+                         f"one batch of {cfg.batch_size}; use a larger fraction or a smaller batch")
+    return train_loader, eval_loaders
+
+
 def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = None,
           progress: bool | None = None) -> dict[str, Any]:
     """Train (or resume, or find finished) the run in `out`; return the final sidecar.
@@ -169,19 +185,8 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
     device = rank_device(cfg.device, world_size)
     folder.sync = lambda: barrier(device)
     spec = dataset_spec(cfg.dataset)
-    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, root=cfg.data_root, image_size=cfg.image_size,
-                  device=device)
-    # Each rank gets its share of every global batch (the same draws as a single process); the
-    # loader refuses a batch size the world size does not divide, before anything is written.
-    train_loader = make_loader(cfg.dataset, cfg.train_split, train=True, beton=cfg.beton_train,
-                               distributed=world_size > 1, fraction=cfg.train_fraction, **common)
-    eval_loaders = {split: make_loader(cfg.dataset, split, train=False, beton=cfg.beton_test if split == "test"
-                                       else None, **common) for split in EVAL_SPLITS} if rank == 0 else {}
+    train_loader, eval_loaders = run_loaders(cfg, device, rank, world_size)
     steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise BenchError(f"the training data ({cfg.train_fraction:g} of the {cfg.dataset} split) is smaller than "
-                         f"one batch of {cfg.batch_size}; use a larger fraction or a smaller batch")
-
     model = initial_model(cfg, spec.num_classes, device)
     if ARCH_SPECS[cfg.arch].channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -28,11 +28,8 @@ def teacher_pool_rows(quick: bool, repeat: int, members_list: tuple[int, ...] | 
     the CPU; images/s of all members together. `gemm_fraction`: the stack's FLOP rate (3 x
     forward FLOPs counted with torch.utils.flop_counter, per image) over this machine's fp32
     GEMM rate measured in the same run."""
-    import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from bench.engine.optim import make_optimizer
-    from bench.engine.stacked import stack_models
     from bench.models import build_model
 
     size = sizes(quick)
@@ -45,47 +42,58 @@ def teacher_pool_rows(quick: bool, repeat: int, members_list: tuple[int, ...] | 
             build_model(arch, 10, 16, "tiny").eval()(torch.zeros(1, 3, 16, 16))
         train_flops_per_image = 3 * counter.get_total_flops()
         for members in members_list:
-            models = []
-            for seed in range(members):
-                torch.manual_seed(seed)
-                models.append(build_model(arch, 10, 16, "tiny"))
-            net = stack_models(models)
-            gen = torch.Generator().manual_seed(0)
-            # Channels-last strided, as the loaders' augmented batches come (random_crop's permute):
-            # the convolutions follow their input's format, alone and stacked.
-            xs = [x.contiguous(memory_format=torch.channels_last)
-                  for x in torch.randn(members, batch, 3, 16, 16, generator=gen)]
-            ys = torch.randint(0, 10, (members, batch), generator=gen)
-            x_packed = torch.cat(xs, 1)  # as StackedTask builds it
-            stacked_opt = make_optimizer(net, "adamw", lr=1e-3, weight_decay=5e-4)
-            alone_opts = [make_optimizer(m, "adamw", lr=1e-3, weight_decay=5e-4) for m in models]
-
-            def stacked() -> float:
-                for _ in range(steps):
-                    logits = net(x_packed).view(batch, members, -1)
-                    loss = sum(F.cross_entropy(logits[:, i], ys[i]) for i in range(members))
-                    stacked_opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    stacked_opt.step()
-                return steps * batch * members
-
-            def alone() -> float:
-                for _ in range(steps):
-                    for model, opt, x, y in zip(models, alone_opts, xs, ys):
-                        loss = F.cross_entropy(model(x), y)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                return steps * batch * members
-
-            row = paired(f"teacher_pool_training/{arch}/M={members}", ("one at a time", rate(alone)),
-                         ("stacked", rate(stacked)), unit="images/s", repeat=repeat,
-                         settings={"members": members, "steps": steps, "batch_size": batch,
-                                   "train_gflop_per_image": train_flops_per_image / 1e9, "gemm_fp32_gflops": peak})
+            row = pool_pair(arch, members, steps, batch, repeat,
+                            {"train_gflop_per_image": train_flops_per_image / 1e9, "gemm_fp32_gflops": peak})
             fraction = row.median * train_flops_per_image / 1e9 / peak
             rows.append(Row(**{**asdict(row), "settings": {**row.settings, "gemm_fraction": fraction,
                                                            "gemm_fraction_alone": fraction / row.ratio}}))
     return rows
+
+
+def pool_pair(arch: str, members: int, steps: int, batch: int, repeat: int, settings: dict) -> Row:
+    """`members` tiny networks of `arch`, `steps` AdamW steps each: packed against one at a time."""
+    import torch.nn.functional as F
+
+    from bench.engine.optim import make_optimizer
+    from bench.engine.stacked import stack_models
+    from bench.models import build_model
+
+    models = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        models.append(build_model(arch, 10, 16, "tiny"))
+    net = stack_models(models)
+    gen = torch.Generator().manual_seed(0)
+    # Channels-last strided, as the loaders' augmented batches come (random_crop's permute):
+    # the convolutions follow their input's format, alone and stacked.
+    xs = [x.contiguous(memory_format=torch.channels_last)
+          for x in torch.randn(members, batch, 3, 16, 16, generator=gen)]
+    ys = torch.randint(0, 10, (members, batch), generator=gen)
+    x_packed = torch.cat(xs, 1)  # as StackedTask builds it
+    stacked_opt = make_optimizer(net, "adamw", lr=1e-3, weight_decay=5e-4)
+    alone_opts = [make_optimizer(m, "adamw", lr=1e-3, weight_decay=5e-4) for m in models]
+
+    def stacked() -> float:
+        for _ in range(steps):
+            logits = net(x_packed).view(batch, members, -1)
+            loss = sum(F.cross_entropy(logits[:, i], ys[i]) for i in range(members))
+            stacked_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            stacked_opt.step()
+        return steps * batch * members
+
+    def alone() -> float:
+        for _ in range(steps):
+            for model, opt, x, y in zip(models, alone_opts, xs, ys):
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return steps * batch * members
+
+    return paired(f"teacher_pool_training/{arch}/M={members}", ("one at a time", rate(alone)),
+                  ("stacked", rate(stacked)), unit="images/s", repeat=repeat,
+                  settings={"members": members, "steps": steps, "batch_size": batch, **settings})
 
 
 

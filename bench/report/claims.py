@@ -13,12 +13,11 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
-from scipy import stats
 
 from bench.report.frame import DASH, column, fmt, md_table, tex_table
+from bench.report.statistics import LEVEL, groups_of, half_width, paired_ci
 
 MARGIN_PP = 1.0  # "approximately equal": the CI of the difference lies within ±MARGIN_PP of top-1
-LEVEL = 0.95
 MIN_GROUPS = 2  # a paired t interval needs two differences
 MAX_SEEDS = 10_000  # "seeds needed" beyond this is reported as more than it
 RULES = (f"Each seed's group of teachers gives one paired difference top-1(A) − top-1(B) (both methods on "
@@ -62,13 +61,6 @@ CLAIMS = (
 )
 
 
-def paired_ci(diffs: pd.Series, level: float = LEVEL) -> tuple[float, float, float]:
-    """mean(diffs) and its paired t confidence interval (n >= 2 differences)."""
-    n, mean, sd = len(diffs), float(diffs.mean()), float(diffs.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
 def seeds_needed(relation: str, mean: float, sd: float, margin: float = MARGIN_PP, level: float = LEVEL) -> int | None:
     """The fewest groups at which a paired t interval of this mean and spread would reach a verdict
     (None: more than MAX_SEEDS, e.g. a mean sitting on a boundary). For ">" the interval must
@@ -81,7 +73,7 @@ def seeds_needed(relation: str, mean: float, sd: float, margin: float = MARGIN_P
     if sd == 0:
         return MIN_GROUPS
     for n in range(MIN_GROUPS, MAX_SEEDS + 1):
-        if float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n) < gap:
+        if half_width(sd, n, level) < gap:
             return n
     return None
 
@@ -121,15 +113,6 @@ def side(runs: pd.DataFrame, name: str, part: str) -> tuple[pd.DataFrame, str]:
     label = pick + (" (unseen)" if part == "held_out" and not pick.endswith("unseen") else "")
     rows = rows[(rows.variant == pick) & rows.top1.notna()]
     return rows, label
-
-
-def groups_of(runs: pd.DataFrame) -> pd.Series:
-    """Each run's group of teachers as a set (its order, which names the anchor, aside): the unit
-    of replication. A record without its members (written before they were recorded) counts as
-    its own seed's group."""
-    return pd.Series([",".join(map(str, sorted(int(x) for x in m))) if isinstance(m, (list, tuple)) else f"seed {s}"
-                      for m, s in zip(column(runs, "teacher_members"), column(runs, "seed"))],
-                     index=runs.index, dtype=object)
 
 
 def paired_differences(a: pd.DataFrame, b: pd.DataFrame) -> pd.Series:

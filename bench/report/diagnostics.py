@@ -9,39 +9,19 @@ the size of its meta-train pool, and every meta-training's curves.
 - ladder: on a setting that has a `fit_group` variant, its rows for one fixed group (a WeightFormer
   fitted to each group alone), the pool (seen groups, the same pool size) and unseen groups.
 - pool size: WeightFormer's top-1 on seen and unseen groups against the meta-train pool size, with
-  single, ensemble and KD on the same unseen groups as reference lines (plots/pool_size.{png,pdf}).
+  single, ensemble and KD on the same unseen groups as reference lines (pool_size.csv; drawn by
+  figures.plot_pool_size).
 - meta-training curves: train KL (eq. 1) and, where early stopping watched it, val KL per step
-  (plots/meta_training.{png,pdf}).
+  (meta_training.csv; drawn by figures.plot_curves).
 """
 from __future__ import annotations
 
 import math
 
 import pandas as pd
-from scipy import stats
 
-from bench.report import style
-from bench.report.claims import groups_of
-from bench.report.frame import DASH, column, figure_bytes, fmt, md_table, tex_table
-
-LEVEL = 0.95
-
-
-def interval(values: pd.Series) -> tuple[float, float]:
-    """(mean, half-width of its 95% t interval); the half-width is NaN below two values."""
-    values = values.dropna().astype(float)
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    if n < 2:
-        return float(values.mean()), math.nan
-    return float(values.mean()), float(stats.t.ppf(0.5 + LEVEL / 2, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
-
-
-def per_group(rows: pd.DataFrame, name: str) -> pd.Series:
-    """`name` averaged per distinct group of teachers (the unit of replication)."""
-    values = pd.to_numeric(column(rows, name), errors="coerce")
-    return values.groupby(groups_of(rows)).mean()
+from bench.report.frame import DASH, column, fmt, md_table, tex_table
+from bench.report.statistics import groups_of, interval, per_group
 
 
 def _option(rows: pd.DataFrame, name: str, default=None) -> pd.Series:
@@ -147,7 +127,7 @@ LADDER_NOTE = ("How well WeightFormer fits: one group (a WeightFormer fitted to 
                "was meta-trained on (seen groups) and held-out teachers (unseen groups), one pool size.")
 
 
-# --- plots ---------------------------------------------------------------------------------------
+# --- pool size and meta-training curves (drawn in figures.py) ----------------------------------
 
 def pool_size_table(done: pd.DataFrame) -> pd.DataFrame:
     """setting, series, pool_size, mean, ci_half, groups: WeightFormer seen / unseen (and on the transfer
@@ -184,47 +164,6 @@ def pool_size_table(done: pd.DataFrame) -> pd.DataFrame:
                                        "minus_anchor_ci_half", "groups"])
 
 
-def plot_pool_size(table: pd.DataFrame, grid: str, settings: list[str] | None = None) -> dict[str, bytes]:
-    """One column of panels per setting: above, WeightFormer's top-1 against pool size (log2 axis,
-    95% intervals over groups) with the unseen groups' references as horizontal lines with shaded
-    intervals; below, WeightFormer − its anchor paired per group (free of the teachers' own spread).
-    Columns in the order of `settings` (the main table's), others after by name."""
-    present = set(table.setting)
-    settings = [s for s in settings or [] if s in present] + sorted(present - set(settings or []))
-    fig, axes = style.pyplot().subplots(2, len(settings), figsize=(6.4 * len(settings), 7.4), squeeze=False,
-                                        sharex="col", gridspec_kw={"height_ratios": [3, 2]}, layout="constrained")
-    styles = {"single": ("tab:gray", ":"), "ensemble": ("tab:green", "--"), "KD": ("tab:red", "-."),
-              "KD on transfer": ("tab:purple", (0, (5, 2, 1, 2, 1, 2)))}
-    for ax, low, setting in zip(axes[0], axes[1], settings):
-        t = table[table.setting == setting]
-        for i, (series, rows) in enumerate(t[t.pool_size.notna()].groupby("series", sort=True)):
-            rows = rows.sort_values("pool_size")
-            line = "-" if len(rows) > 1 else "none"
-            ax.errorbar(rows.pool_size, rows["mean"], yerr=rows.ci_half.fillna(0), marker="o", capsize=3,
-                        color=f"C{i}", linestyle=line, label=f"{series} (n = {rows.groups.min()} groups)")
-            low.errorbar(rows.pool_size, rows.minus_anchor, yerr=rows.minus_anchor_ci_half.fillna(0), marker="o",
-                         capsize=3, color=f"C{i}", linestyle=line)
-        low.axhline(0, color="black", linewidth=0.8)
-        low.set_ylabel("WF − anchor, paired (pp)")
-        low.set_xlabel("meta-train pool size (teachers)")
-        low.grid(alpha=0.3)
-        for r in t[t.pool_size.isna()].itertuples():
-            colour, dash = styles.get(r.series.split(" (")[0], ("tab:brown", "-"))
-            ax.axhline(r.mean, color=colour, linestyle=dash, linewidth=1.2, label=f"{r.series} (n = {r.groups})")
-            if not pd.isna(r.ci_half):
-                ax.axhspan(r.mean - r.ci_half, r.mean + r.ci_half, color=colour, alpha=0.12, linewidth=0)
-        sizes = sorted(set(t.pool_size.dropna()))
-        ax.set_xscale("log", base=2)
-        low.set_xticks(sizes, [f"{s:g}" for s in sizes])
-        ax.set_ylabel("test top-1 accuracy (%)")
-        ax.set_title(setting, fontsize=10)
-        ax.grid(alpha=0.3)
-    style.legend_outside(fig, list(axes[0]))
-    fig.suptitle(f"{grid}: WeightFormer vs meta-train pool size (mean, 95% t interval over distinct groups)",
-                 fontsize=10)
-    return figure_bytes(fig)
-
-
 def curve_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """Each finished meta-training's curve, one row per log point: label, step, kl, val_kl."""
     meta = runs[(runs.stage == "meta_train") & (column(runs, "status") == "done")]
@@ -239,20 +178,3 @@ def curve_rows(runs: pd.DataFrame) -> pd.DataFrame:
             (f", eq. 1 on {split}" if isinstance(split, str) else "") + f" [{r.run_id[:6]}]"
         rows += [{"label": label, "step": p["step"], "kl": p["kl"], "val_kl": p.get("val_kl", math.nan)} for p in curve]
     return pd.DataFrame(rows, columns=["label", "step", "kl", "val_kl"])
-
-
-def plot_curves(curves: pd.DataFrame, grid: str) -> dict[str, bytes]:
-    """Train KL (solid) and val KL (dashed, same colour) per meta-training, log y."""
-    fig, ax = style.pyplot().subplots(figsize=(7.2, 4.4), layout="constrained")
-    for i, (label, c) in enumerate(curves.groupby("label", sort=True)):
-        colour = f"C{i % 10}"
-        ax.plot(c.step, c.kl, color=colour, linewidth=1, label=label)
-        if c.val_kl.notna().any():
-            ax.plot(c.step, c.val_kl, color=colour, linewidth=1, linestyle="--")
-    ax.set_yscale("log")
-    ax.set_xlabel("meta-training step")
-    ax.set_ylabel("eq. 1 KL (nats; solid: training batches, dashed: val)")
-    ax.set_title(f"{grid}: meta-training curves", fontsize=10)
-    ax.grid(alpha=0.3)
-    style.legend_outside(fig, [ax])
-    return figure_bytes(fig)

@@ -1,9 +1,14 @@
-"""The two figures a reader looks at first: the headline (every main-table row's top-1 per setting,
-with the baselines as reference lines) and the claims' forest plot (each claim's paired difference
-and its interval against 0 and the margin, beside a rerun's where there is one).
+"""Every figure of the report, as PNG and PDF bytes with no dates or versions in them:
+
+- plots/headline: every main-table row's top-1 per setting, with the baselines as reference lines;
+- plots/claims: the claims' forest plot (each claim's paired difference and its interval against 0
+  and the margin, beside a rerun's where there is one);
+- plots/<axis>: the WeightFormer ablations (ablations.py's table), one figure per axis varied;
+- plots/pool_size, plots/meta_training: WeightFormer against its meta-train pool size and every
+  meta-training's curves (diagnostics.py's tables).
 
 Numbers come from the modules that make the tables: intervals over distinct groups of teachers
-(diagnostics.interval, per_group), the claims' differences and verdicts as claim_table and
+(statistics.interval, per_group), the claims' differences and verdicts as claim_table and
 rerun_table computed them; nothing here recomputes a statistic.
 """
 from __future__ import annotations
@@ -12,11 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.io import atomic_write_bytes
 from bench.report import style
-from bench.report.claims import LEVEL, MARGIN_PP
-from bench.report.diagnostics import interval, per_group
-from bench.report.frame import figure_bytes, order_rows
-from bench.report.plots import references
+from bench.report.ablations import AXES, norm, references
+from bench.report.claims import MARGIN_PP
+from bench.report.frame import SAVE_METADATA, figure_bytes, method_rank, order_rows
+from bench.report.statistics import LEVEL, interval, per_group
 
 HEADLINE_REFERENCES = ("single", "ensemble", "soup")
 PART_COLOURS = {"meta_train": "tab:blue", "held_out": "tab:orange"}
@@ -179,6 +185,112 @@ def forest_caption(rerun: bool) -> str:
                "coloured by the rerun's verdict" if rerun else ""))
 
 
+# --- ablations ----------------------------------------------------------------------------------
+
+def series_order(series: set[str], settings: list[str] | None) -> list[str]:
+    """Series ("method, setting") as the main table lays them out: methods in its row order, then
+    settings in its column order (others after, by name)."""
+    where = {s: i for i, s in enumerate(settings or [])}
+    split = {s: s.split(", ", 1) for s in series}
+    return sorted(series, key=lambda s: (method_rank(split[s][0]), split[s][0],
+                                         where.get(split[s][1], len(where)), split[s][1]))
+
+
+def plot_axis(table: pd.DataFrame, axis: str, grid: str, refs: pd.DataFrame | None = None,
+              settings: list[str] | None = None) -> dict[str, bytes]:
+    """PNG and PDF of one axis: one panel per series (method, setting) in table order, top-1 mean
+    with its 95% t interval over distinct groups, the setting's single / ensemble / KD as
+    reference lines with their intervals as bands."""
+    values = sorted({norm(v) for v in table.value}, key=lambda v: (str(type(v)), v))
+    numeric = all(isinstance(v, float) for v in values)
+    where = (lambda v: v) if numeric else {v: i for i, v in enumerate(values)}.get
+    series = series_order(set(table.series), settings)
+    fig, axes = style.panels(len(series), width=4.2, height=3.2)
+    refs = refs if refs is not None else pd.DataFrame(columns=["setting", "method", "mean", "ci_half", "groups"])
+    for ax, s in zip(axes, series):
+        rows = table[table.series == s].copy()
+        rows["x"] = [where(norm(v)) for v in rows.value]
+        rows = rows.sort_values("x")
+        ax.errorbar(rows.x, rows["mean"], yerr=rows.ci_half.fillna(0), marker="o", capsize=3,
+                    linestyle="-" if numeric else "none", color="tab:blue",
+                    label=f"WeightFormer ({style.groups_text(rows.groups)})")
+        for r in refs[refs.setting == rows.setting.iloc[0]].itertuples():
+            colour, dash = style.REFERENCE_STYLE[r.method]
+            ax.axhline(r.mean, color=colour, linestyle=dash, linewidth=1.1,
+                       label=f"{style.REFERENCE_NAMES[r.method]}, meta-train teachers ({r.groups} groups)")
+            if not pd.isna(r.ci_half):
+                ax.axhspan(r.mean - r.ci_half, r.mean + r.ci_half, color=colour, alpha=0.12, linewidth=0)
+        if not numeric:
+            ax.set_xticks(range(len(values)), [style.name(v) for v in values])
+            ax.set_xlim(-0.5, len(values) - 0.5)
+        elif len(values) <= 8:  # ticks at the values tried, whole numbers without ".0"
+            ax.set_xticks(values, [style.name(v) for v in values])
+        style.tidy(ax, s, AXES[axis][1], "test top-1 accuracy (%)")
+    style.legend_outside(fig, axes, title="lines: mean; bands, bars: 95% t interval")
+    fig.suptitle(f"{grid}: WeightFormer ablation, {axis} (mean, 95% t interval over distinct groups)", fontsize=10)
+    return figure_bytes(fig)
+
+
+# --- what a WeightFormer learnt -----------------------------------------------------------------
+
+def plot_pool_size(table: pd.DataFrame, grid: str, settings: list[str] | None = None) -> dict[str, bytes]:
+    """One column of panels per setting: above, WeightFormer's top-1 against pool size (log2 axis,
+    95% intervals over groups) with the unseen groups' references as horizontal lines with shaded
+    intervals; below, WeightFormer − its anchor paired per group (free of the teachers' own spread).
+    Columns in the order of `settings` (the main table's), others after by name."""
+    present = set(table.setting)
+    settings = [s for s in settings or [] if s in present] + sorted(present - set(settings or []))
+    fig, axes = style.pyplot().subplots(2, len(settings), figsize=(6.4 * len(settings), 7.4), squeeze=False,
+                                        sharex="col", gridspec_kw={"height_ratios": [3, 2]}, layout="constrained")
+    styles = {"single": ("tab:gray", ":"), "ensemble": ("tab:green", "--"), "KD": ("tab:red", "-."),
+              "KD on transfer": ("tab:purple", (0, (5, 2, 1, 2, 1, 2)))}
+    for ax, low, setting in zip(axes[0], axes[1], settings):
+        t = table[table.setting == setting]
+        for i, (series, rows) in enumerate(t[t.pool_size.notna()].groupby("series", sort=True)):
+            rows = rows.sort_values("pool_size")
+            line = "-" if len(rows) > 1 else "none"
+            ax.errorbar(rows.pool_size, rows["mean"], yerr=rows.ci_half.fillna(0), marker="o", capsize=3,
+                        color=f"C{i}", linestyle=line, label=f"{series} (n = {rows.groups.min()} groups)")
+            low.errorbar(rows.pool_size, rows.minus_anchor, yerr=rows.minus_anchor_ci_half.fillna(0), marker="o",
+                         capsize=3, color=f"C{i}", linestyle=line)
+        low.axhline(0, color="black", linewidth=0.8)
+        low.set_ylabel("WF − anchor, paired (pp)")
+        low.set_xlabel("meta-train pool size (teachers)")
+        low.grid(alpha=0.3)
+        for r in t[t.pool_size.isna()].itertuples():
+            colour, dash = styles.get(r.series.split(" (")[0], ("tab:brown", "-"))
+            ax.axhline(r.mean, color=colour, linestyle=dash, linewidth=1.2, label=f"{r.series} (n = {r.groups})")
+            if not pd.isna(r.ci_half):
+                ax.axhspan(r.mean - r.ci_half, r.mean + r.ci_half, color=colour, alpha=0.12, linewidth=0)
+        sizes = sorted(set(t.pool_size.dropna()))
+        ax.set_xscale("log", base=2)
+        low.set_xticks(sizes, [f"{s:g}" for s in sizes])
+        ax.set_ylabel("test top-1 accuracy (%)")
+        ax.set_title(setting, fontsize=10)
+        ax.grid(alpha=0.3)
+    style.legend_outside(fig, list(axes[0]))
+    fig.suptitle(f"{grid}: WeightFormer vs meta-train pool size (mean, 95% t interval over distinct groups)",
+                 fontsize=10)
+    return figure_bytes(fig)
+
+
+def plot_curves(curves: pd.DataFrame, grid: str) -> dict[str, bytes]:
+    """Train KL (solid) and val KL (dashed, same colour) per meta-training, log y."""
+    fig, ax = style.pyplot().subplots(figsize=(7.2, 4.4), layout="constrained")
+    for i, (label, c) in enumerate(curves.groupby("label", sort=True)):
+        colour = f"C{i % 10}"
+        ax.plot(c.step, c.kl, color=colour, linewidth=1, label=label)
+        if c.val_kl.notna().any():
+            ax.plot(c.step, c.val_kl, color=colour, linewidth=1, linestyle="--")
+    ax.set_yscale("log")
+    ax.set_xlabel("meta-training step")
+    ax.set_ylabel("eq. 1 KL (nats; solid: training batches, dashed: val)")
+    ax.set_title(f"{grid}: meta-training curves", fontsize=10)
+    ax.grid(alpha=0.3)
+    style.legend_outside(fig, [ax])
+    return figure_bytes(fig)
+
+
 # --- into the report -------------------------------------------------------------------------------
 
 def kept_rerun(folder: Path) -> pd.DataFrame | None:
@@ -202,3 +314,17 @@ def report_figures(done: pd.DataFrame, settings: list[str], claims: pd.DataFrame
             figs[name] = figure_bytes(fig)
             lines.append(f"- [plots/{name}.png](plots/{name}.png), [pdf](plots/{name}.pdf): {caption}.")
     return figs, ("## Figures\n\n" + "\n".join(lines) + "\n\n" if lines else "")
+
+
+def write_plots(folder: Path, figures: dict[str, dict[str, bytes]]) -> None:
+    """plots/<name>.<format> of every figure ({name: {format: bytes}}); the plots of an earlier
+    report that these records no longer give (an axis they no longer vary) are removed."""
+    written = set()
+    for name, figure in figures.items():
+        for fmt, data in figure.items():
+            written.add(atomic_write_bytes(folder / "plots" / f"{name}.{fmt}", data))
+    for old in (folder / "plots").glob("*"):
+        if old.suffix[1:] in SAVE_METADATA and old not in written:
+            old.unlink()
+    if (folder / "plots").is_dir() and not any((folder / "plots").iterdir()):
+        (folder / "plots").rmdir()

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 
 from bench.config import default_pool_name
+from bench.methods import METHODS
 
-# The soups together, the learned soup (WeightFormer with N x L parameters) right above WeightFormer.
-METHOD_ORDER = ("single", "ensemble", "kd", "self_distill", "soup", "aligned_soup", "greedy_soup", "learned_soup",
-                "weightformer", "weightformer_ft")
-WF_METHODS = ("weightformer", "weightformer_ft")
+# Rows in the registry's order (the registry alone, no method's code: the report loads no
+# training code), so that a method added there needs no line here.
+METHOD_ORDER = tuple(METHODS)
+WF_METHODS = tuple(name for name, entry in METHODS.items() if entry.needs_meta_train)
 DASH = "—"
 
 

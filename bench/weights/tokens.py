@@ -155,12 +155,7 @@ def weight_layers(model: nn.Module, arch: str) -> list[WeightLayer]:
     if not isinstance(model, family):
         raise BenchError(f"tokens: arch {arch} expects a {family.__name__}, got {type(model).__name__}")
     state = model.state_dict()
-    # Own (non-recursive) float entries per module name, in state-dict order.
-    own_by_module: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
-    for key, value in state.items():
-        module, _, attr = key.rpartition(".")
-        if _is_weight(value):
-            own_by_module.setdefault(module, {})[attr] = (key, value)
+    own_by_module = _own_entries(state)
     modules = dict(model.named_modules())
 
     drafts: list[_Draft] = []
@@ -195,16 +190,7 @@ def weight_layers(model: nn.Module, arch: str) -> list[WeightLayer]:
                     f"mlp_{attr}" if isinstance(parent, Mlp) and attr in ("fc1", "fc2") else "linear")
             drafts.append(_channel_layer(name, kind, own))
         elif isinstance(module, _NORMS):
-            channels = {v.shape for _, v in own.values()}
-            if len(channels) != 1 or len(next(iter(channels))) != 1:
-                raise BenchError(f"tokens: norm {name} has non per-channel entries {sorted(own)}")
-            n = next(iter(channels))[0]
-            prev = drafts[-1] if drafts else None
-            if prev is None or prev.kind not in CHANNEL_KINDS or prev.n_tokens != n:
-                prev = _Draft(name, "norm", n)
-                drafts.append(prev)
-            for key, value in own.values():
-                prev.add(key, value, n)
+            _add_norm(drafts, name, own)
             own = {}
         if own:
             raise BenchError(f"tokens: no tokenisation for {type(module).__name__} {name or '<root>'} "
@@ -214,6 +200,31 @@ def weight_layers(model: nn.Module, arch: str) -> list[WeightLayer]:
     layers = [d.freeze(buffers) for d in drafts]
     _check_coverage(layers, state)
     return layers
+
+
+def _own_entries(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, tuple[str, torch.Tensor]]]:
+    """Own (non-recursive) float entries per module name, in state-dict order."""
+    own_by_module: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
+    for key, value in state.items():
+        module, _, attr = key.rpartition(".")
+        if _is_weight(value):
+            own_by_module.setdefault(module, {})[attr] = (key, value)
+    return own_by_module
+
+
+def _add_norm(drafts: list[_Draft], name: str, own: dict[str, tuple[str, torch.Tensor]]) -> None:
+    """A norm's per-channel entries join the channel layer before it (the same channels), else
+    make a layer of their own."""
+    channels = {v.shape for _, v in own.values()}
+    if len(channels) != 1 or len(next(iter(channels))) != 1:
+        raise BenchError(f"tokens: norm {name} has non per-channel entries {sorted(own)}")
+    n = next(iter(channels))[0]
+    prev = drafts[-1] if drafts else None
+    if prev is None or prev.kind not in CHANNEL_KINDS or prev.n_tokens != n:
+        prev = _Draft(name, "norm", n)
+        drafts.append(prev)
+    for key, value in own.values():
+        prev.add(key, value, n)
 
 
 def _check_coverage(layers: Sequence[WeightLayer], state: Mapping[str, torch.Tensor]) -> None:

@@ -1,0 +1,113 @@
+"""WeightFormer ablations: top-1 against one setting at a time, the others at the grid's default
+(ablations.csv; figures.plot_axis draws them), and the baselines drawn beside them.
+
+The default of a setting is its value in the runs of the plain variant (`weightformer`, or
+`weightformer_ft` for fine-tuned runs) of the same (arch, dataset), else its most common value.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import pandas as pd
+
+from bench.report.frame import WF_METHODS, column
+from bench.report.statistics import interval, per_group
+
+# axis -> its x-axis label with its unit. The record column of an axis is wf_<axis> (WeightFormer's
+# config), but for the teachers' own settings, recorded under their own names (TEACHER_COLUMNS).
+LABELS = {
+    "n_teachers": "teachers per ensemble, N (networks)", "cross": "[cross] token (cross-layer information flow)",
+    "shift_weight": "shift-consistency loss weight (0 = off)", "depth": "WeightFormer depth (layers)",
+    "d_model": "WeightFormer width, d_model (units)", "output": "output parameterisation",
+    "temperature": "softmax temperature (dimensionless)", "align": "teacher alignment before tokenising",
+    "init": "teacher pool initialisation", "ft_epochs": "fine-tuning (epochs)",
+    "ft_fraction": "fine-tuning data (fraction of the training set)",
+    "teacher_part": "teachers (meta-train = seen, held-out = unseen)",
+}
+TEACHER_COLUMNS = ("init", "teacher_part")
+# axis -> (record column, x-axis label)
+AXES = {axis: (axis if axis in TEACHER_COLUMNS else f"wf_{axis}", label) for axis, label in LABELS.items()}
+
+
+def norm(value):
+    """Comparable, hashable form: None for absent, bool, float for numbers, else str."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
+
+
+def mode(values: list) -> object:
+    counts = Counter(values)
+    return sorted(counts, key=lambda v: (-counts[v], str(v)))[0] if counts else None
+
+
+def wf_axes(runs: pd.DataFrame) -> pd.DataFrame:
+    """WeightFormer runs with one normalised column per axis, `series` = (method, arch / dataset
+    [pool init]) and `series_any_init` (the same without the init: the init axis's series)."""
+    wf = runs[runs.method.isin(WF_METHODS)].copy()
+    for axis, (col, _) in AXES.items():
+        # dtype object keeps None (an axis a method does not have, e.g. fine-tuning epochs of plain
+        # WeightFormer runs) as None: a float column would turn it into NaN, which equals nothing.
+        wf[f"axis_{axis}"] = pd.Series([norm(v) for v in column(wf, col)], index=wf.index, dtype=object)
+    named = [isinstance(p, str) and p != f"{a}-{d}-{s}-{i}" for p, a, d, s, i in
+             zip(column(wf, "pool"), wf.arch, wf.dataset, column(wf, "scale"), column(wf, "init"))]
+    wf["series_any_init"] = [f"{m}, {a} / {d}" + (f" [{p}]" if n else "")
+                             for m, a, d, p, n in zip(wf.method, wf.arch, wf.dataset, column(wf, "pool"), named)]
+    wf["series"] = [f"{m}, {setting}" for m, setting in zip(wf.method, wf.setting)]
+    return wf
+
+
+def at_defaults(group: pd.DataFrame, method: str, axis: str) -> pd.DataFrame:
+    """The runs of one series whose every axis other than `axis` holds its default."""
+    plain = group[group.variant == method]
+    keep = pd.Series(True, index=group.index)
+    for other in AXES:
+        if other != axis:
+            col = group[f"axis_{other}"]
+            default = mode(list((plain if len(plain) else group)[f"axis_{other}"]))
+            keep &= pd.Series([v == default for v in col], index=group.index)
+    return group[keep]
+
+
+def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """axis, series, setting, value, mean, std (n-1), n of top-1, and the 95% t interval's half-width
+    over distinct groups of teachers (`groups`, `ci_half`): the numbers behind every plot."""
+    wf, rows = wf_axes(runs), []
+    for axis in AXES:
+        for series, group in wf.groupby("series_any_init" if axis == "init" else "series", sort=True):
+            kept = at_defaults(group, group.method.iloc[0], axis)
+            for _, runs_at in kept.groupby(kept[f"axis_{axis}"].map(repr), sort=True):
+                v = runs_at[f"axis_{axis}"].iloc[0]
+                if v is not None:
+                    top1 = runs_at.top1.dropna()
+                    mean, half = interval(per_group(runs_at, "top1"))
+                    rows.append({"axis": axis, "series": series, "setting": series.split(", ", 1)[1], "value": v,
+                                 "mean": top1.mean(), "std": top1.std(), "n": len(top1),
+                                 "groups": int(per_group(runs_at, "top1").notna().sum()), "ci_half": half})
+    rows.sort(key=lambda r: (list(AXES).index(r["axis"]), r["series"], str(type(r["value"])), r["value"]))
+    table = pd.DataFrame(rows, columns=["axis", "series", "setting", "value", "mean", "std", "n", "groups", "ci_half"])
+    # Only axes the records vary: two distinct values at least within one series.
+    varied = set(table.groupby(["axis", "series"]).value.agg(lambda v: len(set(map(repr, v)))).loc[lambda n: n >= 2]
+                 .index.get_level_values("axis"))
+    return table[table.axis.isin(varied)].reset_index(drop=True)
+
+
+REFERENCES = ("single", "ensemble", "kd")
+
+
+def references(runs: pd.DataFrame, methods: tuple[str, ...] = REFERENCES) -> pd.DataFrame:
+    """setting, method, mean, ci_half, groups of `methods` (their plain variants, meta-train
+    teachers) per setting: the reference lines of the ablation panels (single, ensemble, KD) and of
+    the headline figure."""
+    rows = []
+    plain = runs[runs.method.isin(list(methods)) & (runs.variant == runs.method) &
+                 (runs.teacher_part == "meta_train")]
+    for (setting, method), r in plain.groupby(["setting", "method"], sort=True):
+        mean, half = interval(per_group(r, "top1"))
+        rows.append({"setting": setting, "method": method, "mean": mean, "ci_half": half,
+                     "groups": int(per_group(r, "top1").notna().sum())})
+    return pd.DataFrame(rows, columns=["setting", "method", "mean", "ci_half", "groups"])
