@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -297,10 +297,6 @@ def job_flops(stage: str, spec: Mapping[str, Any]) -> float:
     if stage not in JOB_FLOPS:
         raise BenchError(f"no FLOP estimate for stage {stage!r}")
     return JOB_FLOPS[stage](spec)
-
-
-def stage_flops(stage: str, specs: Iterable[Mapping[str, Any]]) -> float:
-    return sum(job_flops(stage, s) for s in specs)
 
 
 def check_tflops(tflops: float) -> float:

@@ -119,16 +119,29 @@ def test_local_executor_respects_its_parallelism_cap(mini, tmp_path):
     assert sorted(str(p) for p in r.teachers.rglob("*")) == teacher_files
 
 
+def drained(tasks: list, costs: list[float], slots: int) -> list:
+    """The bundles next_bundle hands out, one after another, until no task is left."""
+    bundles, tasks, costs = [], list(tasks), list(costs)
+    while tasks:
+        bundle = next_bundle(tasks, costs, slots, slots, sum(costs))
+        assert 1 <= len(bundle) <= BUNDLE_MAX and all(t in tasks for t in bundle)
+        bundles.append(bundle)
+        kept = [i for i, t in enumerate(tasks) if t not in bundle]
+        tasks, costs = [tasks[i] for i in kept], [costs[i] for i in kept]
+    return bundles
+
+
 def test_bundles_start_large_tasks_alone_and_share_out_small_ones(mini):
     tasks = [[f"t{i}"] for i in range(20)]
-    # One slot: balance is moot, a bundle takes BUNDLE_MAX tasks whatever they cost.
-    assert len(next_bundle(tasks, [100.0] + [1.0] * 19, 1, 1, 119.0)) == BUNDLE_MAX
-    # Two slots: a task holding most of the remaining work runs alone ...
-    assert next_bundle(tasks[:4], [100.0, 1.0, 1.0, 1.0], 2, 2, 103.0) == [["t0"]]
-    # ... and small ones go together up to half a slot's share (200 / 4 = 50: five of 10).
-    assert len(next_bundle(tasks, [10.0] * 20, 2, 2, 200.0)) == 5
-    # Unknown costs (all 0): bundled by count alone, the ready tasks spread over the free slots.
-    assert len(next_bundle(tasks[:6], [0.0] * 6, 2, 2, 0.0)) == 3
+    for costs in ([100.0] + [1.0] * 19, [10.0] * 20, [0.0] * 20, [float(i % 7) for i in range(20)]):
+        for slots in (1, 2, 4):
+            bundles = drained(tasks, costs, slots)
+            # every task runs, once
+            assert sorted(t for b in bundles for t in b) == sorted(tasks)
+            if slots > 1 and costs[0] == 100.0:  # a task holding most of the work runs alone
+                assert [["t0"]] in bundles
+            if slots > 1 and len(set(costs)) == 1:  # equal tasks are shared out over the free slots
+                assert len(bundles) >= slots
     # The plan's costs: a teacher's training outweighs one network's evaluation.
     plan = make_plan(load_grid(mini, "tiny"), roots(mini.parent))
     methods = {u[0].spec["method"]: unit_cost(u) for u in plan.units()["methods"]}
@@ -145,8 +158,10 @@ def test_a_task_others_wait_on_ranks_by_the_chain_it_starts():
     kd = [Job("methods", {"k": 3}, "kd")]
     cost = {id(teacher): 10.0, id(meta): 30.0, id(student): 1.0, id(kd): 35.0}
     rank = upward_rank([teacher, meta, student, kd], cost)
-    assert rank[id(student)] == 1.0 and rank[id(meta)] == 31.0 and rank[id(teacher)] == 41.0
-    assert rank[id(kd)] == 35.0  # below the teacher the meta-training waits on, above the meta-training
+    # The longest chain of work a task starts goes first: the teacher (10 + 30 + 1 behind it) before
+    # the lone KD (35), which goes before the meta-training (30 + 1) and its student.
+    order = sorted((teacher, meta, student, kd), key=lambda u: -rank[id(u)])
+    assert order == [teacher, kd, meta, student]
 
 
 def test_a_bundle_runs_every_job_whatever_fails(tmp_path):

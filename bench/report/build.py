@@ -41,7 +41,7 @@ from bench.report import diagnostics, figures
 from bench.report.ablations import AXES, ablation_table, references
 from bench.report.claims import anchors, claim_table, claims_render, rerun_render, rerun_table, shared_groups
 from bench.report.frame import column, csv_text, method_runs, order_columns, regime_line
-from bench.report.records import Plan, planned_runs
+from bench.report.records import GridPlan, planned_runs
 from bench.report.tables import cost_table, failed_lines, missing_lines, nonfinite_lines, render_costs, render_main
 
 FORMATS = ("md", "tex", "csv")
@@ -63,7 +63,7 @@ class Report:
     grid_file: str | Path | None
     rerun_root: Path | None
     runs: pd.DataFrame
-    plan: Plan | None
+    plan: GridPlan | None
     stale: int  # records of runs the grid no longer plans, left out
     skipped: list[str]  # unreadable records
     files: dict[str, str | bytes] = field(default_factory=dict)  # name -> data, in the order the index lists them
@@ -265,7 +265,7 @@ def values_of(runs: pd.DataFrame, name: str) -> str:
     return ", ".join(values) if values else "unknown"
 
 
-def provenance(runs: pd.DataFrame, grid: str, plan: Plan | None) -> list[str]:
+def provenance(runs: pd.DataFrame, grid: str, plan: GridPlan | None) -> list[str]:
     finished = sorted(str(v) for v in column(runs, "finished").dropna())
     dates = f"{finished[0]} to {finished[-1]}" if finished else "unknown"
     done = int((runs.status == "done").sum())

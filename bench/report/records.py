@@ -20,7 +20,7 @@ from bench.store import load_records
 
 
 @dataclass
-class Plan:
+class GridPlan:
     """What the grid file plans, for the scales the records are at."""
     settings: list[str] = field(default_factory=list)  # pool order
     ids: set[str] = field(default_factory=set)  # run_ids of every stage, at every scale
@@ -32,14 +32,14 @@ class Plan:
 
 
 def grid_plan(grid: str | Path, scales: set[str] | None = None, selection: dict | None = None,
-              recorded: set[int] = frozenset()) -> Plan | None:
+              recorded: set[int] = frozenset()) -> GridPlan | None:
     """The grid file's plan as the sweep narrowed it (`selection`: its manifest's --seeds and
     --archs, bench.config.narrowed); without --seeds there (the manifest gone: records copied from
     a cluster) with the seeds the method records hold (`recorded`, `recorded_seeds`), so that a
     --seeds run's records are not left out as another version's. A grid written for one scale (a
     tiny-only recipe) is planned at the scales it loads at. None when the grid file is not known or
     does not load at the records' scales."""
-    plan, roots = Plan(), Roots(Path("."), Path("."))
+    plan, roots = GridPlan(), Roots(Path("."), Path("."))
     grids, jobs = {}, {}
     for scale in SCALES:
         try:
@@ -101,7 +101,7 @@ def swept_selection(folder: Path) -> dict:
 
 
 def planned_runs(grid: str, root: Path, grid_file: str | Path | None = None
-                 ) -> tuple[pd.DataFrame, Plan | None, int, list[str]]:
+                 ) -> tuple[pd.DataFrame, GridPlan | None, int, list[str]]:
     """The grid's records under `root` that its plan holds, the plan, how many records it left out
     (of an earlier version of the grid) and the unreadable records skipped."""
     with warnings.catch_warnings(record=True) as caught:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from bench.report.frame import (DASH, WF_METHODS, column, fmt, label_runs, md_table, method_runs, order_columns,
                                 order_rows, regime_line, tex_table)
-from bench.report.records import Plan
+from bench.report.records import GridPlan
 from bench.report.statistics import groups_of
 
 METRICS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "nll": "NLL (nats)", "ece": "ECE (%)",
@@ -42,7 +42,7 @@ def cell_text(mean: float, std: float, n: int, expected: int | None, digits: int
     return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n}{of}{g})" if n > 1 else f"{mean:.{digits}f} (n=1{of})"
 
 
-def table_cells(stats: pd.DataFrame, metric: str, settings: list[str], plan: Plan | None,
+def table_cells(stats: pd.DataFrame, metric: str, settings: list[str], plan: GridPlan | None,
                 failed: Counter | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(cell texts, best-in-column mask), rows x settings."""
     methods = {**(plan.methods if plan else {}), **dict(zip(stats.variant, stats.method))}
@@ -80,7 +80,7 @@ def failed_cells(runs: pd.DataFrame) -> Counter:
     return Counter(zip(failed.variant, failed.setting))
 
 
-def render_main(runs: pd.DataFrame, settings: list[str], plan: Plan | None, grid: str, stale: int):
+def render_main(runs: pd.DataFrame, settings: list[str], plan: GridPlan | None, grid: str, stale: int):
     """(markdown, tex, long csv frame) of the four metric tables."""
     md = [f"# {grid}: last-epoch metrics, mean ± std over seeds (n runs, k distinct groups of teachers)\n",
           "Test split. Best per column in bold. \"missing (k of n runs)\": k of the n runs the grid plans finished; "
@@ -204,7 +204,7 @@ def render_costs(table: pd.DataFrame, grid: str) -> tuple[str, str]:
 
 # --- missing cells -----------------------------------------------------------------------------
 
-def missing_lines(runs: pd.DataFrame, plan: Plan | None) -> list[str]:
+def missing_lines(runs: pd.DataFrame, plan: GridPlan | None) -> list[str]:
     if plan is None:
         return []
     found = Counter(zip(*[method_runs(runs)[c] for c in ("variant", "setting")]))
