@@ -23,7 +23,7 @@ test: install
 	$(PYTHON) -m pytest
 
 # The paper-scale smokes on the CPU through SLURM (needs one: bench/scripts/slurm_local.sh start): the paper's-regime
-# main table's ResNet-50 at 224 px (batches capped at 16) and the scratch main table at 32 px; CI runs them after the suite.
+# main table's ResNet-50 at 224 px (batches capped at 16) and the scratch main table's VGG-11 at 32 px; CI runs them after the suite.
 smoke-test: install
 	$(PYTHON) -m pytest -m slow
 

@@ -259,13 +259,14 @@ def test_two_slurm_submissions_of_one_grid_at_once_run_each_job_once(tmp_path):
 @pytest.mark.slow
 def test_the_paper_scale_main_table_smoke_runs_through_slurm(tmp_path):
     """`--smoke` of the paper-scale main table on teachers trained from scratch (main_table_scratch:
-    VGG-11 / CIFAR-10 and ResNet-50 / CIFAR-100 at 32 px) on the CPU: every stage as SLURM arrays with
-    afterok, each job 1 step (the default is 2), at the real widths, resolutions and batch sizes.
+    VGG-11 / CIFAR-10 at 32 px; ResNet-50 runs in the next test, at 224 px) on the CPU: every stage
+    as SLURM arrays with afterok, each job 1 step (the default is 2), at the real widths,
+    resolutions and batch sizes.
     (The paper's-regime main_table at 224 px: the next test. `slow`: left out of `make test`;
     `make smoke-test` runs it, and CI after the suite.)"""
     results = tmp_path / "r"
     cmd = [sys.executable, "-m", "bench.sweep", "--grid", "main_table_scratch", "--scale", "paper", "--smoke",
-           "--archs", "vgg11,resnet50", "--cluster", "slurm", "--partition", "debug", "--gpus", "0",
+           "--archs", "vgg11", "--cluster", "slurm", "--partition", "debug", "--gpus", "0",
            "--cpus", "1", "--mem-gb", "7", "--smoke-steps", "1", "--results-root", str(results)]
     r = subprocess.run(cmd + ["--wait"], capture_output=True, text=True, timeout=2400, env=os.environ.copy())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -273,7 +274,7 @@ def test_the_paper_scale_main_table_smoke_runs_through_slurm(tmp_path):
     assert (runs.status == "done").all() and (runs.smoke_steps == 1).all()
     methods = runs[runs.stage == "methods"]
     grid = load_grid("main_table_scratch", "paper")
-    assert len(methods) == sum(1 for m in grid.methods for p in grid.pools if p.arch != "vit_b32"
+    assert len(methods) == sum(1 for m in grid.methods for p in grid.pools if p.arch == "vgg11"
                                and p.arch in m.options.get("archs", [p.arch]))
     assert runs[runs.stage == "teachers"].top1.notna().all()  # the capped run still evaluates at its end
     assert (runs[runs.stage == "meta_train"].steps_run == 1).all()
@@ -301,7 +302,7 @@ def test_the_paper_regime_main_table_smoke_runs_at_224_px_through_slurm(tmp_path
     runs = load_records(results / "smoke" / "main_table")
     assert (runs.status == "done").all() and (runs.smoke_steps == 1).all()
     grid = load_grid("main_table", "paper")
-    assert set(runs[runs.stage == "methods"].variant) == {m.name for m in grid.methods
+    assert set(runs[runs.stage == "methods"].variant) == {m.variant for m in grid.methods
                                                           if "resnet50" in m.options.get("archs", ["resnet50"])}
     assert runs[runs.stage == "teachers"].top1.notna().all()
     configs = list((results / "smoke" / "teachers").glob("resnet50-*/member-*/config.json"))
