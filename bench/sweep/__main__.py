@@ -1,4 +1,5 @@
 """`python -m bench.sweep`: the command line (bench/sweep/cli.py)."""
 from bench.sweep.cli import main
 
-main()
+if __name__ == "__main__":
+    main()
