@@ -50,8 +50,8 @@ from bench.data import SPLIT_SIZES, dataset_spec
 from bench.errors import BenchError
 from bench.methods import method_options
 from bench.models import build_model
-from bench.options import WFConfig
-from bench.recipes import TrainConfig, draw
+from bench.method_options import WFConfig
+from bench.train_config import TrainConfig, draw
 
 # Sustained training throughput of one GPU, TFLOP/s. NVIDIA's own tuned ResNet-50 v1.5 trains
 # at 2,470 images/s on one A100 80GB in mixed precision (NVIDIA DeepLearningExamples,
@@ -183,7 +183,7 @@ class Net:
 
 
 def training_config(teacher: Mapping[str, Any], **overrides: Any) -> TrainConfig:
-    """A teacher spec's (bench.plan.teacher_spec) resolved training config, `overrides` on top."""
+    """A teacher spec's (bench.jobs.teacher_spec) resolved training config, `overrides` on top."""
     return TrainConfig(arch=teacher["arch"], dataset=teacher["dataset"], scale=teacher["scale"],
                        **{**teacher["recipe"], **overrides}).resolved()
 
@@ -293,7 +293,7 @@ JOB_FLOPS = {"pretrain": pretrain_job_flops, "teachers": teacher_job_flops, "met
 
 
 def job_flops(stage: str, spec: Mapping[str, Any]) -> float:
-    """The FLOPs one job of `stage` computes, from its spec (bench.plan)."""
+    """The FLOPs one job of `stage` computes, from its spec (bench.jobs)."""
     if stage not in JOB_FLOPS:
         raise BenchError(f"no FLOP estimate for stage {stage!r}")
     return JOB_FLOPS[stage](spec)

@@ -16,72 +16,40 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bench.config import INITS, PoolSpec, default_pool_name
+from bench.grid import INITS, Pool, default_pool_name
 from bench.data import DATASETS
-from bench.system import world
+from bench.job_env import world
 from bench.errors import BenchError, choose, cli
 from bench.models import ARCHS, SCALES
 from bench.paths import data_root, results_root
-from bench.plan import POOL_RECORDS, Roots, member_dir, teacher_spec
-from bench.store import load_records, run_id, write_record
+from bench.jobs import POOL_RECORDS, Roots, member_dir, teacher_spec
+from bench.run_records import load_records, run_id, write_record
 from bench.engine import train
 from bench.engine.stacked import train_stack
-from bench.recipes import TrainConfig
-
-
-@dataclass(frozen=True)
-class Pool:
-    arch: str
-    dataset: str
-    scale: str = "tiny"
-    init: str = "scratch"
-
-    def __post_init__(self) -> None:
-        choose("arch", self.arch, ARCHS)
-        choose("dataset", self.dataset, DATASETS)
-        choose("scale", self.scale, SCALES)
-        choose("init", self.init, INITS)
-
-    @property
-    def name(self) -> str:
-        return default_pool_name(self.arch, self.dataset, self.scale, self.init)
-
-    def member_config(self, k: int, **overrides: Any) -> TrainConfig:
-        init_seed = 0 if self.init == "shared" else None
-        # A pretrained pool starts from timm's weights, or from the base network it is given (`init_from`).
-        pretrained = self.init == "pretrained" and not overrides.get("init_from")
-        return TrainConfig(arch=self.arch, dataset=self.dataset, scale=self.scale, seed=k,
-                           init_seed=init_seed, pretrained=pretrained, **overrides)
-
-    def member_spec(self, k: int, recipe: dict[str, Any]) -> dict[str, Any]:
-        """Member k's teachers-stage job as a sweep plans it for a grid pool of this name and
-        `recipe` (bench.plan.teacher_spec): its run id and folder (bench.plan.member_dir)."""
-        spec = PoolSpec(self.name, self.arch, self.dataset, self.scale, self.init, k + 1, 0, recipe)
-        return teacher_spec(spec, k)
+from bench.train_config import TrainConfig
 
 
 def train_member(pool: Pool, k: int, *, run: str, run_dir: Path, results: str | Path | None = None,
-                 grid: str = POOL_RECORDS, progress: bool | None = None, pool_name: str | None = None,
+                 grid: str = POOL_RECORDS, progress: bool | None = None,
                  noted: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
     """Train member k into `run_dir` (resuming or finding it), write its run record (id `run`),
-    return the record. The sweep passes its job's run id and folder, the grid's `pool_name` and what
-    the record notes besides the metrics (`noted`: the member's drawn hyperparameters, its base)."""
+    return the record. The sweep passes its job's run id and folder and what the record notes
+    besides the metrics (`noted`: the member's drawn hyperparameters, its base)."""
     cfg = pool.member_config(k, **overrides)
     t0 = time.perf_counter()
     meta = train(cfg, run_dir, progress=progress)
     return _write_member_record(pool, k, cfg, meta, run_dir, time.perf_counter() - t0, results=results, grid=grid,
-                                run=run, pool_name=pool_name, noted=noted)
+                                run=run, noted=noted)
 
 
 def train_members(pool: Pool, ks: list[int], *, runs: list[str], run_dirs: list[Path],
                   results: str | Path | None = None, grid: str = POOL_RECORDS, progress: bool | None = None,
-                  pool_name: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
+                  **overrides: Any) -> list[dict[str, Any]]:
     """`train_member` for several members at once, trained as one stacked network where the
     architecture allows (`bench.engine.stacked.train_stack`; else one at a time). Every member
     gets the record `train_member` writes (its seconds: its share of the stack's); a member that
@@ -97,18 +65,17 @@ def train_members(pool: Pool, ks: list[int], *, runs: list[str], run_dirs: list[
             errors.append(meta)
             continue
         records.append(_write_member_record(pool, k, cfg, meta, run_dirs[i], share, results=results, grid=grid,
-                                            run=runs[i], pool_name=pool_name))
+                                            run=runs[i]))
     if errors:
         raise errors[0]
     return records
 
 
 def _write_member_record(pool: Pool, k: int, cfg: TrainConfig, meta: dict[str, Any], run_dir: Path, wall_s: float,
-                         *, results: str | Path | None, grid: str, run: str,
-                         pool_name: str | None, noted: dict[str, Any] | None = None) -> dict[str, Any]:
+                         *, results: str | Path | None, grid: str, run: str, noted: dict[str, Any] | None = None) -> dict[str, Any]:
     record = {"run_id": run, "grid": grid, "stage": "teachers", "method": "single",
               "arch": pool.arch, "dataset": pool.dataset, "scale": pool.scale, "init": pool.init,
-              "pool": pool_name or pool.name, "member": k, "seed": k, "n_teachers": 1, "status": "done",
+              "pool": pool.name, "member": k, "seed": k, "n_teachers": 1, "status": "done",
               **{k: meta["metrics"][k] for m in ("top1", "top5", "nll", "ece") for k in (m, f"val_{m}")
                  if k in meta["metrics"]},
               "train_s": meta["train_s"], "wall_s": wall_s,
@@ -145,10 +112,16 @@ def main(argv: list[str] | None = None) -> None:
     archs = list(ARCHS) if a.arch == "all" else a.arch.split(",")
     if a.members < 1:
         raise BenchError(f"--members must be at least 1, got {a.members}")
-    pools = [Pool(arch, a.dataset, a.scale, a.init) for arch in archs]  # validates every name first
+    for arch in archs:  # every name checked before anything trains
+        choose("arch", arch, ARCHS)
+    choose("dataset", a.dataset, DATASETS)
+    choose("scale", a.scale, SCALES)
+    choose("init", a.init, INITS)
     # The recipe names the member's folder, as a grid pool's does; the data root is where the data
     # is, not how the member trains, so it stays out of it (as BENCH_DATA does for a sweep).
     recipe = {"epochs": a.epochs} if a.epochs else {}
+    pools = [Pool(default_pool_name(arch, a.dataset, a.scale, a.init), arch, a.dataset, a.scale, a.init, a.members, 0,
+                  recipe) for arch in archs]
     root = data_root(a.data_root)
     where = {"data_root": str(root)} if root else {}
     if a.stack < 1:
@@ -158,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     records = []
     for pool in pools:
         for ks in chunks:
-            specs = [pool.member_spec(k, recipe) for k in ks]
+            specs = [teacher_spec(pool, k) for k in ks]
             records += train_members(pool, ks, runs=[run_id(s) for s in specs],
                                      run_dirs=[member_dir(roots, s) for s in specs], results=roots.results,
                                      grid=a.grid, **recipe, **where)

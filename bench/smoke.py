@@ -19,13 +19,13 @@ import dataclasses
 import os
 from pathlib import Path
 
-from bench.config import Grid, method_applies
+from bench.grid import Grid, method_applies
 from bench.data import dataset_spec
 from bench.data.synthetic import write_smoke_data
 from bench.errors import BenchError
 from bench.models import PRETRAINED_ENV, pretrained_name, write_standin_weights
-from bench.plan import Roots
-from bench.system import SMOKE_BATCH_ENV, SMOKE_STEPS_ENV
+from bench.jobs import Roots
+from bench.job_env import SMOKE_BATCH_ENV, SMOKE_STEPS_ENV
 
 DEFAULT_STEPS = 2
 # A smoke's resources are the stage's, but no task needs a day: a short limit schedules sooner.
@@ -76,7 +76,7 @@ def prepare(grid: Grid, roots: Roots, steps: int, write: bool = True, standin_we
     write the synthetic data sets the grid's pools read from disk (`write=False`: a dry run,
     which writes nothing). `standin_weights`: pretrained pools read stand-in weights of the right
     shapes (bench.models.write_standin_weights, under the smoke's results) instead of the hub's.
-    `batch_size`: every batch capped at it (bench.system.capped_batch). Returns the data root."""
+    `batch_size`: every batch capped at it (bench.job_env.capped_batch). Returns the data root."""
     data = smoke_data_root(roots)
     os.environ[SMOKE_STEPS_ENV] = str(check_steps(steps))
     if batch_size is not None:

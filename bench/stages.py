@@ -1,4 +1,4 @@
-"""Running one job of each stage (bench.plan makes the jobs): `run_job` picks the stage's runner.
+"""Running one job of each stage (bench.jobs makes the jobs): `run_job` picks the stage's runner.
 
 A runner trains or evaluates what the job's spec says and writes its record; a failed run leaves
 a record that says why.
@@ -15,15 +15,12 @@ import torch
 
 from bench.errors import BenchError
 from bench.paths import data_root
-from bench.plan import Roots, base_dir, member_dir, weightformer_dir
-from bench.pool import Pool, train_member, train_members
-from bench.recipes import draw
-from bench.store import run_id, write_record
-from bench.system import world
-
-
-def _pool(spec: dict[str, Any]) -> Pool:
-    return Pool(spec["arch"], spec["dataset"], spec["scale"], spec["init"])
+from bench.jobs import Roots, base_dir, member_dir, training_recipe, weightformer_dir
+from bench.grid import Pool
+from bench.pool import train_member, train_members
+from bench.train_config import draw
+from bench.run_records import run_id, write_record
+from bench.job_env import world
 
 
 def data_root_of(recipe: dict[str, Any]) -> str | None:
@@ -35,7 +32,7 @@ def data_root_of(recipe: dict[str, Any]) -> str | None:
 def run_pretrain(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
     """A base network: a training run on its source task, found when done, and its record."""
     from bench.engine import train
-    from bench.recipes import TrainConfig
+    from bench.train_config import TrainConfig
 
     t0 = time.perf_counter()
     cfg = TrainConfig(spec["arch"], spec["dataset"], spec["scale"], seed=0,
@@ -56,7 +53,8 @@ def member_training(spec: dict[str, Any], roots: Roots) -> tuple[dict[str, Any],
     """A member's training fields beyond its pool's recipe (its base's weights, the values it draws
     from the pool's ranges, the data root) and what its record notes of them."""
     drawn = draw(spec.get("ranges", {}), spec["member"])
-    fields = {**spec["recipe"], **drawn, "data_root": data_root_of(spec["recipe"])}
+    recipe = training_recipe(spec)
+    fields = {**recipe, **drawn, "data_root": data_root_of(recipe)}
     noted = {f"drawn_{k}": v for k, v in drawn.items()}
     if "base" in spec:  # the base is named in the run's identity by its run id; its folder is a location
         base = run_id(spec["base"])
@@ -66,13 +64,13 @@ def member_training(spec: dict[str, Any], roots: Roots) -> tuple[dict[str, Any],
 
 
 def run_teachers(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
-    """One member, or a stack of members of one pool ({"stack": [specs]}, bench.plan.unit_spec)
+    """One member, or a stack of members of one pool ({"stack": [specs]}, bench.jobs.unit_spec)
     trained as one network; each member writes its own record."""
     if "stack" in spec:
         return run_teacher_stack(spec["stack"], grid, roots)
     fields, noted = member_training(spec, roots)
-    return train_member(_pool(spec), spec["member"], results=roots.results, grid=grid,
-                        run=run_id(spec), run_dir=member_dir(roots, spec), pool_name=spec["pool"],
+    return train_member(Pool.of_member(spec), spec["member"], results=roots.results, grid=grid,
+                        run=run_id(spec), run_dir=member_dir(roots, spec),
                         progress=False, noted=noted, **fields)
 
 
@@ -80,12 +78,12 @@ def run_teacher_stack(specs: list[dict[str, Any]], grid: str, roots: Roots) -> d
     first = specs[0]
     if any({**s, "member": 0} != {**first, "member": 0} for s in specs):
         raise BenchError("a stack of teachers holds members of one pool and recipe only")
-    if "base" in first or "ranges" in first:  # bench.plan never stacks them: each trains its own way
+    if "base" in first or "ranges" in first:  # bench.jobs never stacks them: each trains its own way
         raise BenchError("members with a base or drawn hyperparameters are trained one at a time")
-    recipe = {**first["recipe"], "data_root": data_root_of(first["recipe"])}
-    records = train_members(_pool(first), [s["member"] for s in specs],
+    recipe = {**training_recipe(first), "data_root": data_root_of(training_recipe(first))}
+    records = train_members(Pool.of_member(first), [s["member"] for s in specs],
                             results=roots.results, grid=grid, runs=[run_id(s) for s in specs],
-                            run_dirs=[member_dir(roots, s) for s in specs], pool_name=first["pool"],
+                            run_dirs=[member_dir(roots, s) for s in specs],
                             progress=False, **recipe)
     return {"stage": "teachers", "stack": records}
 
@@ -106,7 +104,7 @@ def _write_failed(records: Path | None, base: dict[str, Any], err: Exception, t0
 def run_meta_train(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]:
 
     from bench.engine import pick_device
-    from bench.options import WFConfig
+    from bench.method_options import WFConfig
     from bench.weightformer.meta_train import meta_train
 
     t0 = time.perf_counter()
@@ -124,7 +122,7 @@ def run_meta_train(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, A
                           teachers=[member_dir(roots, t) / "model.safetensors" for t in spec["teachers"]],
                           members=spec["members"], arch=teacher["arch"], dataset=teacher["dataset"],
                           scale=teacher["scale"], pool=teacher["pool"], n_teachers=spec["n_teachers"], cfg=cfg,
-                          data_root=data_root_of(teacher["recipe"]), device=pick_device("auto"), progress=False)
+                          data_root=data_root_of(training_recipe(teacher)), device=pick_device("auto"), progress=False)
     except Exception as err:
         _write_failed(records, base, err, t0)
         raise
@@ -157,8 +155,8 @@ def run_methods(spec: dict[str, Any], grid: str, roots: Roots) -> dict[str, Any]
                     teachers=[member_dir(roots, t) / "model.safetensors" for t in spec["teachers"]],
                     members=spec["members"],
                     options=method_options(spec["method"], spec["options"], f"methods.{base['variant']}"),
-                    data_root=data_root_of(teacher["recipe"]), scale=teacher["scale"],
-                    recipe=teacher["recipe"], workdir=roots.results / grid / "students" / run_id(spec),
+                    data_root=data_root_of(training_recipe(teacher)), scale=teacher["scale"],
+                    recipe=training_recipe(teacher), workdir=roots.results / grid / "students" / run_id(spec),
                     pool=teacher["pool"], init=teacher["init"],
                     partners=[[member_dir(roots, t) / "model.safetensors" for t in ts] for ts in spec.get("partners", [])],
                     partner_members=[[t["member"] for t in ts] for ts in spec.get("partners", [])],
@@ -197,7 +195,7 @@ def run_once(spec: dict[str, Any], grid: str, roots: Roots, rerun: bool = False)
     finished it after this one was planned, or while this one waited) is not run again, unless
     `rerun` (`--force`) asks for its method run anew."""
     from bench.locks import locked
-    from bench.plan import STAGES, Job
+    from bench.jobs import STAGES, Job
 
     stage = STAGES[spec["stage"]]
     jobs = [Job(spec["stage"], s, "") for s in spec.get("stack", [spec])]
@@ -227,7 +225,7 @@ def run_job(spec: dict[str, Any], grid: str, roots: Roots, cpus: int | None = No
     import submitit
     import torch.distributed as dist
 
-    from bench.system import job_cpus
+    from bench.job_env import job_cpus
 
     torch.set_num_threads(max(1, cpus or job_cpus()))
     try:

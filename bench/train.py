@@ -15,7 +15,7 @@ from bench.engine import train
 from bench.errors import cli
 from bench.models import ARCHS, SCALES
 from bench.paths import data_root
-from bench.recipes import OPTIMIZERS, SCHEDULES, TrainConfig
+from bench.train_config import OPTIMIZERS, SCHEDULES, TrainConfig
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:

@@ -109,7 +109,7 @@ def test_a_pool_asking_for_a_start_or_resolution_it_cannot_have_is_refused_at_lo
 
 
 def test_pretrained_pools_at_224_px_load_with_their_weights(tmp_path):
-    from bench.config import load_grid
+    from bench.grid import load_grid
 
     path = tmp_path / "g.yaml"
     path.write_text(paper_pool("resnet50", "cifar100", "pretrained",
@@ -122,7 +122,7 @@ def test_pretrained_pools_at_224_px_load_with_their_weights(tmp_path):
 
 
 def test_a_good_pool_recipe_loads(tmp_path):
-    from bench.config import load_grid
+    from bench.grid import load_grid
 
     path = tmp_path / "g.yaml"
     path.write_text(POOL.format(recipe="{epochs: 3, lr: 1, schedule: step, milestones: [1, 2], warmup_epochs: 0}"))
@@ -152,7 +152,7 @@ def test_a_bad_grid_is_refused_with_its_line(tmp_path, capsys, text, message):
 
 
 def test_an_anchor_and_a_merge_key_are_not_duplicates(tmp_path):
-    from bench.config import load_grid
+    from bench.grid import load_grid
 
     path = tmp_path / "g.yaml"
     path.write_text("pools:\n  - &p {arch: vgg11, dataset: digits, members: 6}\n  - <<: *p\n    name: other\n"

@@ -413,10 +413,10 @@ seeds: 1
 def test_a_cifar_pool_at_224_px_is_accepted_and_its_loaders_yield_224_px(tmp_path):
     import torch.nn.functional as F
 
-    from bench.config import load_grid
+    from bench.grid import load_grid
     from bench.data.loaders import make_loader
     from bench.data.synthetic import write_cifar
-    from bench.recipes import TrainConfig
+    from bench.train_config import TrainConfig
 
     write_cifar(tmp_path, "cifar10", {"train": 3, "test": 1})  # 20 train, 10 val, 10 test images
     grid = tmp_path / "g.yaml"

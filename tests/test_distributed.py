@@ -23,7 +23,7 @@ from bench.models import ARCH_SPECS, build_model
 from bench.engine import load_model, predict, train
 from bench.engine.optim import make_optimizer
 from bench.engine.schedule import lr_factor
-from bench.recipes import TrainConfig
+from bench.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 VGG = dict(arch="vgg11", dataset="digits", scale="tiny", seed=0, epochs=2)
@@ -36,7 +36,7 @@ import json, sys
 import torch, torch.distributed as dist, torch.nn.functional as F
 torch.set_num_threads(1)
 from bench.engine import train
-from bench.recipes import TrainConfig
+from bench.train_config import TrainConfig
 
 class Interrupted(Exception):
     pass
@@ -339,10 +339,10 @@ def test_single_task_jobs_stay_single_process(tmp_path, monkeypatch, slurm_env):
     for k, v in slurm_env.items():
         monkeypatch.setenv(k, v)
     seen = {}
-    from bench import plan
+    from bench import jobs
 
     # A stage is a planner (its done-check) and a runner: a single-task job checks done under its lock.
-    monkeypatch.setitem(plan.STAGES, "probe", type("Probe", (), {"done": lambda self, job, grid, roots: False})())
+    monkeypatch.setitem(jobs.STAGES, "probe", type("Probe", (), {"done": lambda self, job, grid, roots: False})())
     monkeypatch.setitem(stages.RUNNERS, "probe", lambda spec, grid, roots: seen.update(
         initialized=torch.distributed.is_initialized(), master=os.environ.get("MASTER_ADDR")) or seen)
     stages.run_job({"stage": "probe"}, "g", stages.Roots(tmp_path, tmp_path), cpus=torch.get_num_threads())

@@ -4,12 +4,12 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.config import load_grid
+from bench.grid import load_grid
 from bench.data import SPLIT_SIZES, load_dataset
 from bench.estimate import job_flops, model_forward_flops, forward_flops, weightformer_flops
 from bench.models import build_model
-from bench.options import WFConfig
-from bench.plan import STAGES, Roots
+from bench.method_options import WFConfig
+from bench.jobs import STAGES, Roots
 from bench.sweep import main
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import load_grid
-from bench.plan import Roots, unit_spec
+from bench.grid import load_grid
+from bench.jobs import Roots, unit_spec
 from bench.stages import run_job
 from bench.sweep import CLUSTER_FILE, load_resources, make_plan, read_manifest
 from bench.sweep.executors import EXECUTORS

@@ -23,7 +23,7 @@ from bench.data.ffcv_loader import FFCVLoader, make_ffcv_loader
 from bench.data.file_loader import make_file_loader
 from bench.data.optional_ffcv import ffcv_available, warn_no_ffcv_once
 from bench.errors import BenchError
-from bench.system import job_cpus
+from bench.job_env import job_cpus
 
 # When an FFCV loader is garbage-collected, numba's Dispatcher finalizer for FFCV's compiled
 # JPEG decoder can fail on its own overload table and print a harmless KeyError as "Exception

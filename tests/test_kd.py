@@ -18,8 +18,8 @@ from bench.engine import soft_labels
 from bench.engine.soft_labels import BatchedTeachers, SoftLabelCache
 from bench.errors import BenchError
 from bench.models import build_model
-from bench.options import DistillOptions
-from bench.recipes import TrainConfig
+from bench.method_options import DistillOptions
+from bench.train_config import TrainConfig
 
 def _randomise_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
     """Non-trivial running statistics, so stacking buffers is really exercised."""

@@ -11,7 +11,7 @@ from bench.paths import project_root
 
 BENCH = project_root() / "bench"
 RUNNING = ("bench.engine", "bench.train", "bench.pool", "bench.stages", "bench.sweep")
-UPPER = ("bench.methods", "bench.weightformer", "bench.plan", "bench.config", "bench.report", "bench.estimate",
+UPPER = ("bench.methods", "bench.weightformer", "bench.jobs", "bench.grid", "bench.report", "bench.estimate",
          *RUNNING)
 # Inside bench.sweep: the command line and the status sit on the executors, which sit on the rest.
 SWEEP_TOP = ("bench.sweep.cli", "bench.sweep.status")
@@ -21,18 +21,18 @@ SWEEP_BASE = ("bench.sweep.resources", "bench.sweep.plan", "bench.sweep.manifest
 FORBIDDEN = {
     "bench.sweep.executors": SWEEP_TOP,
     **{module: ("bench.sweep.executors", *SWEEP_TOP) for module in SWEEP_BASE},
-    "bench.data": UPPER, "bench.models": UPPER, "bench.weights": UPPER, "bench.recipes": UPPER,
-    "bench.options": UPPER, "bench.system": UPPER, "bench.checkpoint": UPPER, "bench.store": UPPER,
+    "bench.data": UPPER, "bench.models": UPPER, "bench.weights": UPPER, "bench.train_config": UPPER,
+    "bench.method_options": UPPER, "bench.job_env": UPPER, "bench.checkpoint": UPPER, "bench.run_records": UPPER,
     "bench.metrics": UPPER, "bench.io": UPPER, "bench.errors": UPPER, "bench.paths": UPPER,
-    "bench.estimate": ("bench.engine", "bench.report", "bench.plan", "bench.weightformer.meta_train", *RUNNING,
+    "bench.estimate": ("bench.engine", "bench.report", "bench.jobs", "bench.weightformer.meta_train", *RUNNING,
                        *(f"bench.methods.{m}" for m in (*METHODS, "common", "distillation", "weightformer_student"))),
-    "bench.engine": ("bench.methods", "bench.weightformer", "bench.plan", "bench.config", "bench.report",
+    "bench.engine": ("bench.methods", "bench.weightformer", "bench.jobs", "bench.grid", "bench.report",
                      "bench.train", "bench.pool", "bench.stages", "bench.sweep"),
-    "bench.weightformer": ("bench.methods", "bench.plan", "bench.config", "bench.report", "bench.pool",
+    "bench.weightformer": ("bench.methods", "bench.jobs", "bench.grid", "bench.report", "bench.pool",
                            "bench.stages", "bench.sweep"),
-    "bench.methods": ("bench.plan", "bench.config", "bench.report", "bench.pool", "bench.stages", "bench.sweep"),
-    "bench.config": ("bench.engine", "bench.weightformer", "bench.plan", "bench.report", *RUNNING),
-    "bench.plan": ("bench.engine", "bench.weightformer", "bench.report", *RUNNING),
+    "bench.methods": ("bench.jobs", "bench.grid", "bench.report", "bench.pool", "bench.stages", "bench.sweep"),
+    "bench.grid": ("bench.engine", "bench.weightformer", "bench.jobs", "bench.report", *RUNNING),
+    "bench.jobs": ("bench.engine", "bench.weightformer", "bench.report", *RUNNING),
     "bench.report": ("bench.engine", "bench.weightformer", *RUNNING,
                      *(f"bench.methods.{m}" for m in (*METHODS, "common", "distillation", "weightformer_student"))),
 }

@@ -13,8 +13,8 @@ import pytest
 
 import bench.locks as locks
 import bench.stages as stages
-from bench.plan import Roots
-from bench.store import run_id, write_record
+from bench.jobs import Roots
+from bench.run_records import run_id, write_record
 
 SPEC = {"stage": "methods", "method": "single", "variant": "single", "seed": 0, "members": [0]}
 

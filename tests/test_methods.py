@@ -12,7 +12,7 @@ from bench.models import build_model
 from bench.methods.base import MethodJob
 from bench.metrics import classification_metrics
 from bench.engine import load_model, predict, train
-from bench.recipes import TrainConfig
+from bench.train_config import TrainConfig
 from bench.weights.averaging import average_state_dicts
 from bench.data.loaders import make_loader
 

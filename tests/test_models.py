@@ -9,7 +9,7 @@ import torch
 from bench.errors import BenchError
 from bench.models import ARCH_SPECS, ARCHS, build_model, count_parameters, model_class, pretrained_problem
 from bench.models.vgg import VGG11
-from bench.recipes import RECIPES, TrainConfig, recipe_for
+from bench.train_config import RECIPES, TrainConfig, recipe_for
 
 
 def cifar_vgg_parameters(cfg, num_classes, in_chans=3):

@@ -7,7 +7,7 @@ import torch
 
 from bench.perf import command, harness, training
 from bench.perf.records import stage_seconds, time_to_student_rows, tiny_main_table_rows
-from bench.store import write_record
+from bench.run_records import write_record
 
 
 def test_paired_ratio_is_the_median_of_the_alternating_pairs():

@@ -3,9 +3,9 @@ the sweep's teachers stage plans for a grid pool of the same name and recipe."""
 import subprocess
 import sys
 
-from bench.config import load_grid
-from bench.plan import Roots, member_dir
-from bench.store import load_records
+from bench.grid import load_grid
+from bench.jobs import Roots, member_dir
+from bench.run_records import load_records
 from bench.sweep import make_plan
 
 GRID = """

@@ -9,16 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from bench.checkpoint import load_checkpoint
-from bench.config import load_grid
+from bench.grid import load_grid
 from bench.engine import train
 from bench.engine.heads import classifier_names
 from bench.errors import BenchError
 from bench.methods.base import MethodJob
 from bench.models import build_model
 from bench.methods.distillation import student_config, student_init
-from bench.options import DistillOptions
-from bench.plan import STAGES, Roots, base_dir, member_dir
-from bench.recipes import TrainConfig, check_ranges, draw
+from bench.method_options import DistillOptions
+from bench.jobs import STAGES, Roots, base_dir, member_dir
+from bench.train_config import TrainConfig, check_ranges, draw
 from bench.stages import member_training, run_pretrain
 
 engine_train = importlib.import_module("bench.engine.train")  # the module (bench.engine.train is also its function)
@@ -228,7 +228,7 @@ def test_a_smoke_with_standin_weights_writes_one_file_per_pretrained_weight(tmp_
     grid = smoke.smoke_grid(load_grid("main_table", "paper"))
     grid = __import__("dataclasses").replace(grid, pools=tuple(p for p in grid.pools if p.arch == "resnet50"))
     roots = Roots(tmp_path / "t", tmp_path / "r")
-    from bench.system import SMOKE_STEPS_ENV
+    from bench.job_env import SMOKE_STEPS_ENV
 
     for name in (PRETRAINED_ENV, SMOKE_STEPS_ENV, "BENCH_DATA"):  # prepare exports them: restored after the test
         monkeypatch.setenv(name, "")

@@ -83,7 +83,7 @@ def parse_only(module: str, argv: list[str], monkeypatch) -> None:
 
 
 def test_every_command_a_page_shows_is_accepted(monkeypatch, capsys):
-    from bench.config import load_grid
+    from bench.grid import load_grid
     shown = {(page.relative_to(ROOT).as_posix(), c) for page in PAGES for c in shown_commands(page.read_text())[0]}
     assert len(shown) > 20
     refused = []

@@ -34,9 +34,9 @@ def test_report_reproduces_committed_tables(grid, tmp_path, monkeypatch):
 def test_every_committed_record_is_a_job_the_grid_still_plans(grid, tmp_path):
     """A change to a spec (a new option, a new default) must keep the committed records' run ids:
     otherwise a rerun would redo them and the report would mix two generations."""
-    from bench.config import grid_path, load_grid
-    from bench.plan import Roots
-    from bench.store import load_records
+    from bench.grid import grid_path, load_grid
+    from bench.jobs import Roots
+    from bench.run_records import load_records
     from bench.sweep import make_plan
 
     plan = make_plan(load_grid(grid_path(grid), "tiny"), Roots.resolve(tmp_path / "t", tmp_path / "r"))

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from bench.config import load_grid
+from bench.grid import load_grid
 from bench.errors import BenchError
 from bench.paths import project_root
-from bench.plan import STAGES, Roots
+from bench.jobs import STAGES, Roots
 from bench.report import cell_stats, cost_table, main, report
 from bench.report.claims import MARGIN_PP, claim_table, paired_ci, paired_differences, seeds_needed, verdict
-from bench.report.frame import md_table, method_runs, tex_table
-from bench.store import load_records, write_record
+from bench.report.render import md_table, method_runs, tex_table
+from bench.run_records import load_records, write_record
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -391,7 +391,7 @@ def test_markdown_and_latex_keep_cell_text_escape_and_bold():
 
 # Modules that are training code: the report must not load them.
 TRAINING = ("bench.engine", "bench.train", "bench.pool", "bench.stages", "bench.weightformer", "timm")
-LIGHT_METHOD_MODULES = ("bench.methods", "bench.methods.base")  # the registry; option schemas are bench.options
+LIGHT_METHOD_MODULES = ("bench.methods", "bench.methods.base")  # the registry; option schemas are bench.method_options
 
 
 def test_the_report_loads_no_training_code():
@@ -406,7 +406,7 @@ def test_the_report_loads_no_training_code():
 def test_a_run_with_a_non_finite_metric_is_named_and_left_out_of_its_cell(tmp_path):
     folder = tmp_path / "g" / "records"
     run(folder, "single", [96.0, 97.0, 98.0])
-    # A record holds a NaN or inf as null (bench.store): seed 3's NLL did not come out finite.
+    # A record holds a NaN or inf as null (bench.run_records): seed 3's NLL did not come out finite.
     write_record(folder, {"run_id": "single-nan", "status": "done", "stage": "methods", "method": "single",
                           "arch": "vgg11", "dataset": "digits", "scale": "tiny", "init": "scratch", "seed": 3,
                           "top1": 10.0, "top5": 50.0, "nll": float("nan"), "ece": float("inf")})

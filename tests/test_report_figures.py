@@ -8,9 +8,9 @@ from test_report import PNG, WF, claims_grid, run
 
 from bench.report import report
 from bench.report.claims import MARGIN_PP, claim_table, rerun_table
-from bench.report.figures import HEADLINE_REFERENCES, VERDICT_COLOURS, claims_forest, headline
-from bench.report.frame import method_runs
-from bench.store import load_records
+from bench.report.figures import HEADLINE_REFERENCES, VERDICT_COLOURS, claims_forest, cost_figure, headline
+from bench.report.render import method_runs
+from bench.run_records import load_records
 
 MEMBERS = [[1, 2], [2, 3], [1, 3]]  # three distinct groups of teachers, one per seed
 SETTINGS = ["vgg11 / digits", "resnet50 / digits"]
@@ -47,7 +47,7 @@ def test_figures_are_written_and_linked_atop_the_index(tmp_path):
     root = two_settings(tmp_path)
     report("h", tmp_path)
     plots = root / "report" / "plots"
-    for name in ("headline", "claims"):
+    for name in ("headline", "claims"):  # (no record here has a cost: no cost figure)
         assert (plots / f"{name}.png").read_bytes().startswith(PNG)
         assert (plots / f"{name}.pdf").read_bytes().startswith(b"%PDF")
     index = (root / "report" / "index.md").read_text()
@@ -119,3 +119,37 @@ def test_forest_sets_a_reruns_interval_beside_each_claim(tmp_path):
     assert bar_extent(hollow[0]) == pytest.approx((r.ci_low_rerun, r.ci_high_rerun))
     assert to_hex(hollow[0].lines[0].get_color()) == to_hex(VERDICT_COLOURS[r.verdict_rerun])
     assert any("rerun with other seeds" in t.get_text() for t in fig.legends[0].get_texts())
+
+
+def test_cost_figure_places_each_student_at_its_time_and_the_unmade_networks_as_lines(tmp_path):
+    folder = tmp_path / "k" / "records"
+    run(folder, "single", [90.0, 91.0, 92.0], teacher_members=MEMBERS, train_s=0.0)
+    run(folder, "ensemble", [95.0, 95.5, 96.5], teacher_members=MEMBERS, train_s=0.0, infer_forwards=2)
+    run(folder, "kd", [94.0, 94.5, 95.0], teacher_members=MEMBERS, train_s=[18.0, 20.0, 22.0])
+    run(folder, "weightformer", [93.0, 94.0, 95.0], teacher_members=MEMBERS, train_s=0.0, predict_s=0.5, **WF)
+    done = method_runs(load_records(tmp_path / "k"))
+    fig = cost_figure(done, ["vgg11 / digits"], "k")
+    ax = next(ax for ax in fig.axes if ax.get_visible())
+    assert ax.get_xscale() == "log"
+    assert sorted(points(ax)) == [pytest.approx((0.5, 94.0)), pytest.approx((20.0, 94.5))]  # WF, then KD
+    assert sorted(t.get_text() for t in ax.texts) == ["kd", "weightformer"]
+    lines = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines() if "no student" in line.get_label()}
+    assert lines == {"single network (no student to make)": pytest.approx(91.0),
+                     "ensemble (no student to make; 2 forwards per image)": pytest.approx(95.666666)}
+    run(folder, "kd", [94.0, 94.5, 95.0], teacher_members=MEMBERS)  # no seconds recorded: nothing to place
+    for f in folder.glob("weightformer*"):
+        f.unlink()
+    assert cost_figure(method_runs(load_records(tmp_path / "k")), ["vgg11 / digits"], "k") is None
+
+
+def test_a_search_grids_figures_show_the_val_split_its_choices_read(tmp_path):
+    folder = tmp_path / "v" / "records"
+    for method, tops in (("single", [90.0, 91.0, 92.0]), ("ensemble", [95.0, 95.5, 96.5]), ("soup", [85.0] * 3)):
+        run(folder, method, tops, teacher_members=MEMBERS, val_top1=[t - 10 for t in tops])
+    done = method_runs(load_records(tmp_path / "v"))
+    for split, shift in (("test", 0.0), ("val", -10.0)):
+        ax = next(ax for ax in headline(done, ["vgg11 / digits"], "v", split).axes if ax.get_visible())
+        assert ax.get_ylabel() == f"{split} top-1 accuracy (%)"
+        assert dict(points(ax))[0] == pytest.approx(91.0 + shift)  # single, the first row
+        lines = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines() if "mean" in line.get_label()}
+        assert lines["ensemble mean (meta-train teachers)"] == pytest.approx(95.666666 + shift)

@@ -14,12 +14,12 @@ import pytest
 import submitit
 import torch
 
-from bench.config import load_grid
-from bench.plan import Roots, member_dir, teacher_spec
-from bench.store import load_records
+from bench.grid import load_grid
+from bench.jobs import Roots, member_dir, teacher_spec
+from bench.run_records import load_records
 from bench.sweep import JobRunner
 from bench.engine import train
-from bench.recipes import TrainConfig
+from bench.train_config import TrainConfig
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "scripts" / "slurm_local.sh"
 SACCT_STANDIN = "/var/lib/bench-slurm/bin"  # answers submitit's state queries from squeue

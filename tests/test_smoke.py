@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.config import load_grid
+from bench.grid import load_grid
 from bench.data import load_dataset
 from bench.data.synthetic import SMOKE_SIZES, write_smoke_data
 from bench.errors import BenchError
-from bench.plan import Roots
+from bench.jobs import Roots
 from bench.smoke import smoke_grid
-from bench.store import load_records
+from bench.run_records import load_records
 from bench.sweep import make_plan
-from bench.system import SMOKE_BATCH_ENV, SMOKE_STEPS_ENV
+from bench.job_env import SMOKE_BATCH_ENV, SMOKE_STEPS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_every_training_loop_stops_at_the_smoke_cap(tmp_path, monkeypatch):
     from bench.engine.checkpointer import RunFolder
     from bench.engine.loop import fit
 
-    class Task:
+    class Objective:
         def __init__(self):
             self.model = torch.nn.Linear(3, 1)
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
@@ -76,11 +76,11 @@ def test_every_training_loop_stops_at_the_smoke_cap(tmp_path, monkeypatch):
             return {"step": step, "loss": float(means["loss"])}
 
     monkeypatch.setenv(SMOKE_STEPS_ENV, "3")
-    history, _ = fit(Task(), RunFolder(tmp_path / "run", {"run": 1}, matches=lambda meta: True), steps=1000, log_every=100, lr=0.1,
+    history, _ = fit(Objective(), RunFolder(tmp_path / "run", {"run": 1}, matches=lambda meta: True), steps=1000, log_every=100, lr=0.1,
                      schedule=lambda s: 1.0, quiet=True)
     assert [row["step"] for row in history] == [3]  # stopped at 3 of 1000, and logged its last step
     monkeypatch.delenv(SMOKE_STEPS_ENV)
-    history, _ = fit(Task(), RunFolder(tmp_path / "run2", {"run": 2}, matches=lambda meta: True), steps=5, log_every=5, lr=0.1,
+    history, _ = fit(Objective(), RunFolder(tmp_path / "run2", {"run": 2}, matches=lambda meta: True), steps=5, log_every=5, lr=0.1,
                      schedule=lambda s: 1.0, quiet=True)
     assert history[-1]["step"] == 5
 

@@ -18,7 +18,7 @@ from bench.engine.optim import make_optimizer
 from bench.engine.stacked import (StackFolder, Unstackable, pack_state, stack_models,
                                   train_stack, unpack_state)
 from bench.models import ARCH_SPECS, build_model
-from bench.recipes import TrainConfig
+from bench.train_config import TrainConfig
 
 M = 3
 

@@ -3,6 +3,7 @@ import json
 import os
 import signal
 import socket
+import re
 import subprocess
 import sys
 import time
@@ -11,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.config import load_grid, parse_seeds
+from bench.grid import load_grid, parse_seeds
 from bench.errors import BenchError
-from bench.plan import Roots, teacher_spec
+from bench.jobs import Roots, teacher_spec
 from bench.report import report
 from bench.stages import run_methods
-from bench.store import load_records, run_id
+from bench.run_records import load_records, run_id
 from bench.sweep import (BUNDLE_MAX, CLUSTER_FILE, BundleRunner, load_resources, local_cap, make_plan, next_bundle,
                          run_local, span_seconds, unit_cost)
 
@@ -149,7 +150,7 @@ def test_bundles_start_large_tasks_alone_and_share_out_small_ones(mini):
 
 
 def test_a_task_others_wait_on_ranks_by_the_chain_it_starts():
-    from bench.plan import Job
+    from bench.jobs import Job
     from bench.sweep import upward_rank
 
     teacher = [Job("teachers", {"k": 0}, "t")]
@@ -197,7 +198,7 @@ def test_generated_sbatch_holds_the_array_and_the_dependency(mini, tmp_path, fak
 
 
 def test_teachers_are_grouped_into_stacks_that_keep_every_members_job():
-    from bench.plan import unit_spec, units
+    from bench.jobs import unit_spec, units
 
     grid = load_grid("main_table_scratch", "tiny")
     jobs = make_plan(grid, Roots(Path("/nonexistent"), Path("/nonexistent"))).stages["teachers"]
@@ -292,7 +293,7 @@ def test_unseen_teacher_groups_come_from_the_held_out_part(mini, tmp_path):
 
 
 def test_each_seed_draws_its_own_group_and_anchor():
-    from bench.plan import distinct_groups
+    from bench.jobs import distinct_groups
 
     groups = distinct_groups(tuple(range(8)), 4, 10)
     assert len({frozenset(g) for g in groups}) == 10  # distinct as sets
@@ -383,7 +384,7 @@ def test_the_report_plans_what_a_narrowed_sweep_planned(mini, tmp_path):
 
 
 def test_pools_with_other_recipes_never_share_a_teacher_folder(mini, tmp_path):
-    from bench.plan import member_dir
+    from bench.jobs import member_dir
 
     one = load_grid(mini, "tiny").pools[0]
     mini.write_text(MINI.replace("epochs: 1", "epochs: 2"))
@@ -558,3 +559,25 @@ def test_a_stacks_shared_span_counts_once_in_the_stage_seconds():
     spans = [(100.0, 110.0)] * 3 + [(110.0, 114.0), (114.0, 120.5)]
     assert span_seconds(spans) == (20.5, 20.5)
     assert span_seconds([(0.0, 5.0), (1.0, 4.0)]) == (5.0, 8.0)  # two slots at once
+
+
+def test_data_moved_to_another_root_finds_the_teachers_and_records(mini, tmp_path):
+    # Where the data lives is not what a teacher is: a grid whose recipe names another data root
+    # plans the same run ids and folders, and a sweep over it has nothing left to run.
+    from bench.jobs import member_dir
+
+    for name in ("old", "new"):
+        (tmp_path / name).mkdir()
+    mini.write_text(MINI.replace("epochs: 1", f"epochs: 1, data_root: {tmp_path / 'old'}"))
+    old = load_grid(mini, "tiny").pools[0]
+    assert sweep("--grid", str(mini), "--cluster", "debug", *_run_tree(tmp_path, "run")).returncode == 0
+    mini.write_text(MINI.replace("epochs: 1", f"epochs: 1, data_root: {tmp_path / 'new'}"))
+    new = load_grid(mini, "tiny").pools[0]
+    r = roots(tmp_path / "run")
+    assert teacher_spec(new, 0)["where"] == {"data_root": str(tmp_path / "new")}
+    assert run_id(teacher_spec(new, 0)) == run_id(teacher_spec(old, 0))
+    assert member_dir(r, teacher_spec(new, 0)) == member_dir(r, teacher_spec(old, 0))
+    out = sweep("--grid", str(mini), "--dry-run", *_run_tree(tmp_path, "run"))
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"teachers\s+3 jobs,\s+0 to run,\s+3 done", out.stdout), out.stdout
+    assert re.search(r"methods\s+4 jobs,\s+0 to run,\s+4 done", out.stdout), out.stdout

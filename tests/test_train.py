@@ -12,7 +12,7 @@ from bench.checkpoint import load_checkpoint
 from bench.errors import BenchError
 from bench.engine import load_model, predict, train
 from bench.engine.schedule import lr_factor
-from bench.recipes import TrainConfig
+from bench.train_config import TrainConfig
 from bench.data.loaders import make_loader
 from bench.metrics import classification_metrics
 

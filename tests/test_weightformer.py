@@ -9,10 +9,10 @@ import torch
 
 from bench.errors import BenchError
 from bench.models import build_model
-from bench.options import wf_config
-from bench.store import load_records
+from bench.method_options import wf_config
+from bench.run_records import load_records
 from bench.engine import load_model, train
-from bench.recipes import TrainConfig
+from bench.train_config import TrainConfig
 from bench.weightformer import losses, meta_train as mt
 from bench.weightformer.model import WeightFormer, column_stats
 from bench.weights import permutation
@@ -255,7 +255,7 @@ def test_bad_settings_name_the_valid_values():
                                            ("output: skip", r"\.output: 'skip' is not one of"),
                                            ("n_teachers: 9", ": N = 9 is larger than pool")])
 def test_bad_weightformer_options_stop_the_grid_before_anything_runs(tmp_path, option, words):
-    from bench.config import load_grid
+    from bench.grid import load_grid
 
     path = tmp_path / "g.yaml"
     path.write_text(GRID.split("methods:")[0] + f"methods:\n  weightformer_ft: {{{option}}}\n")

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.config import load_grid
+from bench.grid import load_grid
 from bench.errors import BenchError
-from bench.plan import STAGES, Roots, partner_sets, run_id
+from bench.jobs import STAGES, Roots, partner_sets, run_id
 
 ZOO = """
 n_teachers: 2
@@ -185,7 +185,7 @@ def test_a_zoo_grid_runs_and_reports_its_diagnostics(tmp_path):
 
     import pandas as pd
 
-    from bench.store import load_records
+    from bench.run_records import load_records
 
     grid = tmp_path / "zoo.yaml"
     grid.write_text(E2E)

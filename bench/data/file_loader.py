@@ -11,7 +11,7 @@ from bench.data import DATASETS, UNKNOWN_VIEW, ImageSet
 from bench.data.loader_base import EVAL_CROP_RATIO, EpochLoader, device_stats, to_hwc_rgb
 from bench.data.memory import DeviceLoader, epoch_generator
 from bench.errors import BenchError
-from bench.system import job_cpus
+from bench.job_env import job_cpus
 
 
 def _to_pil(image: Any):

@@ -19,7 +19,7 @@ from bench.data.file_loader import make_file_loader
 from bench.data.memory import DeviceLoader, channel_stats
 from bench.data.optional_ffcv import ffcv_available, warn_no_ffcv_once
 from bench.errors import BenchError
-from bench.system import capped_batch, world
+from bench.job_env import capped_batch, world
 
 
 def _rendered(name: str, image_size: int | None) -> int | None:

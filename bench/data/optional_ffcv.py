@@ -10,7 +10,7 @@ import logging
 from functools import lru_cache
 
 from bench.errors import BenchError
-from bench.system import job_cpus
+from bench.job_env import job_cpus
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The training engine: one loop under every training run (supervised, distillation,
 meta-training), its run-folder checkpointer, optimizers, schedules, evaluation and devices.
 
-    loop.py          fit(task, folder, ...): the step, the schedule, the finite check, the log
+    loop.py          fit(objective, folder, ...): the step, the schedule, the finite check, the log
     checkpointer.py  RunFolder: config.json, log.jsonl, versioned checkpoints, resume, identity
     train.py         train(cfg, out): a network on a data set (cross-entropy or a given criterion)
     stacked.py       train_stack(cfgs, outs): runs differing only in the seed as one packed network

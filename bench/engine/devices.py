@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from bench.errors import BenchError
-from bench.system import world
+from bench.job_env import world
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,6 +1,6 @@
 """The one training loop: supervised runs, distillation and meta-training all step through it.
 
-A `Task` says what one step computes (`loss(step)`: named scalar terms, "loss" the one optimised;
+An `Objective` says what one step computes (`loss(step)`: named scalar terms, "loss" the one optimised;
 its data draw a pure function of the step, so a resumed run makes the same steps) and what a log
 point records (`log_row`: evaluation, for instance). The loop owns the rest: the schedule, the
 finite check of every term (a NaN or inf stops the run naming the step and the term, before the
@@ -23,14 +23,14 @@ from tqdm import tqdm
 from bench.engine.checkpointer import RunFolder
 from bench.engine.optim import set_lr
 from bench.errors import BenchError
-from bench.system import capped_steps
+from bench.job_env import capped_steps
 
 
 class NonFiniteLoss(BenchError):
     pass
 
 
-class Task(Protocol):
+class Objective(Protocol):
     model: nn.Module                 # the module whose weights the folder saves
     optimizer: torch.optim.Optimizer
     labels: dict[str, str]           # term -> its name in messages ("kl" -> "KL (eq. 1)")
@@ -79,16 +79,16 @@ def check_finite(value: torch.Tensor, step: int, term: str, what: str) -> None:
                             f"(the last good checkpoint is kept)")
 
 
-def fit(task: Task, folder: RunFolder, *, steps: int, log_every: int, lr: float, schedule: Callable[[int], float],
+def fit(objective: Objective, folder: RunFolder, *, steps: int, log_every: int, lr: float, schedule: Callable[[int], float],
         clip: float | None = None, checkpoint_meta: Callable[[int], dict[str, Any]] = lambda step: {},
         describe: Callable[[dict[str, Any]], str] = str, desc: str = "", progress: bool | None = None,
         quiet: bool = False, monitor: str | None = None, patience: int = 0) -> tuple[list[dict[str, Any]], float]:
     """Run (or resume) steps [0, steps); log, checkpoint every `log_every` steps and at the end.
     Returns the history (one row per log point) and the seconds spent in steps. With `monitor` and
     `patience` > 0 the run stops early (the module's docstring) and the model ends at its best log point.
-    In a smoke run (bench.system.smoke_steps) every loop stops after that many steps, logging at the last."""
+    In a smoke run (bench.job_env.smoke_steps) every loop stops after that many steps, logging at the last."""
     steps = capped_steps(steps)
-    resumed = folder.resume(task.model, task.optimizer)
+    resumed = folder.resume(objective.model, objective.optimizer)
     start, history, seconds = (0, [], 0.0) if resumed is None else (
         resumed["step"], resumed["history"], resumed["seconds"])
     early = monitor is not None and patience > 0
@@ -101,28 +101,28 @@ def fit(task: Task, folder: RunFolder, *, steps: int, log_every: int, lr: float,
     since = start  # the first step the running sums cover
     for step in bar:
         t0 = time.perf_counter()
-        set_lr(task.optimizer, lr * schedule(step))
-        terms = task.loss(step)
+        set_lr(objective.optimizer, lr * schedule(step))
+        terms = objective.loss(step)
         for name, value in terms.items():
-            check_finite(value, step, task.labels.get(name, name), desc)
-        task.optimizer.zero_grad(set_to_none=True)
+            check_finite(value, step, objective.labels.get(name, name), desc)
+        objective.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         if clip is not None:  # the norm is checked too: a finite loss can still give inf gradients
-            norm = nn.utils.clip_grad_norm_(task.model.parameters(), clip if clip > 0 else float("inf"))
+            norm = nn.utils.clip_grad_norm_(objective.model.parameters(), clip if clip > 0 else float("inf"))
             check_finite(norm, step, "gradient norm of the", desc)
-        task.optimizer.step()
+        objective.optimizer.step()
         seconds += time.perf_counter() - t0
         for name, value in terms.items():
             sums[name] = sums.get(name, 0) + value.detach()
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            row = task.log_row(step + 1, {k: v / (step + 1 - since) for k, v in sums.items()}, seconds)
-            row.update(lr=task.optimizer.param_groups[0]["lr"],
+            row = objective.log_row(step + 1, {k: v / (step + 1 - since) for k, v in sums.items()}, seconds)
+            row.update(lr=objective.optimizer.param_groups[0]["lr"],
                        time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
             history.append(row)
             sums, since = {}, step + 1
             if early and _best_row(history, monitor) is row:
-                best = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
-            folder.save(task.model, task.optimizer, {**checkpoint_meta(step + 1), "step": step + 1,
+                best = {k: v.detach().clone() for k, v in objective.model.state_dict().items()}
+            folder.save(objective.model, objective.optimizer, {**checkpoint_meta(step + 1), "step": step + 1,
                                                      "history": history, "seconds": seconds},
                         **({"keep": best} if early else {}))
             bar.set_postfix_str(describe(row))
@@ -132,7 +132,7 @@ def fit(task: Task, folder: RunFolder, *, steps: int, log_every: int, lr: float,
                 break
     bar.close()
     if early and best:
-        task.model.load_state_dict(best)
+        objective.model.load_state_dict(best)
     return history, seconds
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from bench.recipes import SCHEDULES
+from bench.train_config import SCHEDULES
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, *, milestones: Sequence[int] = (),

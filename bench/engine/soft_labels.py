@@ -51,7 +51,7 @@ from bench.data.loaders import make_loader
 from bench.engine.devices import autocast
 from bench.engine.loop import batches_per_epoch
 from bench.errors import BenchError
-from bench.system import capped_steps, world
+from bench.job_env import capped_steps, world
 
 MODES = ("vmap", "loop")
 CHUNK = 256  # images per cache forward: any fixed size above one gives the online bits (module doc)
@@ -164,7 +164,7 @@ def drawn_views(loader, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(sample indices, view ids) of every image that `steps` steps through `loader` draw (step s
     is batch s mod len(loader) of epoch s // len(loader), as `bench.engine.loop.StepBatches`
     reads it), without making the images. Leaves the loader at epoch 0. A smoke run's step cap
-    applies (bench.system.capped_steps): the loop will make no more steps than that."""
+    applies (bench.job_env.capped_steps): the loop will make no more steps than that."""
     steps, per_epoch = capped_steps(steps), batches_per_epoch(loader)
     indices, views = [], []
     for epoch in range(-(-steps // per_epoch)):

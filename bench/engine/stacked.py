@@ -52,8 +52,8 @@ from bench.engine.train import EVAL_SPLITS, LOG_ONLY, keep_predictions, model_me
 from bench.errors import BenchError
 from bench.metrics import classification_metrics, for_split
 from bench.models import ARCH_SPECS, build_model
-from bench.recipes import TrainConfig
-from bench.system import capped_steps, world
+from bench.train_config import TrainConfig
+from bench.job_env import capped_steps, world
 
 
 class Unstackable(BenchError):
@@ -227,15 +227,15 @@ def _check_packed(packed: nn.Module, models: Sequence[nn.Module], image_size: in
 
 # --- training ---------------------------------------------------------------------------------
 
-class StackedTask:
-    """The supervised task of `train` for M members at once: one step is every member's step on
+class StackedObjective:
+    """The supervised objective of `train` for M members at once: one step is every member's step on
     its own batch; the last log point evaluates every member on the val and test splits."""
 
     labels = {"loss": "summed members' training"}
 
     def __init__(self, net: nn.Module, optimizer, train_loaders, eval_loaders, label_smoothing: float,
                  device: torch.device, channels_last: bool, steps: int) -> None:
-        # The last step the loop makes (a smoke run's cap, bench.system.capped_steps) evaluates.
+        # The last step the loop makes (a smoke run's cap, bench.job_env.capped_steps) evaluates.
         self.model, self.optimizer, self.eval_loaders, self.steps = net, optimizer, eval_loaders, capped_steps(steps)
         self.members, self.label_smoothing, self.device = len(train_loaders), label_smoothing, device
         self.batches = [StepBatches(loader) for loader in train_loaders]
@@ -296,8 +296,8 @@ class StackFolder:
     unpacks into each member's own model and optimizer and writes each folder as `train` does."""
 
     def __init__(self, folders: list[RunFolder], models: list[nn.Module], optimizers: list, bases: list[dict],
-                 task: StackedTask) -> None:
-        self.folders, self.models, self.optimizers, self.bases, self.task = folders, models, optimizers, bases, task
+                 objective: StackedObjective) -> None:
+        self.folders, self.models, self.optimizers, self.bases, self.objective = folders, models, optimizers, bases, objective
         self.before: list[list[dict[str, Any]]] = [[] for _ in folders]  # histories before this stack
 
     def resume(self, net: nn.Module, optimizer) -> dict[str, Any] | None:
@@ -309,7 +309,7 @@ class StackFolder:
         net.load_state_dict(pack_state([m.state_dict() for m in self.models]))
         load_optimizer_state(optimizer, pack_optimizer_state([o.state_dict() for o in self.optimizers]))
         self.before = [meta["history"] for meta in metas]
-        self.task.seconds_before = [meta["seconds"] for meta in metas]
+        self.objective.seconds_before = [meta["seconds"] for meta in metas]
         # fit counts the stack's own steps and seconds from here; each member's are added back on save.
         return {"step": metas[0]["step"], "history": [], "seconds": 0.0}
 
@@ -328,7 +328,7 @@ class StackFolder:
         for i, (folder, model, opt) in enumerate(zip(self.folders, self.models, self.optimizers)):
             folder.save(model, opt, {**self.bases[i], **{k: v for k, v in meta.items() if k not in ("history", "seconds")},
                                      "history": self.history(i, meta["history"]),
-                                     "seconds": self.task.seconds_before[i] + meta["seconds"] / len(self.models)})
+                                     "seconds": self.objective.seconds_before[i] + meta["seconds"] / len(self.models)})
 
 
 def stack_key(cfg: TrainConfig) -> dict[str, Any]:
@@ -377,14 +377,14 @@ def _train_packed(cfgs: list[TrainConfig], outs: list[Path], progress: bool | No
         raise BenchError(f"the training data ({cfg0.train_fraction:g} of the {cfg0.dataset} split) is smaller "
                          f"than one batch of {cfg0.batch_size}; use a larger fraction or a smaller batch")
     total = cfg0.epochs * steps_per_epoch
-    task = StackedTask(net, optimizer, loaders, eval_loaders, cfg0.label_smoothing, device, channels_last, total)
+    objective = StackedObjective(net, optimizer, loaders, eval_loaders, cfg0.label_smoothing, device, channels_last, total)
     folders = [run_folder(c, o) for c, o in zip(cfgs, outs)]
     bases = [{**model_meta(c, spec.num_classes), "config": c.to_json()} for c in cfgs]
-    folder = StackFolder(folders, models, optimizers, bases, task)
+    folder = StackFolder(folders, models, optimizers, bases, objective)
     warmup = round(cfg0.warmup_epochs * steps_per_epoch)
     milestones = [m * steps_per_epoch for m in cfg0.milestones]
     history, seconds = fit(
-        task, folder, steps=total, log_every=steps_per_epoch, lr=cfg0.lr,
+        objective, folder, steps=total, log_every=steps_per_epoch, lr=cfg0.lr,
         schedule=lambda s: lr_factor(s, total, warmup, cfg0.schedule, milestones=milestones, gamma=cfg0.gamma),
         checkpoint_meta=lambda step: {"epoch": step // steps_per_epoch},
         describe=lambda r: f"epoch {r['members'][0]['epoch']}/{cfg0.epochs}" + (
@@ -396,9 +396,9 @@ def _train_packed(cfgs: list[TrainConfig], outs: list[Path], progress: bool | No
         rows = folder.history(i, history)
         f.finish(model.state_dict(), {
             **bases[i], "epochs": cfg0.epochs, "metrics": {k: v for k, v in rows[-1].items() if k not in LOG_ONLY},
-            "train_s": task.seconds_before[i] + seconds / len(cfgs)}, rows)
+            "train_s": objective.seconds_before[i] + seconds / len(cfgs)}, rows)
         keep_predictions(cfgs[i], f, device, {split: (probs[:, i].contiguous(), labels)
-                                              for split, (probs, labels) in task.final.items()})
+                                              for split, (probs, labels) in objective.final.items()})
     return [f.finished() for f in folders]
 
 

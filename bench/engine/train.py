@@ -38,8 +38,8 @@ from bench.engine.schedule import lr_factor
 from bench.errors import BenchError
 from bench.metrics import classification_metrics, for_split
 from bench.models import ARCH_SPECS, build_model
-from bench.recipes import TrainConfig, same_run
-from bench.system import capped_steps, world
+from bench.train_config import TrainConfig, same_run
+from bench.job_env import capped_steps, world
 
 # `criterion(logits, images, labels, indices, views) -> loss` replaces cross-entropy (distillation).
 Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -83,7 +83,7 @@ def describe_row(row: dict[str, Any], epochs: int) -> str:
         f" val top1 {row['val_top1']:.2f}" if "val_top1" in row else "")
 
 
-class SupervisedTask:
+class SupervisedObjective:
     """One optimizer step per training batch; a log row per epoch, and at the end of the run an
     evaluation on the val and test splits (records are last-epoch metrics; evaluating only then
     keeps a tiny run's 20,000 test images from costing more than its training)."""
@@ -94,7 +94,7 @@ class SupervisedTask:
                  criterion: Criterion, device: torch.device, steps: int) -> None:
         self.cfg, self.model, self.net, self.optimizer = cfg, model, net, optimizer
         self.train_loader, self.eval_loaders, self.criterion, self.device = train_loader, eval_loaders, criterion, device
-        # The last step the loop makes (a smoke run's cap, bench.system.capped_steps) evaluates.
+        # The last step the loop makes (a smoke run's cap, bench.job_env.capped_steps) evaluates.
         self.steps_per_epoch, self.steps = len(train_loader), capped_steps(steps)
         self.batches = StepBatches(train_loader)
         self.final: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split -> the last evaluation's (probs, labels)
@@ -198,13 +198,13 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
     criterion = criterion or (lambda logits, x, y, idx, views: F.cross_entropy(
         logits, y, label_smoothing=cfg.label_smoothing))
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
-    task = SupervisedTask(cfg, model, net, optimizer, train_loader, eval_loaders, criterion, device, total)
+    objective = SupervisedObjective(cfg, model, net, optimizer, train_loader, eval_loaders, criterion, device, total)
     if hasattr(criterion, "prepare"):
         criterion.prepare(train_loader, total)
     milestones = [m * steps_per_epoch for m in cfg.milestones]
     base = {**model_meta(cfg, spec.num_classes), "config": config, **({"world_size": world_size} if world_size > 1 else {})}
     history, seconds = fit(
-        task, folder, steps=total, log_every=steps_per_epoch, lr=cfg.lr,
+        objective, folder, steps=total, log_every=steps_per_epoch, lr=cfg.lr,
         schedule=lambda s: lr_factor(s, total, warmup, cfg.schedule, milestones=milestones, gamma=cfg.gamma),
         checkpoint_meta=lambda step: {**base, "epoch": step // steps_per_epoch},
         describe=lambda r: describe_row(r, cfg.epochs),
@@ -213,6 +213,6 @@ def train(cfg: TrainConfig, out: str | Path, *, criterion: Criterion | None = No
         **base, "epochs": cfg.epochs, "metrics": {k: v for k, v in history[-1].items() if k not in LOG_ONLY},
         "train_s": seconds}, history)
     if rank == 0:
-        keep_predictions(cfg, folder, device, task.final)
+        keep_predictions(cfg, folder, device, objective.final)
     barrier(device)  # the others read what rank 0 has just written
     return folder.finished()

@@ -1,7 +1,7 @@
 """The rows of the table: a registry of methods by name, and the code of each loaded on demand.
 
 Light on purpose (no torch, no training code, no method's module): the grid loader, the sweep's
-plan and the report read a method's options schema (bench.options) and whether it needs a
+plan and the report read a method's options schema (bench.method_options) and whether it needs a
 meta-trained WeightFormer from `METHODS`; `load_method` imports the method's module, whose
 `run(job: MethodJob) -> dict` returns the record fields it measured, only when a job runs it.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.errors import choose
 from bench.methods.base import LoadedMethod, Method
-from bench.options import (COMMON_OPTIONS, AlignedSoupOptions, DistillOptions, GreedySoupOptions, LearnedSoupOptions,
+from bench.method_options import (COMMON_OPTIONS, AlignedSoupOptions, DistillOptions, GreedySoupOptions, LearnedSoupOptions,
                            NoOptions, Options, SoupOptions, WeightFormerFTOptions, WeightFormerOptions)
 
 
@@ -54,7 +54,7 @@ def load_method(name: str) -> Method:
 
 def method_options(name: str, raw: Mapping[str, Any], where: str) -> Options:
     """The method's typed options from a grid's (or a job spec's) mapping, the common options
-    (bench.options.COMMON_OPTIONS) left out: they choose the teachers, not the method's work."""
+    (bench.method_options.COMMON_OPTIONS) left out: they choose the teachers, not the method's work."""
     entry = METHODS[choose("method", name, METHODS)]
     return entry.Options.from_mapping({k: v for k, v in raw.items() if k not in COMMON_OPTIONS}, where)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.methods.base import MethodJob
 from bench.methods.common import evaluate_averaged, load_teachers
-from bench.options import AlignedSoupOptions
+from bench.method_options import AlignedSoupOptions
 from bench.weights.permutation import align_to_first
 
 

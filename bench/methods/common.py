@@ -16,7 +16,7 @@ from bench.engine.evaluate import predictions_path, read_predictions, save_predi
 from bench.errors import BenchError
 from bench.methods.base import MethodJob
 from bench.metrics import classification_metrics, for_split
-from bench.system import world
+from bench.job_env import world
 from bench.weights.averaging import average_state_dicts, reestimate_norm_stats
 
 

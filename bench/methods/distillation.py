@@ -41,8 +41,8 @@ from bench.methods.base import MethodJob
 from bench.engine import load_model
 from bench.methods.common import EVAL_SPLITS, load_teachers, predictions
 from bench.metrics import kl_from
-from bench.recipes import TrainConfig
-from bench.system import world
+from bench.train_config import TrainConfig
+from bench.job_env import world
 
 METRICS = ("top1", "top5", "nll", "ece")
 # Recipe keys the method sets itself (or that name the run rather than its training).

@@ -8,7 +8,7 @@ import torch
 from bench.methods.base import MethodJob
 from bench.methods.common import evaluated, load_teachers
 from bench.metrics import classification_metrics
-from bench.options import NoOptions
+from bench.method_options import NoOptions
 
 
 def run(job: MethodJob[NoOptions]) -> dict[str, Any]:

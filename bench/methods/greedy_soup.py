@@ -17,7 +17,7 @@ from typing import Any
 from bench.methods.base import MethodJob
 from bench.methods.common import evaluated, load_teachers, predictions, reestimated
 from bench.metrics import classification_metrics
-from bench.options import GreedySoupOptions
+from bench.method_options import GreedySoupOptions
 from bench.weights.averaging import average_state_dicts
 
 

@@ -39,8 +39,8 @@ from bench.methods.base import MethodJob
 from bench.methods.common import evaluated, load_teachers, reestimated
 from bench.metrics import classification_metrics
 from bench.models import ARCH_SPECS
-from bench.options import LearnedSoupOptions
-from bench.system import world
+from bench.method_options import LearnedSoupOptions
+from bench.job_env import world
 from bench.weightformer.losses import ensemble_kl
 from bench.weightformer.meta_train import SoftLabels
 from bench.weights.averaging import average_state_dicts
@@ -71,7 +71,7 @@ class Mixer(nn.Module):
                 for l, (name, theta) in enumerate(zip(self.names, self.stacked))}
 
 
-class FitTask:
+class LearnedSoupObjective:
     """One step: the group's mean soft labels on a batch of training images, eq. 1 of the mixed student."""
 
     labels = {"kl": "KL (eq. 1)"}
@@ -113,8 +113,8 @@ def fitted(job: MethodJob[LearnedSoupOptions], models: Sequence[nn.Module], meta
         soft_label_s = time.perf_counter() - t0
         student = copy.deepcopy(models[0]).train()
         optimizer = torch.optim.Adam([mixer.alpha], lr=job.options.lr)
-        task = FitTask(mixer, optimizer, student, data, len(models), cfg.temperature, device)
-        history, seconds = fit(task, folder, steps=cfg.steps, log_every=cfg.checkpoint_every, lr=job.options.lr,
+        objective = LearnedSoupObjective(mixer, optimizer, student, data, len(models), cfg.temperature, device)
+        history, seconds = fit(objective, folder, steps=cfg.steps, log_every=cfg.checkpoint_every, lr=job.options.lr,
                                schedule=lambda step: 1.0, checkpoint_meta=lambda step: identity,
                                describe=lambda r: f"kl {r['kl']:.4f}", desc=f"learned_soup: members {job.members}",
                                progress=False, quiet=world()[0] != 0)

@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.methods.base import MethodJob
 from bench.methods.distillation import distill, on
-from bench.options import DistillOptions
+from bench.method_options import DistillOptions
 
 SEED_OFFSET = 20_000
 

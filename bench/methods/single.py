@@ -7,7 +7,7 @@ from typing import Any
 from bench.methods.base import MethodJob
 from bench.methods.common import evaluated, load_teachers
 from bench.metrics import classification_metrics
-from bench.options import NoOptions
+from bench.method_options import NoOptions
 
 METRICS = ("top1", "top5", "nll", "ece")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.methods.base import MethodJob
 from bench.methods.common import evaluate_averaged, load_teachers
-from bench.options import SoupOptions
+from bench.method_options import SoupOptions
 
 
 def run(job: MethodJob[SoupOptions]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from bench.methods.base import MethodJob
 from bench.methods.common import evaluated, load_teachers, predictions
 from bench.methods.weightformer_student import predictor
 from bench.metrics import agreement, classification_metrics, kl_from
-from bench.options import WeightFormerOptions
+from bench.method_options import WeightFormerOptions
 
 
 def score(probs: list[torch.Tensor], labels: torch.Tensor) -> dict[str, Any]:

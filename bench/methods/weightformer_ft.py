@@ -20,8 +20,8 @@ from bench.errors import BenchError
 from bench.methods.base import MethodJob
 from bench.methods.distillation import distill, on, student_config
 from bench.methods.weightformer_student import predict
-from bench.options import WeightFormerFTOptions
-from bench.system import world
+from bench.method_options import WeightFormerFTOptions
+from bench.job_env import world
 
 SEED_OFFSET = 10_000  # kd's student seed: the fine-tuning is a KD run
 FT_LR_SCALE = 0.1  # the default ft_lr, as a fraction of the recipe's peak lr

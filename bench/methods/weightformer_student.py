@@ -19,7 +19,7 @@ from bench.data.loaders import make_loader
 from bench.errors import BenchError
 from bench.methods.base import MethodJob
 from bench.methods.common import load_teachers
-from bench.options import WeightFormerOptions
+from bench.method_options import WeightFormerOptions
 from bench.weightformer.meta_train import load_weightformer, predict_student
 from bench.weights.averaging import reestimate_norm_stats
 from bench.weights.tokens import weight_layers

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pkgutil
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +38,6 @@ class ArchSpec:
     pretrained_img_size: bool = False  # timm's pretrained model is told the input size (ViT's position embedding)
     permutation: str | None = None  # the weight-matching walk (a key of bench.weights.permutation.WALKS)
     permutation_unsupported_reason: str = ""  # why there is none, for the error a user gets
-    tiny_recipe: Mapping[str, Any] = field(default_factory=dict)  # changes to the tiny training recipe
     # Trains in channels-last memory format (GPU and CPU: on a CPU the tiny convnets' steps are
     # 1.2x (VGG) to 1.6x (ResNet) faster than contiguous; bench.perf's training_step).
     channels_last: bool = True
@@ -69,8 +67,6 @@ ARCH_SPECS: dict[str, ArchSpec] = {
         other_weights=("vit_base_patch32_224.augreg_in21k", "vit_base_patch32_clip_quickgelu_224.openai"),
         permutation_unsupported_reason="ViT is not supported (attention heads and the residual stream need a "
                                        "joint permutation)",
-        # With no convolutional prior the tiny ViT needs more epochs than the tiny convnets to fit digits.
-        tiny_recipe={"epochs": 30, "lr": 2e-3},
         # Channels-last speeds up convolutions; past its patch embedding a ViT is matrix products on tokens.
         channels_last=False,
         # LayerNorm and attention mix a token's channels: the packer knows neither.

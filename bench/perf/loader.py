@@ -17,7 +17,7 @@ def loader_rows(quick: bool, repeat: int) -> list[Row]:
     from bench.data.optional_ffcv import ffcv_available
     from bench.data.imagenet import load as load_imagenet
     from bench.data.synthetic import write_imagenet
-    from bench.system import job_cpus
+    from bench.job_env import job_cpus
 
     if not ffcv_available():
         raise BenchError("loader: FFCV is not importable here (see the README's FFCV section)")

@@ -5,7 +5,7 @@ paper-shape step (time, peak memory, FLOPs), with and without activation checkpo
     python -m bench.perf.meta_step paper --arch resnet50 [--no-checkpointing] [--device cpu] [--cap-gb 20]
     python -m bench.perf.meta_step count --arch vit_b32 [--no-checkpointing]   # fake tensors: no memory used
 
-`tiny_step` builds the step meta-training runs (`MetaTrainTask` on digits, the tiny defaults,
+`tiny_step` builds the step meta-training runs (`MetaTrainObjective` on digits, the tiny defaults,
 N = 4 of 6 freshly initialised, jittered tiny teachers) and returns one call of `fit`'s step body.
 `paper_step` is one step at the paper's shapes (`wf_config(..., "paper")`: d_model 512, 6 blocks,
 every weight layer of ResNet-50 / CIFAR-100 or ViT-B/32 / ImageNet, N = 4 fresh teachers, a batch
@@ -36,7 +36,7 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 from bench.engine.optim import make_optimizer
 from bench.errors import BenchError, cli
 from bench.models import ARCH_SPECS, ARCHS, build_model
-from bench.options import wf_config
+from bench.method_options import wf_config
 from bench.weightformer import meta_train as mt
 from bench.weightformer.losses import ensemble_kl, student_logits
 from bench.weightformer.model import WeightFormer, column_stats
@@ -63,7 +63,7 @@ def jittered_teachers(arch: str, k: int, num_classes: int, image_size: int, scal
 
 def tiny_step(arch: str, *, n_teachers: int = 4, pool: int = 6, device: torch.device | str = "cpu",
               **options: Any) -> Callable[[int], float]:
-    """One meta-training step as `fit` runs it (loss, backward, clipping, AdamW) on the task
+    """One meta-training step as `fit` runs it (loss, backward, clipping, AdamW) on the objective
     `meta_train` builds, at the tiny defaults (`options` override WFConfig fields). Returns
     step(s) -> the step's loss."""
     device = torch.device(device)
@@ -78,11 +78,11 @@ def tiny_step(arch: str, *, n_teachers: int = 4, pool: int = 6, device: torch.de
     optimizer = make_optimizer(wf, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     data = mt.SoftLabels(models, "digits", None, 16, device, cfg.batch_size, cfg.seed, cfg.temperature,
                          steps=cfg.steps, channels_last=channels_last)
-    task = mt.MetaTrainTask(wf, optimizer, copy.deepcopy(models[0]).train(), tokens.layers, tokens, data, pool,
+    objective = mt.MetaTrainObjective(wf, optimizer, copy.deepcopy(models[0]).train(), tokens.layers, tokens, data, pool,
                             n_teachers, cfg, device)
 
     def step(s: int) -> float:
-        terms = task.loss(s)
+        terms = objective.loss(s)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         nn.utils.clip_grad_norm_(wf.parameters(), cfg.clip)

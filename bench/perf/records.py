@@ -15,7 +15,7 @@ def stage_seconds(records: Path) -> dict[str, float]:
     """Summed job seconds per stage of the records under `records` (finished jobs only): a job's
     wall seconds, or its training's where larger (a teacher found finished carries the seconds
     its training took)."""
-    from bench.store import load_records
+    from bench.run_records import load_records
 
     table = load_records(records)
     table = table[table["status"] == "done"]
@@ -50,7 +50,7 @@ def time_to_student_rows(records: Path) -> list[Row]:
     tiny_main_table/meta_train) against KD's (a student trained on the same ensemble's soft
     labels, the suite's fastest way to it: cached where exact) and the uniform soup's, each
     student's median top-1 beside its time. Job seconds include loading and the test evaluation."""
-    from bench.store import load_records
+    from bench.run_records import load_records
 
     table = load_records(records)
     if "variant" in table:

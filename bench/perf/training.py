@@ -69,7 +69,7 @@ def pool_pair(arch: str, members: int, steps: int, batch: int, repeat: int, sett
     xs = [x.contiguous(memory_format=torch.channels_last)
           for x in torch.randn(members, batch, 3, 16, 16, generator=gen)]
     ys = torch.randint(0, 10, (members, batch), generator=gen)
-    x_packed = torch.cat(xs, 1)  # as StackedTask builds it
+    x_packed = torch.cat(xs, 1)  # as StackedObjective builds it
     stacked_opt = make_optimizer(net, "adamw", lr=1e-3, weight_decay=5e-4)
     alone_opts = [make_optimizer(m, "adamw", lr=1e-3, weight_decay=5e-4) for m in models]
 
@@ -167,8 +167,8 @@ def kd_student_rows(quick: bool, repeat: int) -> list[Row]:
     from bench.engine import soft_labels, train
     from bench.methods import kd
     from bench.methods.base import MethodJob
-    from bench.options import DistillOptions
-    from bench.recipes import TrainConfig
+    from bench.method_options import DistillOptions
+    from bench.train_config import TrainConfig
 
     size = sizes(quick)
     archs, teacher_epochs, epochs = size.kd_archs, size.kd_teacher_epochs, size.kd_epochs

@@ -11,7 +11,7 @@ diagnostics.py what a WeightFormer learnt: diagnostics, capacity ladder, pool si
 ablations.py   the WeightFormer ablations' numbers and the baselines beside them
 figures.py     every figure (PNG and PDF): headline, claims' forest plot, ablations, pool size, curves
 style.py       the look every figure shares
-frame.py       what they share: labelling runs, ordering rows and columns, Markdown / LaTeX / CSV
+render.py      what they share: labelling runs, ordering rows and columns, Markdown / LaTeX / CSV
 """
 from bench.report.build import report
 from bench.report.tables import cell_stats, cost_table

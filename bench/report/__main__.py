@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.config import grid_path
+from bench.grid import grid_path
 from bench.errors import BenchError, cli
 from bench.io import atomic_write_bytes
 from bench.paths import results_root

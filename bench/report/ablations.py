@@ -10,7 +10,7 @@ from collections import Counter
 
 import pandas as pd
 
-from bench.report.frame import WF_METHODS, column
+from bench.report.render import WF_METHODS, column
 from bench.report.statistics import interval, per_group
 
 # axis -> its x-axis label with its unit. The record column of an axis is wf_<axis> (WeightFormer's
@@ -73,7 +73,7 @@ def at_defaults(group: pd.DataFrame, method: str, axis: str) -> pd.DataFrame:
     return group[keep]
 
 
-def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
+def ablation_table(runs: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
     """axis, series, setting, value, mean, std (n-1), n of top-1, and the 95% t interval's half-width
     over distinct groups of teachers (`groups`, `ci_half`): the numbers behind every plot."""
     wf, rows = wf_axes(runs), []
@@ -83,11 +83,11 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
             for _, runs_at in kept.groupby(kept[f"axis_{axis}"].map(repr), sort=True):
                 v = runs_at[f"axis_{axis}"].iloc[0]
                 if v is not None:
-                    top1 = runs_at.top1.dropna()
-                    mean, half = interval(per_group(runs_at, "top1"))
+                    top1 = pd.to_numeric(column(runs_at, metric), errors="coerce").dropna()
+                    mean, half = interval(per_group(runs_at, metric))
                     rows.append({"axis": axis, "series": series, "setting": series.split(", ", 1)[1], "value": v,
                                  "mean": top1.mean(), "std": top1.std(), "n": len(top1),
-                                 "groups": int(per_group(runs_at, "top1").notna().sum()), "ci_half": half})
+                                 "groups": int(per_group(runs_at, metric).notna().sum()), "ci_half": half})
     rows.sort(key=lambda r: (list(AXES).index(r["axis"]), r["series"], str(type(r["value"])), r["value"]))
     table = pd.DataFrame(rows, columns=["axis", "series", "setting", "value", "mean", "std", "n", "groups", "ci_half"])
     # Only axes the records vary: two distinct values at least within one series.
@@ -99,7 +99,7 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
 REFERENCES = ("single", "ensemble", "kd")
 
 
-def references(runs: pd.DataFrame, methods: tuple[str, ...] = REFERENCES) -> pd.DataFrame:
+def references(runs: pd.DataFrame, methods: tuple[str, ...] = REFERENCES, metric: str = "top1") -> pd.DataFrame:
     """setting, method, mean, ci_half, groups of `methods` (their plain variants, meta-train
     teachers) per setting: the reference lines of the ablation panels (single, ensemble, KD) and of
     the headline figure."""
@@ -107,7 +107,7 @@ def references(runs: pd.DataFrame, methods: tuple[str, ...] = REFERENCES) -> pd.
     plain = runs[runs.method.isin(list(methods)) & (runs.variant == runs.method) &
                  (runs.teacher_part == "meta_train")]
     for (setting, method), r in plain.groupby(["setting", "method"], sort=True):
-        mean, half = interval(per_group(r, "top1"))
+        mean, half = interval(per_group(r, metric))
         rows.append({"setting": setting, "method": method, "mean": mean, "ci_half": half,
-                     "groups": int(per_group(r, "top1").notna().sum())})
+                     "groups": int(per_group(r, metric).notna().sum())})
     return pd.DataFrame(rows, columns=["setting", "method", "mean", "ci_half", "groups"])

@@ -40,7 +40,7 @@ from bench.io import atomic_write_bytes
 from bench.report import diagnostics, figures
 from bench.report.ablations import AXES, ablation_table, references
 from bench.report.claims import anchors, claim_table, claims_render, rerun_render, rerun_table, shared_groups
-from bench.report.frame import column, csv_text, method_runs, order_columns, regime_line
+from bench.report.render import column, csv_text, method_runs, order_columns, regime_line
 from bench.report.records import GridPlan, planned_runs
 from bench.report.tables import cost_table, failed_lines, missing_lines, nonfinite_lines, render_costs, render_main
 
@@ -79,6 +79,11 @@ class Report:
     def settings(self) -> list[str]:
         planned = self.plan.settings if self.plan else []
         return order_columns(set(self.done.setting) | set(planned), planned)
+
+    @property
+    def split(self) -> str:
+        """The split the figures show: the grid file's `figures_split` (val for a search grid), else test."""
+        return self.plan.figures_split if self.plan else "test"
 
     @cached_property
     def main(self) -> tuple[str, str, pd.DataFrame]:
@@ -149,7 +154,7 @@ def weightformer_diagnostics(r: Report) -> None:
 
 
 def headline_and_claims_figures(r: Report) -> None:
-    plots, r.figure_links = figures.report_figures(r.done, r.settings, r.claims, r.moved, r.out, r.grid)
+    plots, r.figure_links = figures.report_figures(r.done, r.settings, r.claims, r.moved, r.out, r.grid, r.split)
     r.plots.update(plots)
 
 
@@ -168,10 +173,11 @@ def meta_training(r: Report) -> None:
 
 
 def ablations(r: Report) -> None:
-    table = ablation_table(r.done)
+    table = ablation_table(r.done, figures.METRICS[r.split])
     r.axes = [a for a in AXES if (table.axis == a).any()]
     for axis in r.axes:
-        r.plots[axis] = figures.plot_axis(table[table.axis == axis], axis, r.grid, references(r.done), r.settings)
+        r.plots[axis] = figures.plot_axis(table[table.axis == axis], axis, r.grid,
+                                          references(r.done, metric=figures.METRICS[r.split]), r.settings, r.split)
     if r.axes:
         r.csv("ablations.csv", table)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.report.frame import DASH, column, fmt, md_table, tex_table
+from bench.report.render import DASH, column, fmt, md_table, tex_table
 from bench.report.statistics import LEVEL, groups_of, half_width, paired_ci
 
 MARGIN_PP = 1.0  # "approximately equal": the CI of the difference lies within ±MARGIN_PP of top-1

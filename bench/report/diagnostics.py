@@ -20,7 +20,7 @@ import math
 
 import pandas as pd
 
-from bench.report.frame import DASH, column, fmt, md_table, tex_table
+from bench.report.render import DASH, column, fmt, md_table, tex_table
 from bench.report.statistics import groups_of, interval, per_group
 
 

@@ -3,6 +3,8 @@
 - plots/headline: every main-table row's top-1 per setting, with the baselines as reference lines;
 - plots/claims: the claims' forest plot (each claim's paired difference and its interval against 0
   and the margin, beside a rerun's where there is one);
+- plots/cost: top-1 against the seconds each method takes to make its student (log scale): the
+  cost-accuracy frontier, the networks no method makes (single, ensemble) as reference lines;
 - plots/<axis>: the WeightFormer ablations (ablations.py's table), one figure per axis varied;
 - plots/pool_size, plots/meta_training: WeightFormer against its meta-train pool size and every
   meta-training's curves (diagnostics.py's tables).
@@ -16,13 +18,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.ticker import NullFormatter
 
 from bench.io import atomic_write_bytes
 from bench.report import style
 from bench.report.ablations import AXES, norm, references
 from bench.report.claims import MARGIN_PP
-from bench.report.frame import SAVE_METADATA, figure_bytes, method_rank, order_rows
+from bench.report.render import SAVE_METADATA, figure_bytes, method_rank, order_rows
 from bench.report.statistics import LEVEL, interval, per_group
+from bench.report.tables import cost_table
 
 HEADLINE_REFERENCES = ("single", "ensemble", "soup")
 PART_COLOURS = {"meta_train": "tab:blue", "held_out": "tab:orange"}
@@ -33,7 +37,16 @@ RERUN_COLUMNS = ["verdict_rerun", "diff_pp_rerun", "ci_low_rerun", "ci_high_reru
 
 # --- headline ------------------------------------------------------------------------------------
 
-def headline_table(done: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
+# The figures show test top-1, or, for a search grid (its `figures_split: val`), val top-1: the split its
+# choices read.
+METRICS = {"test": "top1", "val": "val_top1"}
+
+
+def accuracy_label(split: str) -> str:
+    return f"{split} top-1 accuracy (%)"
+
+
+def headline_table(done: pd.DataFrame, settings: list[str], split: str = "test") -> pd.DataFrame:
     """setting, variant, method, part, mean, ci_half, groups: each main-table cell's top-1 as the mean over
     distinct groups of teachers with its 95% t interval; rows in the main table's row order within
     its column order, cells without a finished top-1 left out."""
@@ -43,7 +56,7 @@ def headline_table(done: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
         here = done[done.setting == setting]
         for variant in order_rows(methods):
             runs = here[here.variant == variant]
-            values = per_group(runs, "top1").dropna()
+            values = per_group(runs, METRICS[split]).dropna()
             if not len(values):
                 continue
             mean, half = interval(values)
@@ -62,7 +75,7 @@ def draw_references(ax, refs: pd.DataFrame) -> None:
                    label=f"{style.REFERENCE_NAMES[r.method]} mean ({style.PARTS['meta_train']})")
 
 
-def plot_headline(table: pd.DataFrame, refs: pd.DataFrame, grid: str):
+def plot_headline(table: pd.DataFrame, refs: pd.DataFrame, grid: str, split: str = "test"):
     """The figure (not yet saved): one panel per setting in table order, each row's top-1 as a
     point with its 95% t interval, coloured by teacher part, rows along x in table order."""
     settings = list(dict.fromkeys(table.setting))
@@ -77,19 +90,19 @@ def plot_headline(table: pd.DataFrame, refs: pd.DataFrame, grid: str):
         draw_references(ax, refs[refs.setting == setting])
         ax.set_xticks(range(len(rows)), rows, rotation=60, ha="right", rotation_mode="anchor")
         ax.set_xlim(-0.6, len(rows) - 0.4)
-        style.tidy(ax, setting, None, "test top-1 accuracy (%)")
+        style.tidy(ax, setting, None, accuracy_label(split))
     style.legend_outside(fig, axes, title=f"per point: {style.groups_text(table.groups)} of teachers")
     fig.suptitle(f"{grid}: top-1 per method and setting (mean over distinct groups of teachers, "
                  f"{LEVEL:.0%} t interval)", fontsize=style.FONT["title"] + 1)
     return fig
 
 
-def headline(done: pd.DataFrame, settings: list[str], grid: str):
+def headline(done: pd.DataFrame, settings: list[str], grid: str, split: str = "test"):
     """plot_headline of `done`'s finished method runs, or None where none has a top-1."""
-    table = headline_table(done, settings)
+    table = headline_table(done, settings, split)
     if table.empty:
         return None
-    return plot_headline(table, references(done, HEADLINE_REFERENCES), grid)
+    return plot_headline(table, references(done, HEADLINE_REFERENCES, METRICS[split]), grid, split)
 
 
 HEADLINE_CAPTION = (f"each method's test top-1 (the main table's rows, left to right) per setting (panels, in the "
@@ -98,6 +111,65 @@ HEADLINE_CAPTION = (f"each method's test top-1 (the main table's rows, left to r
                     f"teachers; groups per point in the legend); horizontal lines: the mean top-1 on meta-train "
                     f"teachers of the single network (grey, dotted), the ensemble (green, dashed) and the uniform "
                     f"soup (purple, dash-dot), where the grid runs them")
+
+
+# --- accuracy against cost ----------------------------------------------------------------------------
+
+UNMADE = ("single", "ensemble")  # the rows that make no network: the teachers as they are
+
+
+def cost_accuracy_table(done: pd.DataFrame, settings: list[str], split: str = "test") -> pd.DataFrame:
+    """headline_table's rows with each row's mean time-to-student in seconds (cost_table's: train +
+    predict, meta-training left out) and its forward passes per test image."""
+    acc = headline_table(done, settings, split)
+    cost = cost_table(done, settings)[["variant", "setting", "time_to_student_s", "infer_forwards"]]
+    return acc.merge(cost, on=["variant", "setting"], how="left")
+
+
+def plot_cost(table: pd.DataFrame, grid: str, split: str = "test"):
+    """The figure: one panel per setting, each student-making row's top-1 (mean, 95% t interval) at
+    its time-to-student on a log axis, labelled; rows that make no network as horizontal lines."""
+    settings = list(dict.fromkeys(table.setting))
+    fig, axes = style.panels(len(settings), width=4.6, height=3.8)
+    for ax, setting in zip(axes, settings):
+        t = table[(table.setting == setting) & (table.part == "meta_train")]
+        made = t[(t.time_to_student_s > 0) & ~t.method.isin(UNMADE)]
+        for r in t[t.method.isin(UNMADE)].itertuples():
+            colour, dash = style.REFERENCE_STYLE[r.method]
+            forwards = ("" if pd.isna(r.infer_forwards)
+                        else f"; {r.infer_forwards:g} forward{'s' if r.infer_forwards > 1 else ''} per image")
+            ax.axhline(r.mean, color=colour, linestyle=dash, linewidth=1.2, zorder=1,
+                       label=f"{style.REFERENCE_NAMES[r.method]} (no student to make{forwards})")
+        ax.errorbar(made.time_to_student_s, made["mean"], yerr=made.ci_half.fillna(0), fmt="o", markersize=4,
+                    capsize=2.5, color="tab:blue", zorder=3,
+                    label=f"a method's student: top-1 ± {LEVEL:.0%} t interval over groups")
+        # Neighbours along x alternate above and below their point, so close rows stay legible.
+        for i, r in enumerate(made.sort_values("time_to_student_s").itertuples()):
+            ax.annotate(r.variant, (r.time_to_student_s, r.mean), textcoords="offset points",
+                        xytext=(4, 3 if i % 2 == 0 else -10), fontsize=style.FONT["tick"])
+        if len(made):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: minor labels collide on a short span
+        style.tidy(ax, setting, "time to make the student (s, log scale)", accuracy_label(split))
+    style.legend_outside(fig, axes, title=f"meta-train teachers; {style.groups_text(table.groups)} of teachers per point")
+    fig.suptitle(f"{grid}: accuracy against the cost of making the student", fontsize=style.FONT["title"] + 1)
+    return fig
+
+
+def cost_figure(done: pd.DataFrame, settings: list[str], grid: str, split: str = "test"):
+    """plot_cost of the finished runs, or None where no row both makes a student and has a top-1."""
+    table = cost_accuracy_table(done, settings, split)
+    if not ((table.time_to_student_s > 0) & ~table.method.isin(UNMADE)).any():
+        return None
+    return plot_cost(table, grid, split)
+
+
+COST_CAPTION = (f"each method's test top-1 (mean over distinct groups of meta-train teachers, bar: {LEVEL:.0%} t "
+                f"interval) against the seconds it takes to make its student (train + predict, log scale: KD's "
+                f"and self-distillation's training, the soups' statistics, WeightFormer's prediction and "
+                f"fine-tuning), one panel per setting; WeightFormer's one-off meta-training is left out (costs.md "
+                f"gives it and the ensembles that repay it); horizontal lines: the single network and the "
+                f"ensemble, which make no student (the ensemble runs N networks per image)")
 
 
 # --- claims' forest plot -----------------------------------------------------------------------------
@@ -196,12 +268,18 @@ def series_order(series: set[str], settings: list[str] | None) -> list[str]:
                                          where.get(split[s][1], len(where)), split[s][1]))
 
 
+# Categorical axes drawn in the tables' order: the meta-train (seen) teachers first, as the main table's rows.
+VALUE_ORDER = {"teacher_part": ["meta_train", "held_out"]}
+
+
 def plot_axis(table: pd.DataFrame, axis: str, grid: str, refs: pd.DataFrame | None = None,
-              settings: list[str] | None = None) -> dict[str, bytes]:
+              settings: list[str] | None = None, split: str = "test") -> dict[str, bytes]:
     """PNG and PDF of one axis: one panel per series (method, setting) in table order, top-1 mean
     with its 95% t interval over distinct groups, the setting's single / ensemble / KD as
     reference lines with their intervals as bands."""
     values = sorted({norm(v) for v in table.value}, key=lambda v: (str(type(v)), v))
+    if axis in VALUE_ORDER:  # a categorical axis with an order of its own (the table's), not the names'
+        values = sorted(values, key=lambda v: VALUE_ORDER[axis].index(v) if v in VALUE_ORDER[axis] else len(values))
     numeric = all(isinstance(v, float) for v in values)
     where = (lambda v: v) if numeric else {v: i for i, v in enumerate(values)}.get
     series = series_order(set(table.series), settings)
@@ -225,9 +303,10 @@ def plot_axis(table: pd.DataFrame, axis: str, grid: str, refs: pd.DataFrame | No
             ax.set_xlim(-0.5, len(values) - 0.5)
         elif len(values) <= 8:  # ticks at the values tried, whole numbers without ".0"
             ax.set_xticks(values, [style.name(v) for v in values])
-        style.tidy(ax, s, AXES[axis][1], "test top-1 accuracy (%)")
+        style.tidy(ax, s, AXES[axis][1], accuracy_label(split))
     style.legend_outside(fig, axes, title="lines: mean; bands, bars: 95% t interval")
-    fig.suptitle(f"{grid}: WeightFormer ablation, {axis} (mean, 95% t interval over distinct groups)", fontsize=10)
+    what = "seen and unseen teachers" if axis == "teacher_part" else f"ablation, {axis}"
+    fig.suptitle(f"{grid}: WeightFormer, {what} (mean, 95% t interval over distinct groups)", fontsize=10)
     return figure_bytes(fig)
 
 
@@ -300,15 +379,17 @@ def kept_rerun(folder: Path) -> pd.DataFrame | None:
 
 
 def report_figures(done: pd.DataFrame, settings: list[str], claims: pd.DataFrame, rerun: pd.DataFrame | None,
-                   folder: Path, grid: str) -> tuple[dict[str, dict[str, bytes]], str]:
+                   folder: Path, grid: str, split: str = "test") -> tuple[dict[str, dict[str, bytes]], str]:
     """({name: {format: bytes}} of the headline and claims figures the records give, the index's
     Figures section linking them with their captions; "" without figures). `rerun`: this report's
     rerun_table, else the one an earlier report left in `folder`, drawn as the index still links it."""
     figs, lines = {}, []
     rerun = kept_rerun(folder) if rerun is None else rerun
     forest = forest_table(claims, rerun)
-    made = {"headline": (headline(done, settings, grid), HEADLINE_CAPTION),
-            "claims": (None if forest.empty else plot_forest(forest, grid), forest_caption(bool(has_rerun(forest).any())))}
+    on = lambda caption: caption.replace("test top-1", f"{split} top-1")  # noqa: E731
+    made = {"headline": (headline(done, settings, grid, split), on(HEADLINE_CAPTION)),
+            "claims": (None if forest.empty else plot_forest(forest, grid), forest_caption(bool(has_rerun(forest).any()))),
+            "cost": (cost_figure(done, settings, grid, split), on(COST_CAPTION))}
     for name, (fig, caption) in made.items():
         if fig is not None:
             figs[name] = figure_bytes(fig)

@@ -1,5 +1,5 @@
 """The records a grid's report reads and what the grid file plans for them: which runs belong to
-the grid's current version, which cells it plans and how many runs each (bench.plan's jobs, with
+the grid's current version, which cells it plans and how many runs each (bench.jobs's jobs, with
 no training code).
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.config import SCALES, load_grid, narrowed, with_seeds
+from bench.grid import SCALES, load_grid, narrowed, with_seeds
 from bench.errors import BenchError
-from bench.plan import STAGES, Roots
-from bench.report.frame import column, setting_label
-from bench.store import load_records
+from bench.jobs import STAGES, Roots
+from bench.report.render import column, setting_label
+from bench.run_records import load_records
 
 
 @dataclass
@@ -29,12 +29,13 @@ class GridPlan:
     methods: dict[str, str] = field(default_factory=dict)  # variant -> method
     counterpart: dict[tuple[str, str], str] = field(default_factory=dict)  # pool (arch, dataset) -> paper dataset
     description: str = ""  # the grid file's: what it reproduces
+    figures_split: str = "test"  # the grid file's: the split its figures show
 
 
 def grid_plan(grid: str | Path, scales: set[str] | None = None, selection: dict | None = None,
               recorded: set[int] = frozenset()) -> GridPlan | None:
     """The grid file's plan as the sweep narrowed it (`selection`: its manifest's --seeds and
-    --archs, bench.config.narrowed); without --seeds there (the manifest gone: records copied from
+    --archs, bench.grid.narrowed); without --seeds there (the manifest gone: records copied from
     a cluster) with the seeds the method records hold (`recorded`, `recorded_seeds`), so that a
     --seeds run's records are not left out as another version's. A grid written for one scale (a
     tiny-only recipe) is planned at the scales it loads at. None when the grid file is not known or
@@ -51,6 +52,7 @@ def grid_plan(grid: str | Path, scales: set[str] | None = None, selection: dict 
     if not grids or not set(scales or ()) <= set(grids):
         return None
     plan.description = next(iter(grids.values())).description
+    plan.figures_split = next(iter(grids.values())).figures_split
     for scale, g in grids.items():
         if "paper" in grids:
             plan.counterpart.update({(p.arch, p.dataset): q.dataset for p, q in zip(g.pools, grids["paper"].pools)})

@@ -12,7 +12,7 @@ import math
 import pandas as pd
 from scipy import stats
 
-from bench.report.frame import column
+from bench.report.render import column
 
 LEVEL = 0.95
 

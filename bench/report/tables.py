@@ -8,7 +8,7 @@ from collections import Counter
 
 import pandas as pd
 
-from bench.report.frame import (DASH, WF_METHODS, column, fmt, label_runs, md_table, method_runs, order_columns,
+from bench.report.render import (DASH, WF_METHODS, column, fmt, label_runs, md_table, method_runs, order_columns,
                                 order_rows, regime_line, tex_table)
 from bench.report.records import GridPlan
 from bench.report.statistics import groups_of
@@ -128,7 +128,7 @@ def failed_lines(runs: pd.DataFrame) -> list[str]:
 
 def nonfinite_lines(runs: pd.DataFrame) -> list[str]:
     """Finished method runs with a metric that is not a finite number: records hold a NaN or inf
-    as null (bench.store), and a cell's mean leaves such a run out (its n drops), so each is named."""
+    as null (bench.run_records), and a cell's mean leaves such a run out (its n drops), so each is named."""
     done = label_runs(method_runs(runs))
     lines = []
     for r in done.sort_values(["variant", "setting", "seed", "run_id"], key=_sortable).itertuples():

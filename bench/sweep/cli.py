@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import smoke
-from bench.config import Grid, grid_path, parse_seeds
+from bench.grid import Grid, grid_path, parse_seeds
 from bench.errors import BenchError, cli
 from bench.estimate import DEFAULT_TFLOPS, TFLOPS_SOURCE, check_tflops
 from bench.io import remove_stale_temps
 from bench.models import SCALES
-from bench.plan import STAGES, Roots
+from bench.jobs import STAGES, Roots
 from bench.sweep.executors import CLUSTERS, EXECUTORS, Executor, resolve_cluster
 from bench.sweep.executors.local import LocalExecutor, running_driver, start_driver
 from bench.sweep.manifest import write_manifest

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.io import atomic_write_json
-from bench.plan import Roots
+from bench.jobs import Roots
 from bench.sweep.plan import Plan, States
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import smoke
-from bench.config import Grid, load_grid, narrowed
-from bench.plan import STAGES, Job, Roots, units
+from bench.grid import Grid, load_grid, narrowed
+from bench.jobs import STAGES, Job, Roots, units
 from bench.sweep.resources import Resources
 
 # run_id -> {"state": done / failed / skipped / running / pending / submitted, and what the

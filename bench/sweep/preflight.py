@@ -9,7 +9,7 @@ from pathlib import Path
 from bench.data import dataset_spec
 from bench.errors import BenchError
 from bench.paths import data_root
-from bench.plan import Roots
+from bench.jobs import Roots
 from bench.sweep.plan import Plan
 
 

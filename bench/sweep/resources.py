@@ -6,11 +6,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from bench.config import read_yaml
+from bench.grid import read_yaml
 from bench.errors import BenchError
 from bench.models import SCALES
 from bench.paths import project_root
-from bench.plan import STAGES
+from bench.jobs import STAGES
 
 CLUSTER_FILE = project_root() / "sweeps" / "cluster.yaml"
 
@@ -34,7 +34,7 @@ class Resources:
     timeout_min: int = 60
     # SLURM: tasks of one array running at once; None: as many as the cluster allows.
     array_parallelism: int | None = None
-    # Teachers: members of one pool trained as one network in one task (bench.plan.TeachersStage.units).
+    # Teachers: members of one pool trained as one network in one task (bench.jobs.TeachersStage.units).
     stack: int = 1
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import submitit
 
-from bench.plan import Roots
+from bench.jobs import Roots
 from bench.stages import run_job
 from bench.sweep.plan import last_line
 

@@ -11,7 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from bench.errors import BenchError
-from bench.plan import STAGES, Roots
+from bench.jobs import STAGES, Roots
 from bench.sweep.executors import EXECUTORS
 from bench.sweep.executors.debug import DebugExecutor
 from bench.sweep.executors.local import running_driver

@@ -3,7 +3,7 @@ for a dry run, the teacher pools (`print_pools`) and the GPU-hours estimate (`pr
 from __future__ import annotations
 
 from bench.estimate import gpu_hours, job_flops, net_of, training_config
-from bench.plan import Job
+from bench.jobs import Job
 from bench.sweep.plan import Plan
 from bench.sweep.resources import Resources
 

@@ -1,6 +1,6 @@
 """Meta-training a WeightFormer on a teacher pool, and predicting a student with it.
 
-One meta-training job per (pool, N, WFConfig) (`bench.plan.MetaTrainStage`). Each step draws a
+One meta-training job per (pool, N, WFConfig) (`bench.jobs.MetaTrainStage`). Each step draws a
 group of N teachers from the pool's meta-train part (its order too: the first is the anchor),
 predicts the group's student, and takes one AdamW step on eq. 1 (+ shift consistency) over a
 batch of training images; warm-up + cosine learning rate, gradient clipping. The draws come from
@@ -35,7 +35,7 @@ from bench.checkpoint import load_checkpoint, paths, read_meta
 from bench.data import dataset_spec
 from bench.data.loaders import make_loader
 from bench.errors import BenchError
-from bench.system import capped_batch
+from bench.job_env import capped_batch
 from bench.models import ARCH_SPECS
 from bench.engine import autocast, load_model
 from bench.engine.checkpointer import RunFolder
@@ -43,7 +43,7 @@ from bench.engine.loop import StepBatches, fit
 from bench.engine.optim import make_optimizer
 from bench.engine.schedule import lr_factor
 from bench.engine.soft_labels import BatchedTeachers, drawn_views, soft_label_cache
-from bench.options import WFConfig
+from bench.method_options import WFConfig
 from bench.weightformer.losses import ensemble_kl, shift_consistency, student_logits
 from bench.weightformer.model import WeightFormer, column_stats
 from bench.weights import permutation
@@ -192,7 +192,7 @@ class ValKL:
         return total / count
 
 
-class MetaTrainTask:
+class MetaTrainObjective:
     """One step: draw a group (and its order) from the meta-train part, predict its student,
     eq. 1 (+ shift consistency) on a batch of training images."""
 
@@ -269,13 +269,13 @@ def meta_train(out: str | Path, *, teachers: Sequence[Path], members: Sequence[i
                       split=cfg.distill_on)
     # The architecture run with the predicted weights; train mode: BatchNorm on batch statistics.
     student = copy.deepcopy(models[0]).train()
-    task = MetaTrainTask(wf, optimizer, student, layers, pool_tokens, data, len(members), n_teachers, cfg, device)
+    objective = MetaTrainObjective(wf, optimizer, student, layers, pool_tokens, data, len(members), n_teachers, cfg, device)
     if cfg.patience > 0:
-        task.val = ValKL(models, dataset, data_root, tmeta["image_size"], device, len(members), n_teachers, cfg,
+        objective.val = ValKL(models, dataset, data_root, tmeta["image_size"], device, len(members), n_teachers, cfg,
                          data.memory_format)
     warmup = round(cfg.warmup * cfg.steps)
     history, seconds = fit(
-        task, folder, steps=cfg.steps, log_every=cfg.checkpoint_every, lr=cfg.lr, clip=cfg.clip,
+        objective, folder, steps=cfg.steps, log_every=cfg.checkpoint_every, lr=cfg.lr, clip=cfg.clip,
         schedule=lambda s: lr_factor(s, cfg.steps, warmup, "cosine"),
         checkpoint_meta=lambda step: identity,
         describe=lambda r: f"kl {r['kl']:.4f}" + (f" val {r['val_kl']:.4f}" if "val_kl" in r else ""),

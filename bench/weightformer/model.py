@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from bench.errors import BenchError
-from bench.options import WFConfig
+from bench.method_options import WFConfig
 from bench.weights.tokens import WeightLayer
 
 

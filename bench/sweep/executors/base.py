@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from bench.plan import Job, unit_spec
+from bench.jobs import Job, unit_spec
 from bench.sweep.plan import Plan, States
 from bench.sweep.resources import Resources
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from bench.errors import BenchError
 from bench.estimate import job_flops
 from bench.io import pid_alive
-from bench.plan import Job, Roots
+from bench.jobs import Job, Roots
 from bench.sweep.executors.base import Executor, recorded_states
 from bench.sweep.manifest import read_manifest, sweep_dir, write_manifest
 from bench.sweep.plan import Plan, States, last_line, unit_label, unit_states
