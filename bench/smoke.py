@@ -10,6 +10,11 @@ or an out-of-memory then shows in minutes. To keep it minutes, a smoke runs the 
 only and cuts each pool to what that seed needs: N + 2 meta-train members (a WeightFormer still
 meta-trains on several groups) and N + 1 held-out ones.
 
+With `--data-root D` a smoke also opens the user's own data first (`check_user_data`): every split
+of every data set the grid reads from disk, its count and classes, and a sample of its images
+decoded, so a missing split, a wrong layout or a broken file shows before the cluster is asked
+for a GPU; the run itself still reads the synthetic sets.
+
 Nothing of a smoke run mixes with results: its teachers, records, logs and data live under
 `<results root>/smoke/`, every record carries `smoke_steps`, and the report refuses such records.
 """
@@ -20,7 +25,7 @@ import os
 from pathlib import Path
 
 from bench.grid import Grid, method_applies
-from bench.data import dataset_spec
+from bench.data import dataset_spec, labels_of, load_dataset
 from bench.data.synthetic import write_smoke_data
 from bench.errors import BenchError
 from bench.models import PRETRAINED_ENV, pretrained_name, write_standin_weights
@@ -41,6 +46,37 @@ def smoke_roots(roots: Roots) -> Roots:
 def smoke_data_root(roots: Roots) -> Path:
     """Where a smoke run's synthetic data sets live (`roots`: the smoke's own)."""
     return roots.results / "data"
+
+
+# Images decoded per split by check_user_data: spread evenly over the split, first and last included.
+USER_SAMPLE = 16
+
+
+def check_user_data(grid: Grid, root: Path, sample: int = USER_SAMPLE) -> list[str]:
+    """One line per (data set, split) the grid's pools read from disk under `root`: images,
+    classes, one decoded image's size. A split that does not load, or an image that does not decode
+    (named by its file where the data set has files), stops with one BenchError line."""
+    lines = []
+    for name in sorted({p.dataset for p in grid.pools if dataset_spec(p.dataset).needs_root}):
+        for split in ("train", "test"):
+            data = load_dataset(name, root, split)
+            labels = labels_of(data)
+            n = len(labels)
+            if n == 0:
+                raise BenchError(f"{name} {split} under {root}: no images")
+            picks = sorted({round(i * (n - 1) / max(sample - 1, 1)) for i in range(min(sample, n))})
+            sizes = set()
+            for i in picks:
+                try:
+                    image = data[i][0]
+                except Exception as err:  # a truncated or foreign file: name it
+                    where = data.samples[i][0] if hasattr(data, "samples") else f"image {i}"
+                    raise BenchError(f"{name} {split}: {where} does not load ({type(err).__name__}: {err})") from None
+                sizes.add(tuple(image.shape[-2:]) if hasattr(image, "shape") else image.size[::-1])
+            classes = len(getattr(data, "classes", None) or set(labels.tolist()))
+            shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes))
+            lines.append(f"{name} {split}: {n:,} images, {classes} classes, {len(picks)} decoded ({shown} px)")
+    return lines
 
 
 def smoke_grid(grid: Grid) -> Grid:

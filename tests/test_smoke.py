@@ -117,7 +117,8 @@ def test_the_smoke_plan_keeps_every_stage_pool_and_row_with_one_seed():
 
 
 def test_smoke_options_refused_in_one_line(tmp_path):
-    for args, message in ((["--smoke", "--data-root", str(tmp_path)], "--smoke reads its own synthetic data"),
+    (tmp_path / "empty").mkdir()
+    for args, message in ((["--smoke", "--data-root", str(tmp_path / "empty")], "cifar-10-batches-py/ not found under"),
                           (["--smoke", "--smoke-steps", "0"], "--smoke-steps must be a whole number"),
                           (["--smoke", "--smoke-batch-size", "0"], "--smoke-batch-size must be a whole number"),
                           (["--smoke-batch-size", "8"], "--smoke-batch-size is for a --smoke run only"),
@@ -176,3 +177,26 @@ def test_a_paper_scale_smoke_runs_apart_from_the_results(tmp_path):
     rep = subprocess.run([sys.executable, "-m", "bench.report", "--grid", str(grid), "--results-root",
                           str(results / "smoke")], capture_output=True, text=True, cwd=ROOT)
     assert rep.returncode == 2 and "are a smoke run's" in rep.stderr and "no results" in rep.stderr, rep.stderr
+
+
+def test_smoke_with_a_data_root_opens_every_split_of_the_users_data_first(tmp_path):
+    data = tmp_path / "data"
+    write_smoke_data(data, ["cifar10", "cifar100", "imagenet"])
+    args = ["--grid", "main_table", "--scale", "paper", "--smoke", "--dry-run", "--data-root", str(data),
+            "--results-root", str(tmp_path / "results"), "--teachers-root", str(tmp_path / "teachers")]
+    r = sweep(*args)
+    assert r.returncode == 0, r.stderr
+    seen = [line for line in r.stdout.splitlines() if line.startswith("your data: ")]
+    assert [line.split(":")[1].strip() for line in seen] == [
+        f"{name} {split}" for name in ("cifar10", "cifar100", "imagenet") for split in ("train", "test")]
+    test_count = 10 * SMOKE_SIZES["cifar10"]["test"]
+    assert f"your data: cifar10 test: {test_count:,} images, 10 classes, 16 decoded (32x32 px)" in seen
+    assert "smoke run:" in r.stdout  # and the synthetic run's plan after it
+    first = load_dataset("imagenet", data, "train").samples[0][0]
+    Path(first).write_bytes(b"\xff\xd8 not a jpeg")
+    r = sweep(*args)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"imagenet train: {first} does not load" in r.stderr.strip().splitlines()[-1]
+    (data / "cifar-100-python" / "test").unlink()
+    r = sweep(*args)
+    assert r.returncode != 0 and "cifar-100-python/test missing" in r.stderr and "Traceback" not in r.stderr

@@ -73,7 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, kind in RESOURCE_FLAGS:
         p.add_argument(f"--{key}", type=kind, help="overrides the cluster file for every stage")
     p.add_argument("--max-parallel", type=int, help="local executor: jobs at once (default cores / cpus)")
-    p.add_argument("--data-root", help="folder of the data sets for every job (exported as BENCH_DATA)")
+    p.add_argument("--data-root", help="folder of the data sets for every job (exported as BENCH_DATA); with "
+                   "--smoke: your data is opened and a sample of every split decoded, the run reading synthetic data")
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -112,9 +113,6 @@ def smoke_roots(a: argparse.Namespace, base: Roots) -> Roots:
     """The roots the sweep writes to: a smoke's own under `base`, else `base`; the smoke-only
     flags refused without --smoke."""
     if a.smoke:
-        if a.data_root:
-            raise BenchError("--smoke reads its own synthetic data (written under the smoke's results); "
-                             "leave out --data-root")
         smoke.check_steps(a.smoke_steps)
         if a.smoke_batch_size is not None:
             smoke.check_batch(a.smoke_batch_size)
@@ -138,7 +136,10 @@ def planned(a: argparse.Namespace, roots: Roots) -> tuple[Plan, str, dict[str, R
         raise BenchError(f"--max-parallel must be at least 1, got {a.max_parallel}")
     if a.cluster_config != CLUSTER_FILE and not a.cluster_config.is_file():
         raise BenchError(f"cluster file {a.cluster_config} not found")
-    if a.data_root:
+    if a.data_root and a.smoke:  # the user's data opened and looked at; the run reads the synthetic sets
+        for line in smoke.check_user_data(grid, Path(a.data_root).resolve()):
+            print(f"your data: {line}")
+    elif a.data_root:
         os.environ["BENCH_DATA"] = str(Path(a.data_root).resolve())  # inherited by every job
     resources = stage_resources(a, grid, roots)
     if not a.dry_run:  # what killed writers left (bench.io); a dry run changes nothing
