@@ -289,6 +289,57 @@ def method_job_flops(spec: Mapping[str, Any]) -> float:
     raise BenchError(f"no FLOP estimate for method {name!r}")
 
 
+# --- disk ----------------------------------------------------------------------------------------
+# Weights and optimizer state are saved in float32 (safetensors). While a run trains, its folder
+# holds a checkpoint (weights + optimizer state), two for a moment while a new one is committed
+# (bench.engine.checkpointer); when it finishes the checkpoint goes and the final weights stay.
+FLOAT_BYTES = 4
+OPTIMIZER_SLOTS = {"adamw": 2, "sgd": 1}  # state tensors per weight: Adam's two moments, SGD's momentum
+
+
+@functools.lru_cache(maxsize=None)
+def weight_bytes(arch: str, num_classes: int, image_size: int, scale: str) -> int:
+    """Bytes of a network's saved state (weights and buffers), counted on the meta device."""
+    with torch.device("meta"):
+        model = build_model(arch, num_classes, image_size, scale)
+    return FLOAT_BYTES * sum(t.numel() for t in model.state_dict().values())
+
+
+def weightformer_bytes(net: Net, cfg: WFConfig, n_teachers: int) -> int:
+    from bench.weightformer.model import WeightFormer
+    from bench.weights.tokens import weight_layers
+
+    with torch.device("meta"):
+        model = build_model(net.arch, net.num_classes, net.image_size, net.scale)
+        wf = WeightFormer(weight_layers(model, net.arch), cfg, n_teachers)
+    return FLOAT_BYTES * sum(t.numel() for t in wf.state_dict().values())
+
+
+def training_bytes(kept: int, weights: int, optimizer: str | None) -> tuple[int, int]:
+    """(kept, peak) of a training run that keeps `kept` bytes and checkpoints `weights` bytes."""
+    return kept, kept + 2 * weights * (1 + OPTIMIZER_SLOTS.get(optimizer or "adamw", 2))
+
+
+def job_disk(stage: str, spec: Mapping[str, Any]) -> tuple[int, int]:
+    """(bytes a job leaves once done, bytes it holds at most while it runs): teachers, base networks
+    and WeightFormers under the teachers root; students (KD, self-distillation, WeightFormer's
+    fine-tuning; `--clean` removes them) under the results root; evaluations leave nothing."""
+    teacher = spec if stage in ("pretrain", "teachers") else spec["teachers"][0]
+    cfg, net = training_config(teacher), net_of(teacher)
+    w = weight_bytes(net.arch, net.num_classes, net.image_size, net.scale)
+    if stage in ("pretrain", "teachers"):  # the weights, and the val and test outputs kept beside them
+        return training_bytes(w + FLOAT_BYTES * (net.val_images + net.test_images) * net.num_classes, w, cfg.optimizer)
+    if stage == "meta_train":
+        wf = weightformer_bytes(net, WFConfig(**spec["wf"]), spec["n_teachers"])
+        return training_bytes(wf, wf, "adamw")
+    name = spec["method"]
+    if name in ("kd", "self_distill"):
+        return training_bytes(w, w, cfg.optimizer)
+    if name == "weightformer_ft":  # the predicted student and the fine-tuned one
+        return training_bytes(2 * w, w, cfg.optimizer)
+    return 0, 0
+
+
 JOB_FLOPS = {"pretrain": pretrain_job_flops, "teachers": teacher_job_flops, "meta_train": meta_train_job_flops, "methods": method_job_flops}
 
 

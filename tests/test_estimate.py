@@ -170,3 +170,27 @@ methods: [single]
                                                                       rel=1e-2)
     hours = {s: float(table(lines[s], "GPU-hours")["teachers"][1]) for s in (32, 224)}
     assert hours[224] / hours[32] == pytest.approx(flops[224] / flops[32], rel=0.02)
+
+
+def test_disk_per_job_is_the_saved_weights_and_what_training_holds_beside_them(tmp_path):
+    from safetensors.torch import save_file
+
+    from bench.estimate import job_disk
+
+    _, jobs = tiny_jobs(tmp_path)
+    teacher = jobs["teachers"][0].spec
+    model = build_model(teacher["arch"], 10, 16, "tiny")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    saved = (tmp_path / "w.safetensors").stat().st_size  # the bytes a finished run's weights take
+    weights = 4 * sum(t.numel() for t in model.state_dict().values())
+    assert weights <= saved < weights + 16_384  # the file's header is all the rest
+    outputs = 4 * 10 * (SPLIT_SIZES[teacher["dataset"]]["val"] + SPLIT_SIZES[teacher["dataset"]]["test"])
+    # AdamW (the tiny recipe): a checkpoint is the weights and two moments, two of them while one commits.
+    assert job_disk("teachers", teacher) == (weights + outputs, weights + outputs + 2 * 3 * weights)
+    by_method = {j.spec["method"]: job_disk("methods", j.spec) for j in jobs["methods"]
+                 if j.spec["teachers"][0]["pool"] == teacher["pool"]}
+    assert by_method["kd"] == (weights, weights + 6 * weights)
+    assert by_method["weightformer_ft"] == (2 * weights, 2 * weights + 6 * weights)  # predicted and fine-tuned
+    assert by_method["single"] == by_method["ensemble"] == by_method["weightformer"] == (0, 0)
+    sgd = with_epochs(teacher, 1) | {"recipe": {**teacher["recipe"], "optimizer": "sgd"}}
+    assert job_disk("teachers", sgd)[1] == weights + outputs + 2 * 2 * weights  # momentum: one slot

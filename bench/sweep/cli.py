@@ -23,7 +23,7 @@ from bench.sweep.plan import Plan, States, make_plan, selected_grid
 from bench.sweep.preflight import preflight
 from bench.sweep.resources import CLUSTER_FILE, Resources, load_resources
 from bench.sweep.status import clean, follow, print_status
-from bench.sweep.summary import print_estimate, print_plan, print_pools
+from bench.sweep.summary import print_disk, print_estimate, print_plan, print_pools
 
 DESCRIPTION = "`python -m bench.sweep --grid G`: a grid's jobs, stage by stage, on SLURM or this machine."
 # --flag -> Resources field: flags that override the cluster file for every stage.
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         print_pools(plan)
         if not a.smoke:  # a smoke's jobs stop after a few steps: the count would be the full run's
             print_estimate(plan, resources, a.gpu_tflops)
+            print_disk(plan)
         preflight(plan, roots, create=False, smoke=a.smoke)
         return
     preflight(plan, roots, create=True, smoke=a.smoke)

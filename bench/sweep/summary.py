@@ -1,8 +1,9 @@
 """What a sweep prints before it runs: the plan per stage with its resources (`print_plan`) and,
-for a dry run, the teacher pools (`print_pools`) and the GPU-hours estimate (`print_estimate`)."""
+for a dry run, the teacher pools (`print_pools`), the GPU-hours estimate (`print_estimate`) and
+the disk it needs (`print_disk`)."""
 from __future__ import annotations
 
-from bench.estimate import gpu_hours, job_flops, net_of, training_config
+from bench.estimate import gpu_hours, job_disk, job_flops, net_of, training_config
 from bench.jobs import Job
 from bench.sweep.plan import Plan
 from bench.sweep.resources import Resources
@@ -54,6 +55,28 @@ def print_estimate(plan: Plan, resources: dict[str, Resources], tflops: float) -
         print(f"  {stage:<10} {sum(flops):>9.2e} {_hours(sum(flops), tflops):>9} {_hours(todo, tflops):>9} "
               f"{_hours(max(flops, default=0) / gpus, tflops) + ' h':>11} {resources[stage].timeout_min / 60:>6.3g}h")
     print(f"  {'total':<10} {total:>9.2e} {_hours(total, tflops):>9} {_hours(total_todo, tflops):>9}")
+
+
+def print_disk(plan: Plan) -> None:
+    """Disk per stage: what its jobs leave, what those still to run add, and the most one job holds
+    while it runs (float32 weights and optimizer state, bench.estimate.job_disk)."""
+    print("disk (an estimate: float32 weights and optimizer state; methods: students, under the results root):")
+    print(f"  {'stage':<10} {'kept':>9} {'to add':>9} {'largest job, running':>21}")
+    total = total_todo = 0
+    for stage, jobs in plan.stages.items():
+        sizes = [job_disk(stage, j.spec) for j in jobs]
+        kept = sum(k for k, _ in sizes)
+        todo = sum(k for (k, _), j in zip(sizes, jobs) if j.run_id not in plan.done)
+        total, total_todo = total + kept, total_todo + todo
+        print(f"  {stage:<10} {_bytes(kept):>9} {_bytes(todo):>9} {_bytes(max((p for _, p in sizes), default=0)):>21}")
+    print(f"  {'total':<10} {_bytes(total):>9} {_bytes(total_todo):>9}")
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
 
 
 def _hours(flops: float, tflops: float) -> str:
