@@ -6,6 +6,8 @@
     checkpoint.json      model + optimizer + progress after the last log point (the sidecar names
     checkpoint-<h>.*     its weights file, so a kill between two writes leaves the previous pair)
     model.json/.safetensors  the final weights; their sidecar holds the run's metadata
+    tensorboard/         the log as TensorBoard events, where tensorboard is installed
+                         (bench.engine.tensorboard)
 
 A folder holding another run (another config) is refused, never resumed or overwritten. In a
 data-parallel job every rank reads the folder; only the writer (rank 0) writes it.
@@ -20,6 +22,7 @@ import torch.nn as nn
 
 from bench.checkpoint import (load_checkpoint, optimizer_from_tensors, optimizer_to_tensors, paths, read_meta,
                               remove_checkpoint, save_checkpoint)
+from bench.engine.tensorboard import write_events
 from bench.errors import BenchError
 from bench.io import atomic_write_json, atomic_write_lines
 
@@ -80,6 +83,7 @@ class RunFolder:
         tensors.update({f"kept/{k}": v for k, v in (keep or {}).items()})
         save_checkpoint(self.checkpoint, tensors, {**meta, "optimizer": opt_meta}, versioned=True)
         atomic_write_lines(self.out / "log.jsonl", meta["history"])
+        write_events(self.out, meta["history"])
 
     def finish(self, weights: dict[str, torch.Tensor], meta: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """The final weights; they supersede the resume point."""
@@ -87,4 +91,5 @@ class RunFolder:
             return
         save_checkpoint(self.final, weights, meta)
         atomic_write_lines(self.out / "log.jsonl", history)
+        write_events(self.out, history)
         remove_checkpoint(self.checkpoint)
