@@ -80,8 +80,12 @@ def test_each_task_is_handed_over_once_and_every_state_comes_back(kind, trained,
     handed.clear()
     again = make_plan(load_grid(grid, "tiny"), roots)
     ex.submit(again, resources)
-    # Finished jobs are not handed over again; on the stand-ins no method job ever runs, so those are.
-    assert sorted(handed) == ([] if ex.blocking else sorted([m] for m in methods))
+    # Neither finished jobs nor ones SLURM still holds (pending, on the stand-ins) are handed over again.
+    assert handed == []
+    if kind == "slurm":  # gone from the queue without a record: failed, so submitted again
+        (fake_slurm / "squeue.out").write_text("")
+        ex.submit(make_plan(load_grid(grid, "tiny"), roots), resources)
+        assert sorted(handed) == sorted([m] for m in methods)
 
 
 def test_the_background_local_driver_reruns_the_command_with_the_same_roots(tmp_path, monkeypatch, capsys):
@@ -114,3 +118,39 @@ def test_the_background_local_driver_reruns_the_command_with_the_same_roots(tmp_
     assert driver.results_root == str((tmp_path / "r").resolve())
     assert driver.teachers_root == str(Path(os.environ["BENCH_TEACHERS"]).resolve())
     assert Path(driver.data_root).resolve() == tmp_path.resolve()
+
+
+REFUSE_SECOND = """#!/bin/sh
+echo "sbatch $*" >> "$(dirname "$0")/calls"
+n=$(cat "$0.count" 2>/dev/null || echo 100); n=$((n+1)); echo $n > "$0.count"
+if [ "$n" = 102 ]; then echo "sbatch: error: QOSMaxSubmitJobPerUserLimit" >&2; exit 1; fi
+cp "$1" "$0.$n.sh"
+echo "Submitted batch job $n"
+"""
+
+
+def test_an_array_sbatch_refuses_leaves_the_earlier_ones_tracked_and_a_rerun_submits_only_the_rest(
+        trained, tmp_path, fake_slurm, monkeypatch):
+    shutil.copytree(trained, tmp_path / "tree")
+    for record in (tmp_path / "tree" / "results" / "tiny" / "records").glob("*.json"):
+        record.unlink()  # the teachers to run again: two arrays, teachers then methods
+    (fake_slurm / "squeue").write_text(SQUEUE)
+    (fake_slurm / "sbatch").write_text(REFUSE_SECOND)
+    roots, grid = Roots(tmp_path / "tree" / "teachers", tmp_path / "tree" / "results"), tmp_path / "tree" / "tiny.yaml"
+    ex = executor("slurm", fake_slurm, monkeypatch)
+    handed = []
+    monkeypatch.setattr(ex, "task", lambda unit: handed.append(sorted(j.run_id for j in unit)) or unit_spec(unit))
+    resources = {s: load_resources(CLUSTER_FILE, "tiny", s, {}) for s in ("pretrain", "teachers", "meta_train", "methods")}
+    plan = make_plan(load_grid(grid, "tiny"), roots)
+    teachers, methods = ({j.run_id for j in plan.stages[s]} for s in ("teachers", "methods"))
+    with pytest.raises(Exception, match="QOSMaxSubmitJobPerUserLimit"):
+        ex.submit(plan, resources)
+    tracked = {j["run_id"]: j for jobs in read_manifest("tiny", roots)["stages"].values() for j in jobs}
+    assert {tracked[t]["job_id"] for t in teachers} == {"101"}  # the teachers' array, before the refusal
+    assert not any(tracked[m].get("job_id") for m in methods)
+    (fake_slurm / "squeue.out").write_text("101 PENDING\n")
+    handed.clear()
+    ex.submit(make_plan(load_grid(grid, "tiny"), roots), resources)
+    assert sorted(handed) == sorted([m] for m in methods)  # the queued teachers are not submitted again
+    script = (fake_slurm / "sbatch.103.sh").read_text()
+    assert "--dependency=afterok:101" in script  # the methods wait on the teachers still queued

@@ -581,3 +581,24 @@ def test_data_moved_to_another_root_finds_the_teachers_and_records(mini, tmp_pat
     assert out.returncode == 0, out.stderr
     assert re.search(r"teachers\s+3 jobs,\s+0 to run,\s+3 done", out.stdout), out.stdout
     assert re.search(r"methods\s+4 jobs,\s+0 to run,\s+4 done", out.stdout), out.stdout
+
+
+def test_sbatch_options_pass_through_from_the_cluster_file_and_the_flag(mini, tmp_path, fake_slurm):
+    path = {"PATH": f"{fake_slurm}:{os.environ['PATH']}"}
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("tiny:\n  default: {timeout_min: 9}\n  methods: {sbatch: {qos: high, constraint: a100}}\n")
+    r = sweep("--grid", str(mini), "--cluster", "slurm", "--cluster-config", str(cluster), "--sbatch", "mail_type=END",
+              "--sbatch", "exclusive", "--array-parallelism", "3", "--teachers-root", str(tmp_path / "teachers"),
+              "--results-root", str(tmp_path / "results"), env=path)
+    assert r.returncode == 0, r.stderr
+    teachers, methods = (fake_slurm / "sbatch.101.sh").read_text(), (fake_slurm / "sbatch.102.sh").read_text()
+    for script in (teachers, methods):
+        assert "#SBATCH --mail-type=END" in script and "#SBATCH --exclusive\n" in script
+    assert "--qos" not in teachers and "#SBATCH --qos=high" in methods and "#SBATCH --constraint=a100" in methods
+    assert "#SBATCH --dependency=afterok:101" in methods and "#SBATCH --array=0-3%3" in methods
+    cluster.write_text("tiny:\n  methods: {sbatch: {time: 5}}\n")
+    for args, message in ((["--cluster-config", str(cluster)], "methods: sbatch option 'time' is set by timeout_min"),
+                          (["--sbatch", "dependency=afterany:1"], "sbatch option 'dependency' is set by the sweep"),
+                          (["--array-parallelism", "0"], "--array-parallelism must be at least 1")):
+        bad = sweep("--grid", str(mini), "--dry-run", *args, "--results-root", str(tmp_path / "bad"))
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

@@ -72,6 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cluster-config", type=Path, default=CLUSTER_FILE, help="per-stage resources")
     for key, kind in RESOURCE_FLAGS:
         p.add_argument(f"--{key}", type=kind, help="overrides the cluster file for every stage")
+    p.add_argument("--sbatch", action="append", metavar="KEY[=VALUE]",
+                   help="SLURM: an sbatch option for every stage's arrays (repeatable: --sbatch qos=high "
+                        "--sbatch exclusive), beside the cluster file's")
+    p.add_argument("--array-parallelism", type=int, help="SLURM: tasks of one array running at once")
     p.add_argument("--max-parallel", type=int, help="local executor: jobs at once (default cores / cpus)")
     p.add_argument("--data-root", help="folder of the data sets for every job (exported as BENCH_DATA); with "
                    "--smoke: your data is opened and a sample of every split decoded, the run reading synthetic data")
@@ -133,6 +137,8 @@ def planned(a: argparse.Namespace, roots: Roots) -> tuple[Plan, str, dict[str, R
                  **({"smoke_steps": a.smoke_steps} if a.smoke else {})}
     grid = selected_grid(a.grid, a.scale, selection)
     cluster = resolve_cluster(a.cluster)
+    if a.array_parallelism is not None and a.array_parallelism < 1:
+        raise BenchError(f"--array-parallelism must be at least 1, got {a.array_parallelism}")
     if a.max_parallel is not None and a.max_parallel < 1:
         raise BenchError(f"--max-parallel must be at least 1, got {a.max_parallel}")
     if a.cluster_config != CLUSTER_FILE and not a.cluster_config.is_file():
@@ -153,6 +159,8 @@ def stage_resources(a: argparse.Namespace, grid: Grid, roots: Roots) -> dict[str
     """Each stage's resources: the cluster file's, the flags on top, a smoke's time limit; a
     smoke's synthetic data is prepared here (written unless --dry-run)."""
     flags: dict[str, Any] = {key.replace("-", "_"): getattr(a, key.replace("-", "_")) for key, _ in RESOURCE_FLAGS}
+    flags["array_parallelism"] = a.array_parallelism
+    flags["sbatch"] = dict(option.split("=", 1) if "=" in option else (option, True) for option in a.sbatch or [])
     resources = {s: load_resources(a.cluster_config, grid.scale, s, flags) for s in STAGES}
     if a.smoke:
         resources = {s: Resources(**smoke.resources(asdict(r), flags)) for s, r in resources.items()}

@@ -2,7 +2,7 @@
 (`load_resources`), and the submitit parameters of a SLURM array from them (`slurm_parameters`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,36 @@ class Resources:
     array_parallelism: int | None = None
     # Teachers: members of one pool trained as one network in one task (bench.jobs.TeachersStage.units).
     stack: int = 1
+    # SLURM: any other sbatch option, as given ({qos: high, constraint: a100, mail-type: END,
+    # exclusive: true}); an option a field above sets is refused here (use the field).
+    sbatch: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 # The keys a cluster file may set, in the order its error messages list them.
 RESOURCE_KEYS = tuple(f.name for f in fields(Resources))
 DEFAULTS = {"cpus": 1, "mem_gb": 4, "gpus": 0, "timeout_min": 60, "stack": 1}
+# sbatch options the sweep sets itself, and the resource that sets each.
+OWN_SBATCH = {"time": "timeout_min", "partition": "partition", "account": "account", "cpus-per-task": "cpus",
+              "mem": "mem_gb", "gpus-per-node": "gpus", "ntasks-per-node": "gpus", "gres": "gpus",
+              "array": "array_parallelism", "job-name": "the sweep (grid and stage)",
+              "dependency": "the sweep (afterok on the jobs each stage needs)", "output": "the sweep (its job logs)",
+              "error": "the sweep (its job logs)"}
+
+
+def sbatch_options(raw: Any, where: str) -> dict[str, Any]:
+    """A mapping of sbatch options (`qos: high`; `exclusive: true` for a flag without a value),
+    keys as sbatch spells them; one the sweep sets itself is refused, naming the resource to use."""
+    if not isinstance(raw, dict):
+        raise BenchError(f"{where}: sbatch: expected a mapping of sbatch options (qos: high), got {raw!r}")
+    out = {}
+    for key, value in raw.items():
+        name = str(key).lstrip("-").replace("_", "-")
+        if name in OWN_SBATCH:
+            raise BenchError(f"{where}: sbatch option {name!r} is set by {OWN_SBATCH[name]}; give that instead")
+        if not isinstance(value, (str, int, float, bool)) or value is False:
+            raise BenchError(f"{where}: sbatch option {name!r}: expected a value or true, got {value!r}")
+        out[name] = value
+    return out
 
 
 def load_resources(path: Path, scale: str, stage: str, flags: dict[str, Any]) -> Resources:
@@ -58,9 +83,13 @@ def load_resources(path: Path, scale: str, stage: str, flags: dict[str, Any]) ->
             for key in res or {}:
                 check("resource", key, RESOURCE_KEYS, f"{s}.{st}")
     merged = dict(DEFAULTS)
-    merged.update((raw.get(scale) or {}).get("default") or {})
-    merged.update((raw.get(scale) or {}).get(stage) or {})
-    merged.update({k: v for k, v in flags.items() if v is not None})
+    extra: dict[str, Any] = {}  # sbatch options add up: the default's, the stage's, the flags'
+    for where, given in ((f"{path}: {scale}.default", (raw.get(scale) or {}).get("default")),
+                         (f"{path}: {scale}.{stage}", (raw.get(scale) or {}).get(stage)), ("--sbatch", flags)):
+        given = dict(given or {})
+        extra.update(sbatch_options(given.pop("sbatch", None) or {}, where))
+        merged.update({k: v for k, v in given.items() if v is not None})
+    merged["sbatch"] = extra
     if not merged.get("timeout_min") or merged["timeout_min"] <= 0:
         raise BenchError(f"{path}: timeout_min must be a positive number of minutes for stage {stage}")
     if not isinstance(merged["stack"], int) or merged["stack"] < 1:
@@ -81,4 +110,6 @@ def slurm_parameters(res: Resources, name: str) -> dict[str, Any]:
         params["slurm_account"] = res.account
     if res.array_parallelism:
         params["slurm_array_parallelism"] = int(res.array_parallelism)
+    if res.sbatch:
+        params["slurm_additional_parameters"] = dict(res.sbatch)
     return params

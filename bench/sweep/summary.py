@@ -18,7 +18,9 @@ def print_plan(plan: Plan, cluster: str, resources: dict[str, Resources]) -> Non
         stacked = f" in {len(tasks[stage])} tasks" if len(tasks[stage]) != todo else ""
         print(f"  {stage:<10} {len(jobs):>4} jobs, {todo:>4} to run{stacked}, {len(jobs) - todo:>4} done | "
               f"cpus {r.cpus} mem {r.mem_gb} GB gpus {r.gpus} time {r.timeout_min} min"
-              + (f" partition {r.partition}" if r.partition else ""))
+              + (f" partition {r.partition}" if r.partition else "")
+              + (f" array at most {r.array_parallelism}" if r.array_parallelism else "")
+              + "".join(f" --{k}" if v is True else f" --{k}={v}" for k, v in r.sbatch.items()))
 
 
 def print_pools(plan: Plan) -> None:

@@ -1,5 +1,11 @@
 """The SLURM executor (`--cluster slurm`): one job array per stage, each waiting (`afterok`) on the
-jobs of earlier stages it needs, and SLURM's view of them from squeue."""
+jobs of earlier stages it needs, and SLURM's view of them from squeue.
+
+A submission asks squeue first: a job an earlier submission of the sweep queued that is still
+pending or running is not submitted again (later arrays wait on it instead), so a resubmitted
+driver or a rerun while arrays live costs nothing. The manifest is written after each array, so an
+array sbatch refuses (a per-user limit) leaves the ones before it tracked, and the same command
+again submits only what is missing."""
 from __future__ import annotations
 
 import shutil
@@ -11,7 +17,7 @@ import submitit
 
 from bench.errors import BenchError
 from bench.sweep.executors.base import Executor
-from bench.sweep.manifest import sweep_dir, write_manifest
+from bench.sweep.manifest import read_manifest, sweep_dir, write_manifest
 from bench.sweep.plan import Plan, States
 from bench.sweep.resources import Resources, slurm_parameters
 from bench.sweep.runners import JobRunner
@@ -31,8 +37,11 @@ class SlurmExecutor(Executor):
         """One array per stage; each stage waits (afterok) on the jobs of earlier stages it needs."""
         folder = sweep_dir(plan) / "slurm" / "%j"
         states: States = {rid: {"state": "done"} for rid in plan.done}
-        job_ids: dict[str, str] = {}
+        queued = self.queued(read_manifest(plan.grid.name, plan.roots))
+        job_ids: dict[str, str] = {rid: job_id for rid, job_id in queued.items() if rid not in plan.done}
+        states.update({rid: {"state": "submitted", "job_id": job_id} for rid, job_id in job_ids.items()})
         for stage, tasks in plan.units(resources).items():
+            tasks = [u for u in tasks if not all(j.run_id in job_ids for j in u)]  # queued or running: not again
             if not tasks:
                 continue
             jobs = [j for u in tasks for j in u]
@@ -42,7 +51,8 @@ class SlurmExecutor(Executor):
             if deps:
                 # kill-on-invalid-dep: if a needed job fails, SLURM cancels this array instead of
                 # leaving it pending forever (and `--wait` with it).
-                params["slurm_additional_parameters"] = {"dependency": "afterok:" + ":".join(deps),
+                params["slurm_additional_parameters"] = {**params.get("slurm_additional_parameters", {}),
+                                                         "dependency": "afterok:" + ":".join(deps),
                                                          "kill-on-invalid-dep": "yes"}
             ex.update_parameters(**params)
             with ex.batch():  # one array task per unit: a job, or a stack of teacher jobs
@@ -55,8 +65,20 @@ class SlurmExecutor(Executor):
             print(f"  {stage}: array {handles[0].job_id.split('_')[0]} with {len(tasks)} tasks"
                   + (f" ({len(jobs)} jobs)" if len(jobs) != len(tasks) else "")
                   + (f", after {len(deps)} jobs" if deps else ""))
+            write_manifest(plan, self.name, states)  # before the next sbatch, which a limit may refuse
+        if queued:
+            print(f"  {len(job_ids)} jobs already queued or running were not submitted again")
         write_manifest(plan, self.name, states)
         return states
+
+    def queued(self, manifest: dict[str, Any] | None) -> dict[str, str]:
+        """run_id -> SLURM job id of every job of an earlier submission (`manifest`) that squeue
+        says is pending or running."""
+        if not manifest or manifest.get("cluster") != self.name:
+            return {}
+        jobs = [j for s in manifest["stages"].values() for j in s if j.get("job_id")]
+        live = squeue_states([j["job_id"] for j in jobs])
+        return {j["run_id"]: j["job_id"] for j in jobs if live.get(j["job_id"]) in SLURM_RUNNING + SLURM_PENDING}
 
     def job_states(self, manifest: dict[str, Any]) -> dict[str, str]:
         jobs = [j for s in manifest["stages"].values() for j in s]
