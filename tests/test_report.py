@@ -206,6 +206,13 @@ def test_claim_verdicts(tmp_path):
     assert f"within ±{MARGIN_PP:g} pp" in md
     rows = md_cells(md).iloc[:, :4].values.tolist()
     assert ["Allen-Zhu & Li", "ensemble > single", "vgg11 / digits", "supported"] in rows
+    # A grid that plans no WeightFormer (Allen-Zhu & Li's) lists none of its claims; a planned side
+    # without runs stays listed, inconclusive.
+    runs = method_runs(load_records(root))
+    planned = claim_table(runs[runs.method != "self_distill"], ["vgg11 / digits"],
+                          planned={"single", "ensemble", "kd", "self_distill"}).set_index("claim")
+    assert set(planned.paper) == {"Allen-Zhu & Li"} and len(planned) == 3
+    assert planned.loc["self-distillation > single", "verdict"] == "inconclusive"
 
 
 def test_the_index_opens_with_every_claims_verdict_per_setting(tmp_path):

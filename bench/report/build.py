@@ -81,6 +81,11 @@ class Report:
         return order_columns(set(self.done.setting) | set(planned), planned)
 
     @property
+    def planned_methods(self) -> set[str] | None:
+        """The methods the grid file plans; None where it is not known."""
+        return set(self.plan.methods.values()) if self.plan else None
+
+    @property
     def split(self) -> str:
         """The split the figures show: the grid file's `figures_split` (val for a search grid), else test."""
         return self.plan.figures_split if self.plan else "test"
@@ -92,7 +97,7 @@ class Report:
 
     @cached_property
     def claims(self) -> pd.DataFrame:
-        return claim_table(self.done, self.settings)
+        return claim_table(self.done, self.settings, self.planned_methods)
 
     @cached_property
     def rerun_done(self) -> pd.DataFrame | None:
@@ -109,7 +114,7 @@ class Report:
     def moved(self) -> pd.DataFrame | None:
         """rerun_table of these claims and the rerun's; None without a rerun."""
         other = self.rerun_done
-        return None if other is None else rerun_table(self.claims, claim_table(other, self.settings))
+        return None if other is None else rerun_table(self.claims, claim_table(other, self.settings, self.planned_methods))
 
     def tables(self, name: str, md: str | None, tex: str | None, frame: pd.DataFrame) -> None:
         """name.{md,tex,csv} in the formats asked for (a None text: no such file)."""
