@@ -312,6 +312,11 @@ def plot_axis(table: pd.DataFrame, axis: str, grid: str, refs: pd.DataFrame | No
 
 # --- what a WeightFormer learnt -----------------------------------------------------------------
 
+# The pool-size series' colours: none of the reference lines' (grey, green, red, purple, brown), so
+# each colour means one thing.
+SERIES_COLOURS = ("tab:blue", "tab:orange", "tab:cyan", "tab:pink", "tab:olive", "black")
+
+
 def plot_pool_size(table: pd.DataFrame, grid: str, settings: list[str] | None = None) -> dict[str, bytes]:
     """One column of panels per setting: above, WeightFormer's top-1 against pool size (log2 axis,
     95% intervals over groups) with the unseen groups' references as horizontal lines with shaded
@@ -325,13 +330,18 @@ def plot_pool_size(table: pd.DataFrame, grid: str, settings: list[str] | None = 
               "KD on transfer": ("tab:purple", (0, (5, 2, 1, 2, 1, 2)))}
     for ax, low, setting in zip(axes[0], axes[1], settings):
         t = table[table.setting == setting]
+        ran = sorted(set(t.pool_size.dropna()))
         for i, (series, rows) in enumerate(t[t.pool_size.notna()].groupby("series", sort=True)):
             rows = rows.sort_values("pool_size")
-            line = "-" if len(rows) > 1 else "none"
+            # A line only joins neighbouring pool sizes that both ran: none is drawn through a size
+            # this series skipped.
+            joined = [ran.index(b) - ran.index(a) == 1 for a, b in zip(rows.pool_size, rows.pool_size[1:])]
+            line = "-" if len(rows) > 1 and all(joined) else "none"
+            colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
             ax.errorbar(rows.pool_size, rows["mean"], yerr=rows.ci_half.fillna(0), marker="o", capsize=3,
-                        color=f"C{i}", linestyle=line, label=f"{series} (n = {rows.groups.min()} groups)")
+                        color=colour, linestyle=line, label=f"{series} (n = {rows.groups.min()} groups)")
             low.errorbar(rows.pool_size, rows.minus_anchor, yerr=rows.minus_anchor_ci_half.fillna(0), marker="o",
-                         capsize=3, color=f"C{i}", linestyle=line)
+                         capsize=3, color=colour, linestyle=line)
         low.axhline(0, color="black", linewidth=0.8)
         low.set_ylabel("WF − anchor, paired (pp)")
         low.set_xlabel("meta-train pool size (teachers)")
@@ -355,9 +365,13 @@ def plot_pool_size(table: pd.DataFrame, grid: str, settings: list[str] | None = 
 
 def plot_curves(curves: pd.DataFrame, grid: str) -> dict[str, bytes]:
     """Train KL (solid) and val KL (dashed, same colour) per meta-training, log y."""
-    fig, ax = style.pyplot().subplots(figsize=(7.2, 4.4), layout="constrained")
-    for i, (label, c) in enumerate(curves.groupby("label", sort=True)):
-        colour = f"C{i % 10}"
+    plt = style.pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), layout="constrained")
+    groups = list(curves.groupby("label", sort=True))
+    # One colour per meta-training: the 10 default colours while they suffice, else 20 paired shades.
+    palette = [f"C{i}" for i in range(10)] if len(groups) <= 10 else list(plt.get_cmap("tab20").colors)
+    for i, (label, c) in enumerate(groups):
+        colour = palette[i % len(palette)]
         ax.plot(c.step, c.kl, color=colour, linewidth=1, label=label)
         if c.val_kl.notna().any():
             ax.plot(c.step, c.val_kl, color=colour, linewidth=1, linestyle="--")
