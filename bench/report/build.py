@@ -82,8 +82,8 @@ class Report:
 
     @property
     def planned_methods(self) -> set[str] | None:
-        """The methods the grid file plans; None where it is not known."""
-        return set(self.plan.methods.values()) if self.plan else None
+        """The claims' sides the grid file plans (GridPlan.sides); None where it is not known."""
+        return self.plan.sides if self.plan else None
 
     @property
     def split(self) -> str:

@@ -164,10 +164,11 @@ def judge(claim: Claim, runs: pd.DataFrame) -> dict:
 
 def claim_table(runs: pd.DataFrame, settings: list[str], planned: set[str] | None = None) -> pd.DataFrame:
     """One row per claim per setting (in claim order, then the table's column order). `planned`:
-    the methods the grid file plans; a claim one of whose sides it never runs (Allen-Zhu & Li's
-    grid has no WeightFormer) is not listed, a planned side without runs is (inconclusive, no runs)."""
+    the sides the grid file plans (methods, and "<method>@held_out" where one runs on held-out
+    teachers); a claim one of whose sides it never runs (Allen-Zhu & Li's grid has no WeightFormer)
+    is not listed, a planned side without runs is (inconclusive, no runs)."""
     ran = set(column(runs, "method"))
-    asked = lambda c: planned is None or {c.a.split("@")[0], c.b} <= planned  # noqa: E731
+    asked = lambda c: planned is None or {c.a, c.b} <= planned  # noqa: E731
     rows = [{"setting": s, **judge(c, runs[runs.setting == s])} for c in CLAIMS
             if (not c.control or c.b in ran) and asked(c) for s in settings]
     cols = ["paper", "claim", "setting", "a", "relation", "b", "verdict", "diff_pp", "ci_low", "ci_high", "n_a",

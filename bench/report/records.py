@@ -30,6 +30,8 @@ class GridPlan:
     counterpart: dict[tuple[str, str], str] = field(default_factory=dict)  # pool (arch, dataset) -> paper dataset
     description: str = ""  # the grid file's: what it reproduces
     figures_split: str = "test"  # the grid file's: the split its figures show
+    # The claims' sides the grid plans: each method, and "<method>@held_out" where it runs on held-out teachers.
+    sides: set[str] = field(default_factory=set)
 
 
 def grid_plan(grid: str | Path, scales: set[str] | None = None, selection: dict | None = None,
@@ -67,6 +69,9 @@ def grid_plan(grid: str | Path, scales: set[str] | None = None, selection: dict 
             setting = setting_label(t["arch"], t["dataset"], t["init"], t["pool"], t["scale"])
             plan.expected[variant, setting] += 1
             plan.methods.setdefault(variant, job.spec["method"])
+            plan.sides.add(job.spec["method"])
+            if job.spec.get("teacher_part") == "held_out":
+                plan.sides.add(f"{job.spec['method']}@held_out")
             if setting not in plan.settings:
                 plan.settings.append(setting)
     return plan
