@@ -181,8 +181,9 @@ def test_two_ranks_write_one_run_folder(two_ranks):
         folder = tmp / name
         names = sorted(p.name for p in folder.iterdir())
         assert [n for n in names if not n.startswith("predictions-")] == [
-            "config.json", "log.jsonl", "model.json", "model.safetensors"]  # no checkpoint, no temp files
-        assert len(names) == 4 + 4  # rank 0's final evaluation kept: val and test, weights and sidecar each
+            "config.json", "log.jsonl", "model.json", "model.safetensors", "tensorboard"]  # no checkpoint, no temp
+        assert len(names) == 5 + 4  # rank 0's final evaluation kept: val and test, weights and sidecar each
+        assert len(list((folder / "tensorboard").iterdir())) == 1  # one writer: rank 0's events
         log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
         assert [row["epoch"] for row in log] == [1, 2]
         meta = runs[name][0]["meta"]
