@@ -80,7 +80,8 @@ def run_teacher_stack(specs: list[dict[str, Any]], grid: str, roots: Roots) -> d
         raise BenchError("a stack of teachers holds members of one pool and recipe only")
     if "base" in first or "ranges" in first:  # bench.jobs never stacks them: each trains its own way
         raise BenchError("members with a base or drawn hyperparameters are trained one at a time")
-    recipe = {**training_recipe(first), "data_root": data_root_of(training_recipe(first))}
+    recipe = training_recipe(first)
+    recipe = {**recipe, "data_root": data_root_of(recipe)}
     records = train_members(Pool.of_member(first), [s["member"] for s in specs],
                             results=roots.results, grid=grid, runs=[run_id(s) for s in specs],
                             run_dirs=[member_dir(roots, s) for s in specs],
