@@ -5,9 +5,11 @@ fail instead of skipping. Elsewhere they skip, saying why.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import torch
 
 from bench.grid import load_grid
 from bench.jobs import Roots, member_dir, teacher_spec
+from bench.sweep.plan import make_plan
 from bench.run_records import load_records
 from bench.sweep import JobRunner
 from bench.engine import train
@@ -74,17 +77,22 @@ def test_smoke_grid_through_real_sbatch_arrays_with_dependencies(tmp_path):
     table = load_records(tmp_path / "r" / "slurmsmoke")
     assert len(table) == 2 + 1 + 3 and set(table.status) == {"done"}  # teachers, meta_train, methods
     manifest = json.loads((tmp_path / "r" / "slurmsmoke" / "sweep.json").read_text())
-    array = {stage: manifest["stages"][stage][0]["job_id"].split("_")[0] for stage in ("teachers", "meta_train", "methods")}
-    scripts = {stage: next((tmp_path / "r" / "slurmsmoke" / "slurm").glob(f"{job}/*_submission.sh")).read_text()
-               for stage, job in array.items()}
+    arrays = {stage: sorted({j["job_id"].split("_")[0] for j in jobs}) for stage, jobs in manifest["stages"].items() if jobs}
+    script = {job: next((tmp_path / "r" / "slurmsmoke" / "slurm").glob(f"{job}/*_submission.sh")).read_text()
+              for jobs in arrays.values() for job in jobs}
 
-    def arrays_waited_for(script: str) -> set[str]:
-        line = next(line for line in script.splitlines() if line.startswith("#SBATCH --dependency=afterok:"))
-        return {task.split("_")[0] for task in line.split("afterok:", 1)[1].split(":")}
+    def waits_on(job: str) -> set[str]:  # the arrays an array's afterok names
+        line = next((line for line in script[job].splitlines() if line.startswith("#SBATCH --dependency=afterok:")), "")
+        return {task.split("_")[0] for task in line.split("afterok:", 1)[1].split(":")} if line else set()
 
-    assert arrays_waited_for(scripts["meta_train"]) == {array["teachers"]}
-    assert arrays_waited_for(scripts["methods"]) == {array["teachers"], array["meta_train"]}
-    assert "#SBATCH --array=0-2" in scripts["methods"]
+    (teachers,), (meta_train,) = arrays["teachers"], arrays["meta_train"]
+    assert waits_on(teachers) == set() and waits_on(meta_train) == {teachers}
+    # single and ensemble need the teachers alone (one stack: one task), WeightFormer its
+    # meta-training too: two arrays, each waiting on what its tasks need.
+    methods = {frozenset(waits_on(job)): job for job in arrays["methods"]}
+    assert set(methods) == {frozenset({teachers}), frozenset({teachers, meta_train})}
+    tasks = Counter(j["job_id"].split("_")[0] for j in manifest["stages"]["methods"])
+    assert tasks[methods[frozenset({teachers})]] == 2 and tasks[methods[frozenset({teachers, meta_train})]] == 1
 
 
 def reference_weights(tmp_path, spec) -> bytes:
@@ -159,7 +167,7 @@ def load_grid_from_text(tmp_path, text):
 def test_the_sbatch_driver_script_runs_a_grid_and_its_report(tmp_path):
     grid = tmp_path / "driven.yaml"
     grid.write_text(GRID.replace("members: 2", "members: 2\n    name: driven"))
-    env = {**os.environ, "GRID": str(grid), "SCALE": "tiny", "SWEEP_ARGS": "--partition debug --timeout-min 20",
+    env = {**os.environ, "GRID": str(grid), "SCALE": "tiny", "PARTITION": "debug", "SWEEP_ARGS": "--timeout-min 20",
            "PYTHON": sys.executable, "BENCH_RESULTS": str(tmp_path / "r"), "BENCH_TEACHERS": str(tmp_path / "t")}
     script = Path(__file__).resolve().parents[1] / "sweeps" / "slurm" / "sweep.sbatch"
     out = subprocess.run(["sbatch", "--parsable", "--chdir", str(tmp_path), str(script)],
@@ -232,6 +240,66 @@ def test_a_cancelled_array_task_fails_its_dependents_and_a_rerun_submits_only_wh
     assert len(records) == 2 + 2 and set(records.status) == {"done"}
 
 
+TWO_SETTINGS = """
+n_teachers: 2
+seeds: 2
+pools:
+  - {arch: vgg11, dataset: digits, members: 3, held_out: 0, recipe: {epochs: 1}}
+  - {arch: resnet50, dataset: digits, members: 3, held_out: 0, recipe: {epochs: 1}}
+methods:
+  single: {}
+  ensemble: {}
+  weightformer: {steps: 4, d_model: 16, depth: 1, heads: 2}
+"""
+
+
+def squeue_state(job_id: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+
+
+def test_each_job_waits_only_on_what_it_needs(tmp_path):
+    """A cancelled VGG teacher cancels only the jobs that need it (VGG's other group of teachers
+    makes its students), and VGG methods finish while ResNet's meta-training is held in the
+    queue: no array waits on a whole earlier stage."""
+    grid = tmp_path / "two.yaml"
+    grid.write_text(TWO_SETTINGS)
+    roots = Roots(tmp_path / "t", tmp_path / "r")
+    plan = make_plan(load_grid(grid, "tiny"), roots)
+    by_label = {j.label: j for jobs in plan.stages.values() for j in jobs}
+    vgg = next(p.name for p in plan.grid.pools if p.arch == "vgg11")
+    first, other = (set(by_label[f"{vgg}/ensemble/seed-{s}"].needs) for s in (0, 1))
+    (cancelled,) = first - other  # two distinct groups of 2 out of 3 members share one
+    resnet_meta = next(j for j in plan.stages["meta_train"] if j.spec["pool"] != vgg)
+    unaffected = by_label[f"{vgg}/single/seed-1"]
+    r = subprocess.run([sys.executable, "-m", "bench.sweep", "--grid", str(grid), "--cluster", "slurm", "--stack", "1",
+                        "--partition", "debug", "--timeout-min", "20", "--mem-gb", "2", "--sbatch", "begin=now+20",
+                        "--teachers-root", str(roots.teachers), "--results-root", str(roots.results)],
+                       capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert r.returncode == 0, r.stdout + r.stderr
+    job_id = {j["run_id"]: j["job_id"] for jobs in json.loads((roots.results / "two" / "sweep.json").read_text())[
+        "stages"].values() for j in jobs}
+    subprocess.run(["scancel", job_id[cancelled]], check=True)
+    subprocess.run(["scontrol", "hold", job_id[resnet_meta.run_id]], check=True)
+    try:
+        wait_for(lambda: unaffected.run_id in set(load_records(roots.results / "two").run_id), 300,
+                 "a VGG student whose teachers all trained")
+        assert squeue_state(job_id[resnet_meta.run_id]) == "PENDING"  # still held: nothing VGG waited on it
+    finally:
+        subprocess.run(["scontrol", "release", job_id[resnet_meta.run_id]], check=True)
+    arrays = ",".join(sorted({j.split("_")[0] for j in job_id.values()}))
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", arrays], capture_output=True, text=True).stdout.strip(),
+             600, "the sweep to leave the queue")
+    # What needs the cancelled teacher: seed 0's VGG methods, and VGG's meta-training (every
+    # meta-train member) with the WeightFormer students of both seeds that need it.
+    vgg_meta = {j.run_id for j in plan.stages["meta_train"] if j.spec["pool"] == vgg}
+    needs_it = {j.run_id for j in plan.stages["meta_train"] + plan.stages["methods"]
+                if cancelled in j.needs or vgg_meta & set(j.needs)}
+    assert needs_it == vgg_meta | {by_label[f"{vgg}/{m}/seed-{s}"].run_id for m, s in
+                                   [("single", 0), ("ensemble", 0), ("weightformer", 0), ("weightformer", 1)]}
+    done = set(load_records(roots.results / "two").query("status == 'done'").run_id)
+    assert done == {j.run_id for jobs in plan.stages.values() for j in jobs} - needs_it - {cancelled}
+
+
 def test_two_slurm_submissions_of_one_grid_at_once_run_each_job_once(tmp_path):
     """Both submissions' arrays run; every job runs in one of them and the other's task finds it
     done (its log says so): each teacher trained once (one log line for its one epoch), every
@@ -245,12 +313,14 @@ def test_two_slurm_submissions_of_one_grid_at_once_run_each_job_once(tmp_path):
              for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
-    lines = [line for out, _ in outs for line in out.splitlines() if "array " in line]
-    arrays = sorted({line.split("array ")[1].split()[0] for line in lines})
-    # Each submission's arrays (teachers and methods); one that found the other's still queued in
-    # squeue submits fewer, never none of what it plans.
-    tasks = sum(int(line.split(" with ")[1].split()[0]) for line in lines)
-    assert 2 <= len(arrays) <= 2 * 2 and 2 + 2 <= tasks <= 2 * (2 + 2), outs
+    # "  <stage>: <n> array(s) (<ids>) with <tasks> tasks[, ...]", a line per stage submitted.
+    said = [re.search(r": \d+ arrays? \(([\d, ]+)\) with (\d+) tasks", out) for text, _ in outs
+            for out in text.splitlines()]
+    arrays = sorted({a for m in said if m for a in m.group(1).split(", ")})
+    # Each submission's arrays (teachers, and methods by the teachers they need); one that found the
+    # other's still queued in squeue submits fewer, never none of what it plans.
+    tasks = sum(int(m.group(2)) for m in said if m)
+    assert 2 <= len(arrays) <= 2 * 3 and 2 + 2 <= tasks <= 2 * (2 + 2), outs
     wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", ",".join(arrays)], capture_output=True,
                                         text=True).stdout.strip(), 600, "both submissions to leave the queue")
     records = load_records(tmp_path / "r" / "twice")

@@ -192,9 +192,16 @@ def test_generated_sbatch_holds_the_array_and_the_dependency(mini, tmp_path, fak
                 "--results-root", str(tmp_path / "r1"), env=path)
     assert one.returncode == 0, one.stderr
     assert "#SBATCH --array=0-2" in (fake_slurm / "sbatch.103.sh").read_text()  # --stack 1: a task per member
-    # Submitting calls sbatch and nothing else (srun runs inside the jobs, on the cluster).
+    # A task per member: each seed's methods are an array of their own, waiting on its two members' tasks alone.
+    groups = {tuple(j.spec["members"]) for j in make_plan(load_grid(mini, "tiny"), roots(tmp_path)).stages["methods"]}
+    waits = {line for n in (104, 105) for line in (fake_slurm / f"sbatch.{n}.sh").read_text().splitlines()
+             if "--dependency" in line}
+    assert waits == {"#SBATCH --dependency=afterok:" + ":".join(f"103_{k}" for k in sorted(g)) for g in groups}
+    assert len(groups) == 2 and "#SBATCH --array=0-1" in (fake_slurm / "sbatch.104.sh").read_text()
+    # Submitting calls sbatch and reads the array size limit, nothing else (srun runs inside the jobs).
     calls = (fake_slurm / "calls").read_text().splitlines()
-    assert len(calls) == 4 and all(c.startswith("sbatch ") for c in calls), calls  # 2 stages x 2 sweeps
+    sbatches = [c for c in calls if c.startswith("sbatch ")]
+    assert len(sbatches) == 5 and set(calls) - set(sbatches) == {"scontrol show config"}, calls  # 2 + 3 arrays
 
 
 def test_teachers_are_grouped_into_stacks_that_keep_every_members_job():
@@ -591,11 +598,15 @@ def test_sbatch_options_pass_through_from_the_cluster_file_and_the_flag(mini, tm
               "--sbatch", "exclusive", "--array-parallelism", "3", "--teachers-root", str(tmp_path / "teachers"),
               "--results-root", str(tmp_path / "results"), env=path)
     assert r.returncode == 0, r.stderr
-    teachers, methods = (fake_slurm / "sbatch.101.sh").read_text(), (fake_slurm / "sbatch.102.sh").read_text()
-    for script in (teachers, methods):
+    # This cluster file stacks no teachers: a task per member, and each seed's two methods an array
+    # of their own after their members' tasks (--array-parallelism 3 capped at the array's 2 tasks).
+    teachers, *methods = ((fake_slurm / f"sbatch.{n}.sh").read_text() for n in (101, 102, 103))
+    for script in (teachers, *methods):
         assert "#SBATCH --mail-type=END" in script and "#SBATCH --exclusive\n" in script
-    assert "--qos" not in teachers and "#SBATCH --qos=high" in methods and "#SBATCH --constraint=a100" in methods
-    assert "#SBATCH --dependency=afterok:101" in methods and "#SBATCH --array=0-3%3" in methods
+    assert "--qos" not in teachers and "#SBATCH --array=0-2%3" in teachers
+    for script in methods:
+        assert "#SBATCH --qos=high" in script and "#SBATCH --constraint=a100" in script
+        assert "#SBATCH --dependency=afterok:101_" in script and "#SBATCH --array=0-1%2" in script
     cluster.write_text("tiny:\n  methods: {sbatch: {time: 5}}\n")
     for args, message in ((["--cluster-config", str(cluster)], "methods: sbatch option 'time' is set by timeout_min"),
                           (["--sbatch", "dependency=afterany:1"], "sbatch option 'dependency' is set by the sweep"),

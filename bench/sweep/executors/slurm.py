@@ -1,5 +1,7 @@
-"""The SLURM executor (`--cluster slurm`): one job array per stage, each waiting (`afterok`) on the
-jobs of earlier stages it needs, and SLURM's view of them from squeue.
+"""The SLURM executor (`--cluster slurm`): a stage's tasks go out as job arrays, one per set of
+earlier jobs its tasks need, each array waiting (`afterok`) on that set alone; and SLURM's view of
+them from squeue. So a failed teacher cancels only the methods that need it, and one setting's
+methods start while another setting's meta-training is still queued.
 
 A submission asks squeue first: a job an earlier submission of the sweep queued that is still
 pending or running is not submitted again (later arrays wait on it instead), so a resubmitted
@@ -16,6 +18,7 @@ from typing import Any
 import submitit
 
 from bench.errors import BenchError
+from bench.jobs import Job
 from bench.sweep.executors.base import Executor
 from bench.sweep.manifest import read_manifest, sweep_dir, write_manifest
 from bench.sweep.plan import Plan, States
@@ -34,42 +37,49 @@ class SlurmExecutor(Executor):
     blocking = False
 
     def submit(self, plan: Plan, resources: dict[str, Resources]) -> States:
-        """One array per stage; each stage waits (afterok) on the jobs of earlier stages it needs."""
+        """Each stage's tasks as arrays, one per set of earlier jobs they need (afterok on that set)."""
         folder = sweep_dir(plan) / "slurm" / "%j"
         states: States = {rid: {"state": "done"} for rid in plan.done}
         queued = self.queued(read_manifest(plan.grid.name, plan.roots))
         job_ids: dict[str, str] = {rid: job_id for rid, job_id in queued.items() if rid not in plan.done}
         states.update({rid: {"state": "submitted", "job_id": job_id} for rid, job_id in job_ids.items()})
+        limit = max_array_size()
         for stage, tasks in plan.units(resources).items():
             tasks = [u for u in tasks if not all(j.run_id in job_ids for j in u)]  # queued or running: not again
-            if not tasks:
-                continue
-            jobs = [j for u in tasks for j in u]
-            deps = sorted({job_ids[n] for j in jobs for n in j.needs if n in job_ids})
-            ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-            params = slurm_parameters(resources[stage], f"{plan.grid.name}-{stage}")
-            if deps:
-                # kill-on-invalid-dep: if a needed job fails, SLURM cancels this array instead of
-                # leaving it pending forever (and `--wait` with it).
-                params["slurm_additional_parameters"] = {**params.get("slurm_additional_parameters", {}),
-                                                         "dependency": "afterok:" + ":".join(deps),
-                                                         "kill-on-invalid-dep": "yes"}
-            ex.update_parameters(**params)
-            with ex.batch():  # one array task per unit: a job, or a stack of teacher jobs
-                handles = [ex.submit(JobRunner(), self.task(u), plan.grid.name, plan.roots, None, plan.rerun)
-                           for u in tasks]
-            for u, h in zip(tasks, handles):
-                for j in u:
-                    job_ids[j.run_id] = h.job_id
-                    states[j.run_id] = {"state": "submitted", "job_id": h.job_id}
-            print(f"  {stage}: array {handles[0].job_id.split('_')[0]} with {len(tasks)} tasks"
-                  + (f" ({len(jobs)} jobs)" if len(jobs) != len(tasks) else "")
-                  + (f", after {len(deps)} jobs" if deps else ""))
-            write_manifest(plan, self.name, states)  # before the next sbatch, which a limit may refuse
+            arrays = [(deps, part) for deps, same in arrays_by_needs(tasks, job_ids).items()
+                      for part in (same[i:i + limit] for i in range(0, len(same), limit))]
+            submitted = []
+            for deps, part in arrays:
+                handles = self.submit_array(plan, stage, resources[stage], folder, part, deps)
+                for u, h in zip(part, handles):
+                    for j in u:
+                        job_ids[j.run_id] = h.job_id
+                        states[j.run_id] = {"state": "submitted", "job_id": h.job_id}
+                submitted.append(handles[0].job_id.split("_")[0])
+                write_manifest(plan, self.name, states)  # before the next sbatch, which a limit may refuse
+            if arrays:
+                jobs = sum(len(u) for u in tasks)
+                print(f"  {stage}: {len(arrays)} array{'s' * (len(arrays) > 1)} ({', '.join(submitted)}) with "
+                      f"{len(tasks)} tasks" + (f" ({jobs} jobs)" if jobs != len(tasks) else "")
+                      + (", each after only the jobs its tasks need" if any(d for d, _ in arrays) else ""))
         if queued:
             print(f"  {len(job_ids)} jobs already queued or running were not submitted again")
         write_manifest(plan, self.name, states)
         return states
+
+    def submit_array(self, plan: Plan, stage: str, resources: Resources, folder, tasks: list[list[Job]],
+                     deps: tuple[str, ...]) -> list[submitit.Job]:
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        params = slurm_parameters(resources, f"{plan.grid.name}-{stage}")
+        if deps:
+            # kill-on-invalid-dep: if a needed job fails, SLURM cancels this array instead of leaving
+            # it pending forever (and `--wait` with it).
+            params["slurm_additional_parameters"] = {**params.get("slurm_additional_parameters", {}),
+                                                     "dependency": "afterok:" + ":".join(deps),
+                                                     "kill-on-invalid-dep": "yes"}
+        ex.update_parameters(**params)
+        with ex.batch():  # one array task per unit: a job, or a stack of teacher jobs
+            return [ex.submit(JobRunner(), self.task(u), plan.grid.name, plan.roots, None, plan.rerun) for u in tasks]
 
     def queued(self, manifest: dict[str, Any] | None) -> dict[str, str]:
         """run_id -> SLURM job id of every job of an earlier submission (`manifest`) that squeue
@@ -92,6 +102,27 @@ class SlurmExecutor(Executor):
             else:  # finished without its output (failed, cancelled, timed out), or never submitted
                 out[j["run_id"]] = "failed" if j.get("job_id") else "pending"
         return out
+
+
+def arrays_by_needs(tasks: list[list[Job]], job_ids: dict[str, str]) -> dict[tuple[str, ...], list[list[Job]]]:
+    """A stage's tasks grouped by the SLURM jobs they wait on (those of the jobs they need that are
+    queued or running; a done one is no dependency), in plan order: one array per group."""
+    groups: dict[tuple[str, ...], list[list[Job]]] = {}
+    for u in tasks:
+        deps = tuple(sorted({job_ids[n] for j in u for n in j.needs if n in job_ids}))
+        groups.setdefault(deps, []).append(u)
+    return groups
+
+
+def max_array_size() -> int:
+    """The most tasks one array may hold: the cluster's MaxArraySize (indices 0..MaxArraySize-1),
+    SLURM's default 1001 where scontrol does not say."""
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True) if shutil.which("scontrol") else None
+    for line in (out.stdout.splitlines() if out and out.returncode == 0 else []):
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return max(1, int(value.strip()))
+    return 1001
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str]:
