@@ -76,7 +76,8 @@ def make_record(**fields: Any) -> dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def _machine() -> dict[str, Any]:
     """Where records are made: the code's commit (`-dirty` with uncommitted changes), the host and
-    its hardware (GPU name, else the CPU model, and the cores the job may use)."""
+    its hardware (GPU name, else the CPU model, and the cores the job may use), and the number
+    format its forwards compute in (bench.engine.devices.precision)."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
@@ -95,7 +96,10 @@ def _machine() -> dict[str, Any]:
         except (OSError, StopIteration):
             pass
         hardware = f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPU cores ({cpu})"
-    return {"commit": commit, "host": socket.gethostname(), "hardware": hardware}
+    from bench.engine.devices import precision
+
+    mode = precision(torch.device("cuda")) if torch.cuda.is_available() else "fp32"
+    return {"commit": commit, "host": socket.gethostname(), "hardware": hardware, "precision": mode}
 
 
 def write_record(records_dir: str | Path, record: Mapping[str, Any]) -> Path:

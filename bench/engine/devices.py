@@ -36,6 +36,25 @@ def barrier(device: torch.device) -> None:
         dist.barrier(device_ids=[device.index]) if dist.get_backend() == "nccl" else dist.barrier()
 
 
+def precision(device: torch.device) -> str:
+    """The number format of every forward on `device`: bf16 on GPUs that compute in it (compute
+    capability 8.0 on, Ampere and later), fp16 with a loss scaler on older ones (a V100's bf16 is
+    emulated, slower than float32), fp32 on CPUs. Records name it (bench.run_records)."""
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(device: torch.device):
-    """bf16 autocast on GPUs (the paper-scale models), float32 elsewhere: one policy for every forward."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """Autocast at `precision(device)`, none on CPUs: one policy for every forward."""
+    mode = precision(device)
+    return torch.autocast(device.type, dtype=DTYPES.get(mode, torch.bfloat16), enabled=mode in DTYPES)
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """The loss scaler fp16 needs (its small range underflows gradients), a pass-through otherwise:
+    disabled, it scales nothing and steps the optimizer as it is, so CPU runs stay bit-exact."""
+    return torch.amp.GradScaler(device.type, enabled=precision(device) == "fp16")

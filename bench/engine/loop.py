@@ -21,6 +21,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from bench.engine.checkpointer import RunFolder
+from bench.engine.devices import grad_scaler
 from bench.engine.optim import set_lr
 from bench.errors import BenchError
 from bench.job_env import capped_steps
@@ -97,6 +98,9 @@ def fit(objective: Objective, folder: RunFolder, *, steps: int, log_every: int, 
         start = steps
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, unit="step",
                disable=True if quiet else (None if progress is None else not progress))
+    # fp16 GPUs scale the loss (bench.engine.devices.precision); a resumed run starts its scale
+    # afresh, which the scaler re-finds within a few steps.
+    scaler = grad_scaler(next(objective.model.parameters()).device)
     sums: dict[str, torch.Tensor] = {}
     since = start  # the first step the running sums cover
     for step in bar:
@@ -106,11 +110,14 @@ def fit(objective: Objective, folder: RunFolder, *, steps: int, log_every: int, 
         for name, value in terms.items():
             check_finite(value, step, objective.labels.get(name, name), desc)
         objective.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        if clip is not None:  # the norm is checked too: a finite loss can still give inf gradients
+        scaler.scale(terms["loss"]).backward()
+        if clip is not None:
+            scaler.unscale_(objective.optimizer)  # clip the true gradients, not the scaled ones
             norm = nn.utils.clip_grad_norm_(objective.model.parameters(), clip if clip > 0 else float("inf"))
-            check_finite(norm, step, "gradient norm of the", desc)
-        objective.optimizer.step()
+            if not scaler.is_enabled():  # a finite loss can still give inf gradients; under fp16 the
+                check_finite(norm, step, "gradient norm of the", desc)  # scaler skips that step instead
+        scaler.step(objective.optimizer)
+        scaler.update()
         seconds += time.perf_counter() - t0
         for name, value in terms.items():
             sums[name] = sums.get(name, 0) + value.detach()
