@@ -1,4 +1,5 @@
-"""Where this process stands in its job: the CPUs it was given and its torch.distributed rank.
+"""Where this process stands in its job: the CPUs it was given, its torch.distributed rank and
+the number format its device computes in.
 
 A leaf module: data loaders (workers), the engine (threads, ranks, a smoke run's step cap) and the
 sweep's stages read it.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import torch.distributed as dist
 
 
@@ -65,3 +67,13 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def precision(device: torch.device) -> str:
+    """The number format of every forward on `device`: bf16 on GPUs that compute in it (compute
+    capability 8.0 on, Ampere and later), fp16 with a loss scaler on older ones (a V100's bf16 is
+    emulated, slower than float32), fp32 on CPUs. The engine's autocast follows it
+    (bench.engine.devices); records name it (bench.run_records)."""
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from bench.io import atomic_write_json
+from bench.job_env import precision
 
 REQUIRED_KEYS = ("run_id", "grid", "stage", "method", "arch", "dataset", "scale", "seed",
                  "n_teachers", "status", "top1", "top5", "nll", "ece", "wall_s")
@@ -77,7 +78,7 @@ def make_record(**fields: Any) -> dict[str, Any]:
 def _machine() -> dict[str, Any]:
     """Where records are made: the code's commit (`-dirty` with uncommitted changes), the host and
     its hardware (GPU name, else the CPU model, and the cores the job may use), and the number
-    format its forwards compute in (bench.engine.devices.precision)."""
+    format its forwards compute in (bench.job_env.precision)."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
@@ -96,8 +97,6 @@ def _machine() -> dict[str, Any]:
         except (OSError, StopIteration):
             pass
         hardware = f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPU cores ({cpu})"
-    from bench.engine.devices import precision
-
     mode = precision(torch.device("cuda")) if torch.cuda.is_available() else "fp32"
     return {"commit": commit, "host": socket.gethostname(), "hardware": hardware, "precision": mode}
 

@@ -1,4 +1,4 @@
-"""The number format of the forwards (bench.engine.devices.precision): bf16 where the GPU computes in
+"""The number format of the forwards (bench.job_env.precision): bf16 where the GPU computes in
 it, fp16 with a loss scaler on older GPUs, fp32 on CPUs; the record names it."""
 import torch
 

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from bench.errors import BenchError
-from bench.job_env import world
+from bench.job_env import precision, world
 
 
 def pick_device(name: str) -> torch.device:
@@ -34,15 +34,6 @@ def barrier(device: torch.device) -> None:
     """Wait for every rank (nothing to do in a single process)."""
     if world()[1] > 1:
         dist.barrier(device_ids=[device.index]) if dist.get_backend() == "nccl" else dist.barrier()
-
-
-def precision(device: torch.device) -> str:
-    """The number format of every forward on `device`: bf16 on GPUs that compute in it (compute
-    capability 8.0 on, Ampere and later), fp16 with a loss scaler on older ones (a V100's bf16 is
-    emulated, slower than float32), fp32 on CPUs. Records name it (bench.run_records)."""
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
