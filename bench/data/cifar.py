@@ -102,12 +102,16 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verify_md5(folder: Path, names: list[str], v: Variant) -> None:
+def release_md5s(v: Variant) -> dict[str, str]:
+    """Each release file's md5, as torchvision's CIFAR class pins it."""
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, v.torchvision_class)
-    known = dict(cls.train_list + cls.test_list)
-    known[cls.meta["filename"]] = cls.meta["md5"]
+    return {**dict(cls.train_list + cls.test_list), cls.meta["filename"]: cls.meta["md5"]}
+
+
+def _verify_md5(folder: Path, names: list[str], v: Variant) -> None:
+    known = release_md5s(v)
     for name in names:
         path = folder / name
         if not path.is_file():

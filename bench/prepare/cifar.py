@@ -32,12 +32,8 @@ def release_folder(root: Path, variant: cifar.Variant) -> Path:
 def failing_md5(folder: Path, variant: cifar.Variant) -> list[str]:
     """The release files in `folder` whose md5 is not the release's (torchvision's table, which
     bench.data.cifar's check reads too)."""
-    import torchvision.datasets as tvd
-    from torchvision.datasets.utils import check_md5
-
-    cls = getattr(tvd, variant.torchvision_class)
-    known = {**dict(cls.train_list + cls.test_list), cls.meta["filename"]: cls.meta["md5"]}
-    return [n for n in release_files(variant) if not check_md5(folder / n, known[n])]
+    known = cifar.release_md5s(variant)
+    return [n for n in release_files(variant) if cifar._md5(folder / n) != known[n]]
 
 
 def fetch(root: Path, dataset: str, variant: cifar.Variant) -> str:
