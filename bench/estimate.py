@@ -5,8 +5,10 @@ of the network built on the `meta` device (shapes only: no memory, no weights, n
 downloaded; a pretrained pool counts its architecture). It counts matrix products,
 convolutions and attention, a multiply-add as 2 FLOPs; elementwise work, norms, the optimizer,
 data loading and the CPU work (weight matching, averaging) are not counted. GPU-hours are
-FLOPs / the sustained throughput (`--gpu-tflops`) / 3600: an estimate of the work, not of a
-schedule (queueing, preemption and the tail of a job array are not in it).
+FLOPs / the sustained throughput / 3600: an estimate of the work, not of a schedule (queueing,
+preemption and the tail of a job array are not in it). The throughput (`Throughput`) is the one
+`make gpu-check` measured for the job's architecture at its resolution where results/gpu_check.json
+has it (a training step's images/s x 3F), a flat `--gpu-tflops` otherwise.
 
 Per job (F = one image's forward FLOPs; train / test = the split sizes in
 `bench.data.SPLIT_SIZES`, times the fraction a run trains on):
@@ -40,7 +42,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -325,7 +329,7 @@ def job_disk(stage: str, spec: Mapping[str, Any]) -> tuple[int, int]:
     and WeightFormers under the teachers root; students (KD, self-distillation, WeightFormer's
     fine-tuning; `--clean` removes them) under the results root; evaluations leave nothing."""
     teacher = spec if stage in ("pretrain", "teachers") else spec["teachers"][0]
-    cfg, net = training_config(teacher), net_of(teacher)
+    cfg, net = training_config(teacher), job_net(stage, spec)
     w = weight_bytes(net.arch, net.num_classes, net.image_size, net.scale)
     if stage in ("pretrain", "teachers"):  # the weights, and the val and test outputs kept beside them
         return training_bytes(w + FLOAT_BYTES * (net.val_images + net.test_images) * net.num_classes, w, cfg.optimizer)
@@ -338,6 +342,11 @@ def job_disk(stage: str, spec: Mapping[str, Any]) -> tuple[int, int]:
     if name == "weightformer_ft":  # the predicted student and the fine-tuned one
         return training_bytes(2 * w, w, cfg.optimizer)
     return 0, 0
+
+
+def job_net(stage: str, spec: Mapping[str, Any]) -> Net:
+    """The network a job trains or evaluates: its own (pretrain, teachers), else its teachers'."""
+    return net_of(spec if stage in ("pretrain", "teachers") else spec["teachers"][0])
 
 
 JOB_FLOPS = {"pretrain": pretrain_job_flops, "teachers": teacher_job_flops, "meta_train": meta_train_job_flops, "methods": method_job_flops}
@@ -359,3 +368,41 @@ def check_tflops(tflops: float) -> float:
 def gpu_hours(flops: float, tflops: float) -> float:
     """FLOPs at `tflops` TFLOP/s sustained, in GPU-hours."""
     return flops / (check_tflops(tflops) * 1e12) / 3600
+
+
+# --- throughput ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    """Sustained TFLOP/s of one GPU per network shape: `measured` by `make gpu-check` where it
+    ran that shape (keyed (arch, scale, image size)), `flat` for every other."""
+
+    flat: float = DEFAULT_TFLOPS
+    measured: Mapping[tuple[str, str, int], float] = dataclasses.field(default_factory=dict)
+    source: str = ""  # where `measured` came from, e.g. "results/gpu_check.json (NVIDIA H100)"
+
+    def tflops(self, net: Net) -> float:
+        return self.measured.get((net.arch, net.scale, net.image_size), self.flat)
+
+    def job_seconds(self, stage: str, spec: Mapping[str, Any]) -> float:
+        """One job's estimated GPU-seconds: its counted FLOPs at its network's throughput."""
+        return 3600 * gpu_hours(job_flops(stage, spec), self.tflops(job_net(stage, spec)))
+
+
+def read_throughput(path: Path, flat: float = DEFAULT_TFLOPS) -> Throughput:
+    """The training throughput `make gpu-check` measured (its `training_throughput` section: one
+    entry per shape, with `tflops`), over a flat rate; just the flat rate where the file is
+    missing or measured nothing. A file that is not the check's JSON is refused in one line."""
+    check_tflops(flat)
+    if not path.is_file():
+        return Throughput(flat)
+    try:
+        result = json.loads(path.read_text())
+        section = result.get("training_throughput", {})
+        shapes = section.get("shapes", []) if isinstance(section, dict) else []
+        measured = {(s["arch"], s["scale"], int(s["image_size"])): check_tflops(float(s["tflops"]))
+                    for s in shapes if "tflops" in s}
+    except (ValueError, TypeError, KeyError, AttributeError, BenchError) as err:
+        raise BenchError(f"{path}: not a gpu-check result (python -m bench.perf.gpu_check writes one): {err}") from None
+    gpu = result.get("gpu") or result.get("device") or "?"
+    return Throughput(flat, measured, f"{path} ({gpu})" if measured else "")

@@ -48,6 +48,8 @@ class Job:
 
 class Stage(Protocol):
     name: str
+    # GPUs one job of the stage can use (None: any number, data-parallel; bench.stages.run_job).
+    max_gpus: int | None
 
     def plan(self, grid: Grid, roots: Roots) -> list[Job]: ...
     def done(self, job: Job, grid: Grid, roots: Roots) -> bool: ...
@@ -113,6 +115,7 @@ class PretrainStage:
     timm's pretrained weights): a training run on the base's source task into `base_dir`."""
 
     name = "pretrain"
+    max_gpus = None
 
     def plan(self, grid: Grid, roots: Roots) -> list[Job]:
         specs = {}
@@ -131,6 +134,7 @@ class TeachersStage:
     network (bench.engine.stacked); each keeps its job, run id, folder and record."""
 
     name = "teachers"
+    max_gpus = None
 
     def plan(self, grid: Grid, roots: Roots) -> list[Job]:
         """The members some later job needs (a pool declared larger than its grid uses trains only
@@ -247,6 +251,7 @@ class MethodsStage:
     A method with a meta-train config (WeightFormer) also names the meta_train job it needs."""
 
     name = "methods"
+    max_gpus = None
 
     def plan(self, grid: Grid, roots: Roots) -> list[Job]:
         jobs = []
@@ -287,6 +292,7 @@ class MetaTrainStage:
     variant and seed that uses it. Written to `weightformer_dir`."""
 
     name = "meta_train"
+    max_gpus = 1  # the meta-training loop has no data-parallel path (bench.stages refuses several ranks)
 
     def plan(self, grid: Grid, roots: Roots) -> list[Job]:
         specs = {}

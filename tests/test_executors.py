@@ -154,3 +154,77 @@ def test_an_array_sbatch_refuses_leaves_the_earlier_ones_tracked_and_a_rerun_sub
     assert sorted(handed) == sorted([m] for m in methods)  # the queued teachers are not submitted again
     script = (fake_slurm / "sbatch.103.sh").read_text()
     assert "--dependency=afterok:101" in script  # the methods wait on the teachers still queued
+
+
+def test_packing_shares_array_tasks_only_among_short_jobs_nothing_waits_on():
+    """Known answer: consecutive tasks pack while their estimates fit the budget; one marked inf
+    (needed by another job, or no packing asked) or over the budget runs alone."""
+    from bench.sweep.executors.slurm import packed
+
+    tasks = [[f"t{i}"] for i in range(7)]
+    packs = packed(tasks, [10, 20, 40, float("inf"), 5, 100, 1], budget=60)
+    assert [[u[0] for u in p] for p in packs] == [["t0", "t1"], ["t2"], ["t3"], ["t4"], ["t5"], ["t6"]]
+    assert packed(tasks[:3], [1, 1, 1], budget=60) == [tasks[:3]]
+    assert packed(tasks[:2], [float("inf")] * 2, budget=60) == [[tasks[0]], [tasks[1]]]
+
+
+def test_slurm_packs_light_methods_into_one_array_task(trained, tmp_path, fake_slurm, monkeypatch):
+    """--pack-min on the stand-in sbatch: the two method jobs (seconds each, nothing needs them) go
+    out as one array task of a PackRunner, each handed over once, both tracked under its id."""
+    shutil.copytree(trained, tmp_path / "tree")
+    (fake_slurm / "squeue").write_text(SQUEUE)
+    roots, grid = Roots(tmp_path / "tree" / "teachers", tmp_path / "tree" / "results"), tmp_path / "tree" / "tiny.yaml"
+    ex = executor("slurm", fake_slurm, monkeypatch)
+    handed = []
+    monkeypatch.setattr(ex, "task", lambda unit: handed.append(sorted(j.run_id for j in unit)) or unit_spec(unit))
+    resources = {s: load_resources(CLUSTER_FILE, "tiny", s, {"pack_min": 5}) for s in
+                 ("pretrain", "teachers", "meta_train", "methods")}
+    plan = make_plan(load_grid(grid, "tiny"), roots)
+    methods = {j.run_id for j in plan.stages["methods"]}
+    states = ex.submit(plan, resources)
+    assert sorted(handed) == sorted([m] for m in methods)
+    # One task: submitit sends a batch of one as a plain job (unpacked, the two were 101_0 and 101_1).
+    assert {states[m]["job_id"] for m in methods} == {"101"}
+
+
+def test_a_pack_runs_every_job_and_then_fails_naming_the_failed_ones(trained, tmp_path):
+    from bench.errors import BenchError
+    from bench.run_records import load_records
+    from bench.sweep.runners import PackRunner
+
+    shutil.copytree(trained, tmp_path / "tree")
+    roots, grid = Roots(tmp_path / "tree" / "teachers", tmp_path / "tree" / "results"), tmp_path / "tree" / "tiny.yaml"
+    plan = make_plan(load_grid(grid, "tiny"), roots)
+    good = plan.stages["methods"][0]
+    broken = {**good.spec, "method": "no_such_method"}
+    with pytest.raises(BenchError, match="1 of 2 packed jobs failed: broken: .*no_such_method"):
+        PackRunner()([("broken", broken), (good.run_id, good.spec)], "tiny", roots)
+    records = load_records(roots.results / "tiny")
+    assert records.set_index("run_id").loc[good.run_id, "status"] == "done"  # ran after its neighbour failed
+
+
+def test_pack_min_must_fit_the_time_limit(tmp_path):
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="pack_min must be 0 .* below timeout_min \\(30\\)"):
+        load_resources(CLUSTER_FILE, "tiny", "methods", {"pack_min": 45})
+
+
+def test_light_packs_hold_one_gpu_and_the_rest_what_the_stage_asks(trained, tmp_path, fake_slurm, monkeypatch):
+    """--gpus 4 --pack-min 5: the evaluations go out as one single-GPU task; without packing the
+    same jobs ask for the stage's 4 (each their own task)."""
+    from bench.sweep.resources import Resources
+
+    shutil.copytree(trained, tmp_path / "tree")
+    (fake_slurm / "squeue").write_text(SQUEUE)
+    roots, grid = Roots(tmp_path / "tree" / "teachers", tmp_path / "tree" / "results"), tmp_path / "tree" / "tiny.yaml"
+    for pack_min, gpus_line in ((5, "--gpus-per-node=1"), (0, "--gpus-per-node=4")):
+        ex = executor("slurm", fake_slurm, monkeypatch)
+        resources = {s: Resources(gpus=4, timeout_min=30, pack_min=pack_min) for s in
+                     ("pretrain", "teachers", "meta_train", "methods")}
+        for script in fake_slurm.glob("sbatch.*.sh"):
+            script.unlink()
+        (roots.results / "tiny" / "sweep.json").unlink(missing_ok=True)
+        ex.submit(make_plan(load_grid(grid, "tiny"), roots), resources)
+        (script,) = fake_slurm.glob("sbatch.*.sh")
+        assert gpus_line in script.read_text()

@@ -613,3 +613,17 @@ def test_sbatch_options_pass_through_from_the_cluster_file_and_the_flag(mini, tm
                           (["--array-parallelism", "0"], "--array-parallelism must be at least 1")):
         bad = sweep("--grid", str(mini), "--dry-run", *args, "--results-root", str(tmp_path / "bad"))
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_gpus_go_only_to_the_stages_that_can_use_them(mini, tmp_path):
+    """--gpus 4: meta-training (no data-parallel path) gets one and the plan says so; a cluster file
+    asking more than one for it is refused in one line before anything runs."""
+    r = sweep("--grid", str(mini), "--dry-run", "--gpus", "4", "--results-root", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    assert "--gpus 4: meta_train uses 1 (no data-parallel path); the other stages get 4" in r.stdout
+    gpus = dict(re.findall(r"^  (\w+) .* gpus (\d+)", r.stdout, re.M))
+    assert gpus == {"pretrain": "4", "teachers": "4", "meta_train": "1", "methods": "4"}
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("tiny:\n  meta_train: {gpus: 2}\n")
+    bad = sweep("--grid", str(mini), "--dry-run", "--cluster-config", str(cluster), "--results-root", str(tmp_path / "b"))
+    assert bad.returncode == 2 and "tiny.meta_train: gpus 2: a meta_train job uses at most 1" in bad.stderr, bad.stderr

@@ -8,9 +8,12 @@ lose the rest):
                    ResNet-50 / CIFAR-100 and ViT-B/32 / ImageNet, N = 4, student batch 8, bf16
                    autocast, with and without activation checkpointing: seconds, peak CUDA memory
                    (max_memory_allocated; an out-of-memory is recorded, not raised)
-  teacher_epoch    ResNet-50 / CIFAR-100 training steps (SGD, bf16 autocast, channels-last) on
-                   synthetic images resident on the device: images/s over a fraction of an epoch
-                   (`steps` x `batch` images; the epoch's seconds extrapolated from it)
+  training_throughput  training steps (SGD, the job's autocast, channels-last) on synthetic images
+                   resident on the device, for each architecture at each resolution the paper-scale
+                   pools train at (VGG-11 and ResNet-50 at CIFAR's 32 px and resized to 224 px,
+                   ViT-B/32 at 224 px): images/s and the TFLOP/s they are (images/s x 3 x one
+                   image's forward FLOPs, bench.estimate), which the sweep's dry run turns its
+                   GPU-hours with (bench.estimate.read_throughput)
   soft_labels      N = 4 ResNet-50 teachers' mean soft labels: BatchedTeachers vmap vs loop, images/s
                    and the largest difference between the two
   ffcv             synthetic JPEGs written to a .beton with bench.data.beton and read back by the
@@ -38,7 +41,11 @@ from bench.engine.devices import autocast
 from bench.errors import cli
 from bench.models import build_model
 
-SECTIONS = ("meta_step", "teacher_epoch", "soft_labels", "ffcv")
+SECTIONS = ("meta_step", "training_throughput", "soft_labels", "ffcv")
+# (arch, dataset, image size) of the paper-scale pools' training; --tiny: the tiny testbeds' shapes.
+PAPER_SHAPES = (("vgg11", "cifar10", 32), ("vgg11", "cifar10", 224), ("resnet50", "cifar100", 32),
+                ("resnet50", "cifar100", 224), ("vit_b32", "imagenet", 224))
+TINY_SHAPES = (("vgg11", "testbed", 16), ("resnet50", "testbed_hard", 16))
 
 
 def _sync(device: torch.device) -> None:
@@ -80,28 +87,44 @@ def _resnet50(device: torch.device, tiny: bool) -> tuple[torch.nn.Module, int, i
     return model.to(memory_format=torch.channels_last), classes, size
 
 
-def teacher_epoch(device: torch.device, tiny: bool) -> dict[str, Any]:
-    torch.manual_seed(0)
-    model, classes, size = _resnet50(device, tiny)
-    batch, steps, warmup, epoch_images = (8, 2, 1, 1437) if tiny else (64, 60, 10, 50_000)
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (batch,), device=device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+def training_throughput(device: torch.device, tiny: bool) -> dict[str, Any]:
+    from bench.data import dataset_spec
+    from bench.estimate import BACKWARD_FACTOR, forward_flops
 
-    def train(n: int) -> None:
-        model.train()
-        for _ in range(n):
-            with autocast(device):
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    scale = "tiny" if tiny else "paper"
+    batch, steps, warmup = (8, 2, 1) if tiny else (64, 60, 10)
+    shapes = []
+    for arch, dataset, size in TINY_SHAPES if tiny else PAPER_SHAPES:
+        torch.manual_seed(0)
+        classes = dataset_spec(dataset).num_classes
+        entry: dict[str, Any] = {"arch": arch, "scale": scale, "dataset": dataset, "image_size": size, "batch": batch}
+        try:
+            model = build_model(arch, classes, size, scale).to(device).to(memory_format=torch.channels_last)
+            x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, classes, (batch,), device=device)
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
-    train(warmup)
-    seconds = _timed(lambda: train(steps), device)
-    rate = steps * batch / seconds
-    return {"images_per_s": rate, "steps_timed": steps, "batch": batch, "fraction_of_epoch": steps * batch / epoch_images,
-            "epoch_s_extrapolated": epoch_images / rate, "data": "synthetic, on the device"}
+            def train(n: int) -> None:
+                model.train()
+                for _ in range(n):
+                    with autocast(device):
+                        loss = F.cross_entropy(model(x), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+
+            train(warmup)
+            rate = steps * batch / _timed(lambda: train(steps), device)
+            flops = forward_flops(arch, classes, size, scale)
+            entry.update(images_per_s=rate, forward_gflop=flops / 1e9,
+                         tflops=rate * (1 + BACKWARD_FACTOR) * flops / 1e12, steps_timed=steps)
+        except torch.cuda.OutOfMemoryError as err:
+            entry["oom"] = str(err).splitlines()[0]
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        shapes.append(entry)
+    return {"shapes": shapes, "data": "synthetic, on the device"}
 
 
 def soft_labels(device: torch.device, tiny: bool) -> dict[str, Any]:
@@ -180,7 +203,7 @@ def gpu_check(device: torch.device, tiny: bool, sections=SECTIONS) -> dict[str, 
     result: dict[str, Any] = {
         "device": str(device), "tiny": tiny, "torch": torch.__version__, "host": platform.node(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-    runs = {"meta_step": meta_step, "teacher_epoch": teacher_epoch, "soft_labels": soft_labels, "ffcv": ffcv}
+    runs = {"meta_step": meta_step, "training_throughput": training_throughput, "soft_labels": soft_labels, "ffcv": ffcv}
     for name in sections:
         t0 = time.perf_counter()
         try:

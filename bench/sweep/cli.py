@@ -12,23 +12,27 @@ from typing import Any
 from bench import smoke
 from bench.grid import Grid, grid_path, parse_seeds
 from bench.errors import BenchError, cli
-from bench.estimate import DEFAULT_TFLOPS, TFLOPS_SOURCE, check_tflops
+from bench.estimate import DEFAULT_TFLOPS, TFLOPS_SOURCE, check_tflops, read_throughput
 from bench.io import remove_stale_temps
 from bench.models import SCALES
 from bench.jobs import STAGES, Roots
 from bench.sweep.executors import CLUSTERS, EXECUTORS, Executor, resolve_cluster
 from bench.sweep.executors.local import LocalExecutor, running_driver, start_driver
+from bench.sweep.executors.slurm import SlurmExecutor
 from bench.sweep.manifest import write_manifest
 from bench.sweep.plan import Plan, States, make_plan, selected_grid
 from bench.sweep.preflight import preflight
 from bench.sweep.resources import CLUSTER_FILE, Resources, load_resources
+from bench.paths import project_root
 from bench.sweep.status import clean, follow, print_status
 from bench.sweep.summary import print_disk, print_estimate, print_plan, print_pools
 
 DESCRIPTION = "`python -m bench.sweep --grid G`: a grid's jobs, stage by stage, on SLURM or this machine."
+GPU_CHECK_FILE = project_root() / "results" / "gpu_check.json"  # where make gpu-check writes it
 # --flag -> Resources field: flags that override the cluster file for every stage.
 RESOURCE_FLAGS = (("partition", str), ("account", str), ("gpus", int), ("cpus", int),
-                  ("mem-gb", float), ("timeout-min", int), ("stack", int))
+                  ("mem-gb", float), ("timeout-min", int), ("stack", int),
+                  ("pack-min", float))
 
 
 class Parser(argparse.ArgumentParser):
@@ -47,7 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     p.add_argument("--gpu-tflops", type=float, default=DEFAULT_TFLOPS,
                    help="--dry-run: sustained TFLOP/s per GPU that turns the counted FLOPs into GPU-hours "
-                        f"(default {DEFAULT_TFLOPS:g}: {TFLOPS_SOURCE})".replace("%", "%%"))
+                        f"(default {DEFAULT_TFLOPS:g}: {TFLOPS_SOURCE}); for the networks --gpu-check measured, "
+                        "its rate instead".replace("%", "%%"))
+    p.add_argument("--gpu-check", type=Path, default=GPU_CHECK_FILE,
+                   help="the JSON make gpu-check wrote on a GPU node: each network's measured training throughput "
+                        "for the dry run's GPU-hours and SLURM's --pack-min (default results/gpu_check.json)")
     p.add_argument("--wait", action="store_true", help="block until every job has finished")
     p.add_argument("--status", action="store_true", help="print the sweep's state and exit")
     p.add_argument("--clean", action="store_true",
@@ -100,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.dry_run:
         print_pools(plan)
         if not a.smoke:  # a smoke's jobs stop after a few steps: the count would be the full run's
-            print_estimate(plan, resources, a.gpu_tflops)
+            print_estimate(plan, resources, read_throughput(a.gpu_check, a.gpu_tflops))
             print_disk(plan)
         preflight(plan, roots, create=False, smoke=a.smoke)
         return
@@ -162,6 +170,10 @@ def stage_resources(a: argparse.Namespace, grid: Grid, roots: Roots) -> dict[str
     flags["array_parallelism"] = a.array_parallelism
     flags["sbatch"] = dict(option.split("=", 1) if "=" in option else (option, True) for option in a.sbatch or [])
     resources = {s: load_resources(a.cluster_config, grid.scale, s, flags) for s in STAGES}
+    capped = [s for s, r in resources.items() if a.gpus and r.gpus < a.gpus]
+    if capped:
+        print(f"--gpus {a.gpus}: {', '.join(f'{s} uses {resources[s].gpus}' for s in capped)} "
+              f"(no data-parallel path); the other stages get {a.gpus}")
     if a.smoke:
         resources = {s: Resources(**smoke.resources(asdict(r), flags)) for s, r in resources.items()}
         data = smoke.prepare(grid, roots, a.smoke_steps, write=not a.dry_run, standin_weights=a.standin_weights,
@@ -204,4 +216,6 @@ def execute(a: argparse.Namespace, argv: list[str], plan: Plan, cluster: str, re
 def executor_for(cluster: str, a: argparse.Namespace) -> Executor:
     if cluster == LocalExecutor.name:
         return LocalExecutor(a.max_parallel, progress=not a.quiet)
+    if cluster == SlurmExecutor.name:
+        return SlurmExecutor(read_throughput(a.gpu_check, a.gpu_tflops))
     return EXECUTORS[cluster]()

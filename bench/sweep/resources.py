@@ -36,6 +36,11 @@ class Resources:
     array_parallelism: int | None = None
     # Teachers: members of one pool trained as one network in one task (bench.jobs.TeachersStage.units).
     stack: int = 1
+    # SLURM: jobs nothing else waits on (the methods) whose estimated GPU time is short run one after
+    # the other in one array task of at most this many estimated minutes (bench.estimate at the
+    # measured or flat throughput); 0: a task per job. An evaluation, a soup or WeightFormer's
+    # prediction needs a GPU for seconds but pays a whole job's start (queue, imports, data).
+    pack_min: float = 0
     # SLURM: any other sbatch option, as given ({qos: high, constraint: a100, mail-type: END,
     # exclusive: true}); an option a field above sets is refused here (use the field).
     sbatch: dict[str, Any] = field(default_factory=dict, hash=False)
@@ -43,7 +48,7 @@ class Resources:
 
 # The keys a cluster file may set, in the order its error messages list them.
 RESOURCE_KEYS = tuple(f.name for f in fields(Resources))
-DEFAULTS = {"cpus": 1, "mem_gb": 4, "gpus": 0, "timeout_min": 60, "stack": 1}
+DEFAULTS = {"cpus": 1, "mem_gb": 4, "gpus": 0, "timeout_min": 60, "stack": 1, "pack_min": 0}
 # sbatch options the sweep sets itself, and the resource that sets each.
 OWN_SBATCH = {"time": "timeout_min", "partition": "partition", "account": "account", "cpus-per-task": "cpus",
               "mem": "mem_gb", "gpus-per-node": "gpus", "ntasks-per-node": "gpus", "gres": "gpus",
@@ -82,6 +87,10 @@ def load_resources(path: Path, scale: str, stage: str, flags: dict[str, Any]) ->
             check("stage", st, ("default", *STAGES), s)
             for key in res or {}:
                 check("resource", key, RESOURCE_KEYS, f"{s}.{st}")
+    cap = STAGES[stage].max_gpus
+    own = ((raw.get(scale) or {}).get(stage) or {}).get("gpus")
+    if cap is not None and own is not None and own > cap:
+        raise BenchError(f"{path}: {scale}.{stage}: gpus {own}: a {stage} job uses at most {cap}")
     merged = dict(DEFAULTS)
     extra: dict[str, Any] = {}  # sbatch options add up: the default's, the stage's, the flags'
     for where, given in ((f"{path}: {scale}.default", (raw.get(scale) or {}).get("default")),
@@ -90,10 +99,15 @@ def load_resources(path: Path, scale: str, stage: str, flags: dict[str, Any]) ->
         extra.update(sbatch_options(given.pop("sbatch", None) or {}, where))
         merged.update({k: v for k, v in given.items() if v is not None})
     merged["sbatch"] = extra
+    if cap is not None and (merged.get("gpus") or 0) > cap:  # the default's or --gpus: for stages that use them
+        merged["gpus"] = cap
     if not merged.get("timeout_min") or merged["timeout_min"] <= 0:
         raise BenchError(f"{path}: timeout_min must be a positive number of minutes for stage {stage}")
     if not isinstance(merged["stack"], int) or merged["stack"] < 1:
         raise BenchError(f"{path}: stack must be a whole number of members, at least 1, for stage {stage}")
+    if not isinstance(merged["pack_min"], (int, float)) or not 0 <= merged["pack_min"] < merged["timeout_min"]:
+        raise BenchError(f"{path}: pack_min must be 0 (no packing) or a number of minutes below timeout_min "
+                         f"({merged['timeout_min']}) for stage {stage}, got {merged['pack_min']!r}")
     return Resources(**merged)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import submitit
 
+from bench.errors import BenchError
 from bench.jobs import Roots
 from bench.stages import run_job
 from bench.sweep.plan import last_line
@@ -40,4 +41,18 @@ class BundleRunner(JobRunner):
             except Exception as err:  # noqa: BLE001 - recorded per task; the job wrote its failed record
                 outcome[rid] = {"state": "failed", "reason": f"{type(err).__name__}: {last_line(err)}"[:500],
                                 "started": started, "ended": time.time()}
+        return outcome
+
+
+class PackRunner(BundleRunner):
+    """A SLURM array task running several jobs nothing waits on (`--pack-min`): all of them, then
+    a failure naming those that failed, so SLURM (and --status) see the task failed while the
+    others' records stand."""
+
+    def __call__(self, jobs: list[tuple[str, dict[str, Any]]], grid: str, roots: Roots,  # type: ignore[override]
+                 cpus: int | None = None, rerun: bool = False) -> dict[str, dict[str, Any]]:
+        outcome = super().__call__(jobs, grid, roots, cpus, rerun)
+        failed = [f"{rid}: {o['reason']}" for rid, o in outcome.items() if o["state"] == "failed"]
+        if failed:
+            raise BenchError(f"{len(failed)} of {len(jobs)} packed jobs failed: " + "; ".join(failed)[:1500])
         return outcome

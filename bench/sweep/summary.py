@@ -3,7 +3,7 @@ for a dry run, the teacher pools (`print_pools`), the GPU-hours estimate (`print
 the disk it needs (`print_disk`)."""
 from __future__ import annotations
 
-from bench.estimate import gpu_hours, job_disk, job_flops, net_of, training_config
+from bench.estimate import Throughput, job_disk, job_flops, job_net, net_of, training_config
 from bench.jobs import Job
 from bench.sweep.plan import Plan
 from bench.sweep.resources import Resources
@@ -20,6 +20,7 @@ def print_plan(plan: Plan, cluster: str, resources: dict[str, Resources]) -> Non
               f"cpus {r.cpus} mem {r.mem_gb} GB gpus {r.gpus} time {r.timeout_min} min"
               + (f" partition {r.partition}" if r.partition else "")
               + (f" array at most {r.array_parallelism}" if r.array_parallelism else "")
+              + (f" packs of <= {r.pack_min:g} min" if r.pack_min else "")
               + "".join(f" --{k}" if v is True else f" --{k}={v}" for k, v in r.sbatch.items()))
 
 
@@ -41,22 +42,31 @@ def print_pools(plan: Plan) -> None:
         print("  " + "  ".join(v.ljust(w) if i < 4 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
 
 
-def print_estimate(plan: Plan, resources: dict[str, Resources], tflops: float) -> None:
-    """GPU-hours per stage and in total, from FLOPs counted from the architectures and the grid,
-    beside each stage's largest job and its time limit."""
-    print(f"GPU-hours (an estimate: FLOPs counted from the architectures and the grid, bench/estimate.py, "
-          f"at {tflops:g} TFLOP/s per GPU, --gpu-tflops):")
+def print_estimate(plan: Plan, resources: dict[str, Resources], throughput: Throughput) -> None:
+    """GPU-hours per stage and in total, from FLOPs counted from the architectures and the grid at
+    each network's throughput (measured by make gpu-check, else flat), beside each stage's largest
+    job and its time limit."""
+    nets = {job_net(s, j.spec) for s, jobs in plan.stages.items() for j in jobs}
+    shapes = sorted((n.arch, n.image_size) for n in nets if (n.arch, n.scale, n.image_size) in throughput.measured)
+    rate = f"at {throughput.flat:g} TFLOP/s per GPU (--gpu-tflops)"
+    if shapes:
+        named = ", ".join(f"{a} at {px} px" for a, px in shapes)
+        rate = f"at the training throughput {throughput.source} measured for {named}; {rate} for the rest"
+    else:
+        rate += "; no gpu-check result (--gpu-check) measures these networks: make gpu-check on a GPU node does"
+    print(f"GPU-hours (an estimate: FLOPs counted from the architectures and the grid, bench/estimate.py, {rate}):")
     print(f"  {'stage':<10} {'FLOP':>9} {'GPU-h':>9} {'to run':>9} {'largest job':>11} {'limit':>7}")
-    total = total_todo = 0.0
+    total = total_s = todo_s = 0.0
     for stage, jobs in plan.stages.items():
         flops = [job_flops(stage, j.spec) for j in jobs]
-        todo = sum(f for f, j in zip(flops, jobs) if j.run_id not in plan.done)
-        total, total_todo = total + sum(flops), total_todo + todo
+        seconds = [throughput.job_seconds(stage, j.spec) for j in jobs]
+        todo = sum(s for s, j in zip(seconds, jobs) if j.run_id not in plan.done)
+        total, total_s, todo_s = total + sum(flops), total_s + sum(seconds), todo_s + todo
         # A job trains data-parallel on its gpus: its wall time is its GPU-hours over them.
         gpus = max(1, int(resources[stage].gpus or 1))
-        print(f"  {stage:<10} {sum(flops):>9.2e} {_hours(sum(flops), tflops):>9} {_hours(todo, tflops):>9} "
-              f"{_hours(max(flops, default=0) / gpus, tflops) + ' h':>11} {resources[stage].timeout_min / 60:>6.3g}h")
-    print(f"  {'total':<10} {total:>9.2e} {_hours(total, tflops):>9} {_hours(total_todo, tflops):>9}")
+        print(f"  {stage:<10} {sum(flops):>9.2e} {_hours(sum(seconds)):>9} {_hours(todo):>9} "
+              f"{_hours(max(seconds, default=0) / gpus) + ' h':>11} {resources[stage].timeout_min / 60:>6.3g}h")
+    print(f"  {'total':<10} {total:>9.2e} {_hours(total_s):>9} {_hours(todo_s):>9}")
 
 
 def print_disk(plan: Plan) -> None:
@@ -81,6 +91,6 @@ def _bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def _hours(flops: float, tflops: float) -> str:
-    h = gpu_hours(flops, tflops)
+def _hours(seconds: float) -> str:
+    h = seconds / 3600
     return f"{h:,.0f}" if h >= 100 else f"{h:.1f}" if h >= 1 else f"{h:.2g}"
