@@ -427,6 +427,22 @@ def test_a_run_with_a_non_finite_metric_is_named_and_left_out_of_its_cell(tmp_pa
     assert "## Runs without a finite value (1)" in failed and "nll, ece not finite" in failed
 
 
+def test_records_from_a_dirty_tree_are_marked_in_the_report_and_on_the_front_page(tmp_path):
+    folder = tmp_path / "d" / "records"
+    run(folder, "single", [90.0, 91.0, 92.0], commit=["abc123", "abc123-dirty", "abc123"])
+    run(folder, "ensemble", [95.0, 95.5, 96.0], commit="abc123")
+    main(["--results-root", str(tmp_path)])
+    index = (tmp_path / "d" / "report" / "index.md").read_text()
+    assert "- from a dirty tree: 1 of 6 records name a commit with uncommitted changes" in index
+    row = next(line for line in (tmp_path / "index.md").read_text().splitlines() if line.startswith("| [d]"))
+    assert row.endswith("| 6, 1 from a dirty tree |") and "| 1 / 0 / 0 (3); 7 without runs |" in row, row
+    for record in folder.glob("*.json"):  # the same runs from a clean commit: nothing marked
+        record.write_text(record.read_text().replace("abc123-dirty", "abc123"))
+    main(["--results-root", str(tmp_path)])
+    assert "dirty" not in (tmp_path / "d" / "report" / "index.md").read_text()
+    assert "| 6, all from clean commits |" in (tmp_path / "index.md").read_text()
+
+
 def test_rerun_sets_each_claim_beside_the_same_grid_run_with_other_seeds(tmp_path):
     here = claims_grid(tmp_path / "here")
     there = tmp_path / "there" / "c" / "records"
@@ -449,6 +465,9 @@ def test_rerun_sets_each_claim_beside_the_same_grid_run_with_other_seeds(tmp_pat
     assert "[rerun.md](rerun.md)" in (here / "report" / "index.md").read_text()
     report("c", here.parent)  # a later report without --rerun keeps the comparison and its link
     assert "[rerun.md](rerun.md)" in (here / "report" / "index.md").read_text()
+    main(["--results-root", str(here.parent)])  # the front page of every grid reported
+    top = (here.parent / "index.md").read_text()
+    assert "| [c](c/report/index.md) |" in top and "| 1 flips, 1 of 3 moved |" in top, top
     with pytest.raises(BenchError, match="--rerun .*empty: no finished method runs of grid 'c'"):
         (tmp_path / "empty" / "c" / "records").mkdir(parents=True)
         write_record(tmp_path / "empty" / "c" / "records", {"run_id": "t", "status": "done", "stage": "teachers"})

@@ -3,13 +3,16 @@
 Reads a grid's run records (`results/<grid>/records/*.json`) and writes its report into
 `results/<grid>/report/` (or `DIR/<grid>/`); prints the main table.
 
-Every grid with records by default; `<out>/index.md` lists the grids reported. What a report holds:
+Every grid with records by default; `<out>/index.md` is the front page of every grid reported (what
+each reproduces, its verdicts, its rerun, its records' provenance). What a report holds:
 bench/report/build.py.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import pandas as pd
 
 from bench.grid import grid_path
 from bench.errors import BenchError, cli
@@ -30,9 +33,52 @@ def found_rerun(root: Path, grid: str) -> Path | None:
 
 
 def write_top_index(folder: Path, reports: list[Path]) -> None:
-    """`folder/index.md`: every grid report found below `folder`, by name."""
-    lines = [f"- [{p.relative_to(folder).parts[0]}]({p.relative_to(folder).as_posix()})" for p in sorted(reports)]
-    atomic_write_bytes(folder / "index.md", ("# Reports\n\n" + "\n".join(lines or ["none"]) + "\n").encode())
+    """`folder/index.md`: one row per grid report found below `folder` (its index.md): what the grid
+    is (its description), its claims' verdicts and the distinct groups behind them, its rerun on
+    other groups, and whether any record names a dirty tree; read from the report's own files."""
+    rows = [grid_row(folder, p) for p in sorted(reports)]
+    head = ("| grid | what it is | verdicts: supported / not / inconclusive (groups per claim) | "
+            "rerun on other groups | records |\n|:--|:--|:--|:--|:--|\n")
+    text = ("# Reports\n\nEvery grid's report, its front page linked by name. Verdicts: the claims of its "
+            "claims.md (paired 95 % t intervals over distinct groups of teachers); rerun: the same claims on "
+            "other groups (`--seeds`), flips between supported and not supported and moves to or from "
+            "inconclusive; records: how many, and how many name a commit with uncommitted changes.\n\n"
+            + (head + "".join(rows) if rows else "none\n"))
+    atomic_write_bytes(folder / "index.md", text.encode())
+
+
+def grid_row(folder: Path, index: Path) -> str:
+    report = index.parent
+    name = index.relative_to(folder).parts[0]
+    lines = index.read_text().splitlines()
+    what = lines[2] if len(lines) > 2 and lines[2] and not lines[2].startswith(("#", "-", "Teachers:")) else ""
+    claims = _csv(report / "claims.csv")
+    verdicts = "—"
+    if claims is not None and {"verdict", "groups"} <= set(claims):
+        tested = claims[claims.groups.fillna(0) > 0]  # a claim without runs of both sides is no verdict
+        c, groups = tested.verdict.value_counts(), tested.groups.astype(int)
+        spread = f" ({groups.min()}-{groups.max()})" if len(groups) and groups.min() != groups.max() else \
+            f" ({groups.min()})" if len(groups) else ""
+        untested = len(claims) - len(tested)
+        verdicts = f"{c.get('supported', 0)} / {c.get('not supported', 0)} / {c.get('inconclusive', 0)}{spread}" + \
+            (f"; {untested} without runs" if untested else "")
+    rerun = _csv(report / "rerun.csv")
+    again = "—"
+    if rerun is not None and "change" in rerun:
+        compared = rerun[rerun.change != "missing"]
+        moved = int(compared.change.isin(["to inconclusive", "from inconclusive"]).sum())
+        again = f"{int((compared.change == 'flip').sum())} flips, {moved} of {len(compared)} moved"
+    commits = next((line.split(":", 1)[1] for line in lines if line.startswith("- commit(s):")), "")
+    count = next((line.split(":", 1)[1].split("(")[0].split(" of ")[0].strip() for line in lines
+                  if line.startswith("- records:")), "?")
+    dirty = next((line.split(":", 1)[1].split(" of ")[0].strip() for line in lines
+                  if line.startswith("- from a dirty tree:")), "")
+    records = f"{count}" + (f", {dirty} from a dirty tree" if dirty else ", all from clean commits" if commits else "")
+    return f"| [{name}]({index.relative_to(folder).as_posix()}) | {what} | {verdicts} | {again} | {records} |\n"
+
+
+def _csv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.is_file() else None
 
 
 def parse_formats(value: str) -> tuple[str, ...]:

@@ -282,10 +282,14 @@ def provenance(runs: pd.DataFrame, grid: str, plan: GridPlan | None) -> list[str
     done = int((runs.status == "done").sum())
     stages = ", ".join(f"{s} {n}" for s, n in sorted(Counter(map(str, runs.stage)).items()))
     planned = f" of the {len(plan.ids_at_scales)} runs the grid plans at that scale" if plan else ""
+    dirty = int(column(runs, "commit").astype(str).str.endswith("-dirty").sum())
+    marked = [f"from a dirty tree: {dirty} of {len(runs)} records name a commit with uncommitted changes "
+              f"(that commit does not hold the code that made them)"] if dirty else []
     return [f"grid: {grid}", f"scale(s): {values_of(runs, 'scale')}", f"data set(s): {values_of(runs, 'dataset')}",
             f"commit(s): {values_of(runs, 'commit')}", f"finished: {dates}", f"host(s): {values_of(runs, 'host')}",
             f"hardware: {values_of(runs, 'hardware')}",
-            f"records: {len(runs)}{planned} ({done} done, {len(runs) - done} failed; by stage: {stages or 'none'})"]
+            f"records: {len(runs)}{planned} ({done} done, {len(runs) - done} failed; by stage: {stages or 'none'})",
+            *marked]
 
 
 def shown_path(path: Path, root: Path) -> str:
