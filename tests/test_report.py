@@ -329,6 +329,38 @@ def test_ablation_plots_and_deterministic_rerun(tmp_path):
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == first
 
 
+def test_an_ablation_point_is_one_configuration_and_each_part_has_its_own_baselines(tmp_path):
+    """A zoo-like series: WeightFormers meta-trained on pools of 8 and 128 (a grid option, no axis),
+    seen and unseen. The teacher_part point of the seen teachers is the pool-128 one alone (90, not
+    the average with pool 8's 50), beside the baselines of the same part; KD's plainest variant
+    (no transfer split) is the one drawn."""
+    from bench.report.ablations import ablation_table, references
+    from bench.report.render import method_runs as runs_of
+
+    folder = tmp_path / "z" / "records"
+    wf = dict(WF, pool="vgg11-zoo")
+    for variant, part, size, tops in (("weightformer/pool8", "meta_train", 8, [50.0, 51.0]),
+                                      ("weightformer/pool128", "meta_train", 128, [90.0, 91.0]),
+                                      ("weightformer/pool128_b", "meta_train", 128, [89.0, 92.0]),
+                                      ("weightformer/pool128_unseen", "held_out", 128, [93.0, 94.0])):
+        run(folder, "weightformer", tops, variant=variant, teacher_part=part, option_pool_size=size,
+            teacher_members=[[2 * s, 2 * s + 1] for s in range(2)], **wf)
+    for variant, part, tops, extra in (("kd/zoo", "meta_train", [80.0, 81.0], {}),
+                                       ("kd/zoo_transfer", "meta_train", [60.0, 61.0], {"option_distill_on": "transfer"}),
+                                       ("single/zoo_unseen", "held_out", [70.0, 72.0], {})):
+        run(folder, variant.split("/")[0], tops, variant=variant, teacher_part=part, pool="vgg11-zoo",
+            teacher_members=[[2 * s, 2 * s + 1] for s in range(2)], **extra)
+    runs = runs_of(load_records(tmp_path / "z"))
+    table = ablation_table(runs)
+    parts = table[table.axis == "teacher_part"].set_index("value")
+    assert parts.loc["meta_train", "mean"] == pytest.approx(90.5) and parts.loc["meta_train", "n"] == 4
+    assert parts.loc["held_out", "mean"] == pytest.approx(93.5)
+    refs = references(runs, by_part=True).set_index(["method", "teacher_part"])
+    assert refs.loc[("kd", "meta_train"), "mean"] == pytest.approx(80.5)
+    assert refs.loc[("single", "held_out"), "mean"] == pytest.approx(71.0)
+    assert ("single", "held_out") not in references(runs).set_index(["method", "teacher_part"]).index
+
+
 def test_costs_and_repayment(tmp_path):
     folder = tmp_path / "k" / "records"
     run(folder, "kd", [95.0, 95.2], train_s=[100.0, 110.0], infer_forwards=1)

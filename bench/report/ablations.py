@@ -62,14 +62,17 @@ def wf_axes(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def at_defaults(group: pd.DataFrame, method: str, axis: str) -> pd.DataFrame:
-    """The runs of one series whose every axis other than `axis` holds its default."""
+    """The runs of one series whose every axis other than `axis`, and every grid option that is no
+    axis (a zoo's pool size, steps, transfer split), holds its default: one point of a plot is one
+    configuration, never an average of unlike ones."""
     plain = group[group.variant == method]
+    base = plain if len(plain) else group
     keep = pd.Series(True, index=group.index)
-    for other in AXES:
-        if other != axis:
-            col = group[f"axis_{other}"]
-            default = mode(list((plain if len(plain) else group)[f"axis_{other}"]))
-            keep &= pd.Series([v == default for v in col], index=group.index)
+    options = [c for c in group.columns if c.startswith("option_") and c[len("option_"):] not in AXES]
+    for col in [f"axis_{other}" for other in AXES if other != axis] + options:
+        values = [norm(v) for v in group[col]]
+        default = mode([norm(v) for v in base[col]])
+        keep &= pd.Series([v == default for v in values], index=group.index)
     return group[keep]
 
 
@@ -99,15 +102,21 @@ def ablation_table(runs: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
 REFERENCES = ("single", "ensemble", "kd")
 
 
-def references(runs: pd.DataFrame, methods: tuple[str, ...] = REFERENCES, metric: str = "top1") -> pd.DataFrame:
-    """setting, method, mean, ci_half, groups of `methods` (their plain variants, meta-train
-    teachers) per setting: the reference lines of the ablation panels (single, ensemble, KD) and of
-    the headline figure."""
+def references(runs: pd.DataFrame, methods: tuple[str, ...] = REFERENCES, metric: str = "top1",
+               by_part: bool = False) -> pd.DataFrame:
+    """setting, method, teacher_part, mean, ci_half, groups of `methods` per setting: the reference
+    lines of the ablation panels (single, ensemble, KD) and of the headline figure. Each method's
+    plainest variant there (the one setting the fewest grid options: `kd`, else `kd/zoo` before
+    `kd/zoo_transfer`), on the meta-train teachers, or with `by_part` on each part of the pool."""
     rows = []
-    plain = runs[runs.method.isin(list(methods)) & (runs.variant == runs.method) &
-                 (runs.teacher_part == "meta_train")]
-    for (setting, method), r in plain.groupby(["setting", "method"], sort=True):
+    options = [c for c in runs.columns if c.startswith("option_")]
+    chosen = runs[runs.method.isin(list(methods)) & (by_part | (runs.teacher_part == "meta_train"))]
+    for (setting, method, part), r in chosen.groupby(["setting", "method", "teacher_part"], sort=True):
+        set_options = r[options].notna().sum(axis=1) if options else pd.Series(0, index=r.index)
+        by_variant = set_options.groupby(r.variant).max()
+        plainest = sorted(by_variant.index, key=lambda v: (v != method, by_variant[v], v))[0]
+        r = r[r.variant == plainest]
         mean, half = interval(per_group(r, metric))
-        rows.append({"setting": setting, "method": method, "mean": mean, "ci_half": half,
+        rows.append({"setting": setting, "method": method, "teacher_part": part, "mean": mean, "ci_half": half,
                      "groups": int(per_group(r, metric).notna().sum())})
-    return pd.DataFrame(rows, columns=["setting", "method", "mean", "ci_half", "groups"])
+    return pd.DataFrame(rows, columns=["setting", "method", "teacher_part", "mean", "ci_half", "groups"])

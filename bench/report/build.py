@@ -181,8 +181,8 @@ def ablations(r: Report) -> None:
     table = ablation_table(r.done, figures.METRICS[r.split])
     r.axes = [a for a in AXES if (table.axis == a).any()]
     for axis in r.axes:
-        r.plots[axis] = figures.plot_axis(table[table.axis == axis], axis, r.grid,
-                                          references(r.done, metric=figures.METRICS[r.split]), r.settings, r.split)
+        refs = references(r.done, metric=figures.METRICS[r.split], by_part=axis == "teacher_part")
+        r.plots[axis] = figures.plot_axis(table[table.axis == axis], axis, r.grid, refs, r.settings, r.split)
     if r.axes:
         r.csv("ablations.csv", table)
 

@@ -268,6 +268,8 @@ def series_order(series: set[str], settings: list[str] | None) -> list[str]:
                                          where.get(split[s][1], len(where)), split[s][1]))
 
 
+# The teacher_part panels' baselines, drawn as hollow points beside WeightFormer's at each part.
+PART_MARKERS = {"single": "v", "ensemble": "D", "kd": "^"}
 # Categorical axes drawn in the tables' order: the meta-train (seen) teachers first, as the main table's rows.
 VALUE_ORDER = {"teacher_part": ["meta_train", "held_out"]}
 
@@ -292,19 +294,29 @@ def plot_axis(table: pd.DataFrame, axis: str, grid: str, refs: pd.DataFrame | No
         ax.errorbar(rows.x, rows["mean"], yerr=rows.ci_half.fillna(0), marker="o", capsize=3,
                     linestyle="-" if numeric else "none", color="tab:blue",
                     label=f"WeightFormer ({style.groups_text(rows.groups)})")
-        for r in refs[refs.setting == rows.setting.iloc[0]].itertuples():
-            colour, dash = style.REFERENCE_STYLE[r.method]
-            ax.axhline(r.mean, color=colour, linestyle=dash, linewidth=1.1,
-                       label=f"{style.REFERENCE_NAMES[r.method]}, meta-train teachers ({r.groups} groups)")
-            if not pd.isna(r.ci_half):
-                ax.axhspan(r.mean - r.ci_half, r.mean + r.ci_half, color=colour, alpha=0.12, linewidth=0)
+        mine = refs[refs.setting == rows.setting.iloc[0]]
+        if axis == "teacher_part":  # each part's own baselines beside its point, not one part's across both
+            for i, r in enumerate(mine.itertuples()):
+                offset = 0.12 * (1 + list(style.REFERENCE_STYLE).index(r.method))
+                ax.errorbar(where(r.teacher_part) + offset, r.mean, yerr=0 if pd.isna(r.ci_half) else r.ci_half,
+                            marker=PART_MARKERS.get(r.method, "s"), capsize=3, linestyle="none",
+                            color=style.REFERENCE_STYLE[r.method][0], mfc="white",
+                            label=f"{style.REFERENCE_NAMES[r.method]}, same teachers")
+        else:
+            for r in mine[mine.teacher_part == "meta_train"].itertuples():
+                colour, dash = style.REFERENCE_STYLE[r.method]
+                ax.axhline(r.mean, color=colour, linestyle=dash, linewidth=1.1,
+                           label=f"{style.REFERENCE_NAMES[r.method]}, meta-train teachers ({r.groups} groups)")
+                if not pd.isna(r.ci_half):
+                    ax.axhspan(r.mean - r.ci_half, r.mean + r.ci_half, color=colour, alpha=0.12, linewidth=0)
         if not numeric:
             ax.set_xticks(range(len(values)), [style.name(v) for v in values])
             ax.set_xlim(-0.5, len(values) - 0.5)
         elif len(values) <= 8:  # ticks at the values tried, whole numbers without ".0"
             ax.set_xticks(values, [style.name(v) for v in values])
         style.tidy(ax, s, AXES[axis][1], accuracy_label(split))
-    style.legend_outside(fig, axes, title="lines: mean; bands, bars: 95% t interval")
+    style.legend_outside(fig, axes, title="points: mean over groups, bars: 95% t interval" if axis == "teacher_part"
+                         else "lines: mean; bands, bars: 95% t interval")
     what = "seen and unseen teachers" if axis == "teacher_part" else f"ablation, {axis}"
     fig.suptitle(f"{grid}: WeightFormer, {what} (mean, 95% t interval over distinct groups)", fontsize=10)
     return figure_bytes(fig)
