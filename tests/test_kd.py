@@ -350,3 +350,20 @@ def test_the_student_of_a_pretrained_pool_starts_from_the_pretrained_weights(pre
     assert scratch.to_json() == TrainConfig(arch="vgg11", dataset="digits", scale="tiny", seed=10_000,
                                             extra={"method": "kd"}, **RECIPE).to_json()
     assert "pretrained_weights" not in scratch.to_json() and scratch.to_json()["pretrained"] is False
+
+
+def test_a_shorter_student_keeps_its_step_schedules_shape(tmp_path):
+    """A KD student of 40 epochs from a CIFAR pool whose step schedule spans 240 (milestones 150,
+    180, 210, which 40 epochs never reach) decays at 25, 30, 35; one of 2 epochs at 1; a student as
+    long as its recipe, and a cosine (tiny) schedule, are left as they were."""
+    recipe = {"epochs": 240, "optimizer": "sgd", "lr": 0.05, "schedule": "step", "milestones": [150, 180, 210],
+              "weight_decay": 5e-4, "batch_size": 64, "warmup_epochs": 0}
+    job = MethodJob(method="kd", dataset="cifar10", arch="vgg11", seed=0, teachers=[], members=[0, 1],
+                    options=DistillOptions(), workdir=tmp_path / "kd", scale="paper", recipe=recipe)
+    assert distillation.student_config(job, 10_000, 40, {}).resolved().milestones == (25, 30, 35)
+    assert distillation.student_config(job, 10_000, 2, {}).resolved().milestones == (1,)
+    assert distillation.student_config(job, 10_000, 240, {}).resolved().milestones == (150, 180, 210)
+    tiny = distillation.student_config(_job("kd", [], tmp_path / "s"), 10_000, 40, {"method": "kd"})
+    assert tiny.to_json() == TrainConfig(arch="vgg11", dataset="digits", scale="tiny", seed=10_000, epochs=40,
+                                         extra={"method": "kd"}, **{k: v for k, v in RECIPE.items()
+                                                                    if k != "epochs"}).to_json()

@@ -121,8 +121,24 @@ def student_config(job: MethodJob[Any], seed: int, epochs: int | None, extra: di
     start = {"pretrained": True} if init == "pretrained" else {}
     if init == "base":  # the base's weights are a location; the run names the base by its id
         recipe["init_from"], extra = str(job.base), {**extra, "base": job.base_id}
-    return TrainConfig(arch=job.arch, dataset=job.dataset, scale=job.scale, seed=seed,
-                       data_root=job.data_root, device=job.device, epochs=epochs, extra=extra, **start, **recipe)
+    cfg = TrainConfig(arch=job.arch, dataset=job.dataset, scale=job.scale, seed=seed,
+                      data_root=job.data_root, device=job.device, epochs=epochs, extra=extra, **start, **recipe)
+    return shortened_schedule(cfg, job.recipe.get("epochs"))
+
+
+def shortened_schedule(cfg: TrainConfig, recipe_epochs: int | None = None) -> TrainConfig:
+    """A student trained for fewer epochs than its pool's step schedule spans keeps the schedule's
+    shape: each milestone scaled by its epochs over the recipe's (CIFAR's 150/180/210 of 240 become
+    25/30/35 of 40), where left as they were its lr would never decay. Schedules it reaches (and
+    cosine or one-cycle ones, every tiny recipe's) are unchanged."""
+    run = cfg.resolved()
+    if run.schedule != "step" or not run.milestones or run.milestones[-1] < run.epochs:
+        return cfg
+    # The span the milestones were set for: the pool recipe's epochs, else the data set's default.
+    span = recipe_epochs or dataclasses.replace(cfg, epochs=None).resolved().epochs
+    span = span if span > run.milestones[-1] else run.milestones[-1] + 1
+    scaled = sorted({max(1, round(m * run.epochs / span)) for m in run.milestones})
+    return dataclasses.replace(cfg, milestones=tuple(m for m in scaled if m < run.epochs))
 
 
 def on(split: str) -> dict[str, str]:
