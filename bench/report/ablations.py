@@ -93,10 +93,12 @@ def ablation_table(runs: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
                                  "groups": int(per_group(runs_at, metric).notna().sum()), "ci_half": half})
     rows.sort(key=lambda r: (list(AXES).index(r["axis"]), r["series"], str(type(r["value"])), r["value"]))
     table = pd.DataFrame(rows, columns=["axis", "series", "setting", "value", "mean", "std", "n", "groups", "ci_half"])
-    # Only axes the records vary: two distinct values at least within one series.
+    # Only the series whose records vary the axis: two distinct values at least (a panel of one
+    # point says nothing about the setting).
     varied = set(table.groupby(["axis", "series"]).value.agg(lambda v: len(set(map(repr, v)))).loc[lambda n: n >= 2]
-                 .index.get_level_values("axis"))
-    return table[table.axis.isin(varied)].reset_index(drop=True)
+                 .index)
+    keep = pd.Series([k in varied for k in zip(table.axis, table.series)], index=table.index, dtype=bool)
+    return table[keep].reset_index(drop=True)
 
 
 REFERENCES = ("single", "ensemble", "kd")
