@@ -153,3 +153,23 @@ def test_a_search_grids_figures_show_the_val_split_its_choices_read(tmp_path):
         assert dict(points(ax))[0] == pytest.approx(91.0 + shift)  # single, the first row
         lines = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines() if "mean" in line.get_label()}
         assert lines["ensemble mean (meta-train teachers)"] == pytest.approx(95.666666 + shift)
+
+
+def test_meta_training_curves_are_named_by_what_varied(tmp_path):
+    """Three meta-trainings of one pool: each legend entry names what it sets apart from the pool's
+    most common settings (no run hashes), and the y label promises no dashed val curves when none
+    was checked."""
+    from bench.report.diagnostics import curve_rows
+    from bench.run_records import load_records, write_record
+
+    folder = tmp_path / "m" / "records"
+    for rid, steps, lr in (("a", 300, 1e-3), ("b", 300, 3e-3), ("c", 1000, 1e-3)):
+        write_record(folder, {"run_id": rid, "status": "done", "stage": "meta_train", "pool": "vgg11-p",
+                              "wf_steps": steps, "wf_lr": lr, "wf_parameters": 7, "wf_depth": 2,
+                              "curve": [{"step": 100, "kl": 0.5}, {"step": 200, "kl": 0.4}]})
+    curves = curve_rows(load_records(tmp_path / "m"))
+    assert sorted(set(curves.label)) == ["vgg11-p: lr 0.003", "vgg11-p: steps 1000", "vgg11-p: the common settings"]
+    from bench.report.figures import curve_ylabel
+
+    assert curve_ylabel(curves) == "eq. 1 KL (nats; solid: training batches)"
+    assert curve_ylabel(curves.assign(val_kl=0.3)) == "eq. 1 KL (nats; solid: training batches, dashed: val)"

@@ -164,17 +164,39 @@ def pool_size_table(done: pd.DataFrame) -> pd.DataFrame:
                                        "minus_anchor_ci_half", "groups"])
 
 
+def _shown(value) -> str:
+    """A setting as a legend shows it: numbers without a trailing .0 (pandas keeps them as floats)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# Record fields of a meta-training that are bookkeeping, not a setting a legend should name.
+CURVE_BOOKKEEPING = ("wf_parameters", "wf_steps_run", "wf_seed", "wf_best_step", "wf_checkpoint_every")
+
+
 def curve_rows(runs: pd.DataFrame) -> pd.DataFrame:
-    """Each finished meta-training's curve, one row per log point: label, step, kl, val_kl."""
+    """Each finished meta-training's curve, one row per log point: label, step, kl, val_kl. A label
+    names the pool and the settings that differ between that pool's meta-trainings (steps 300,
+    lr 0.003), so the legend says what varied; a run id is added only where labels would coincide."""
     meta = runs[(runs.stage == "meta_train") & (column(runs, "status") == "done")]
+    meta = meta[[isinstance(c, list) for c in column(meta, "curve")]]
+    if meta.empty:
+        return pd.DataFrame(columns=["label", "step", "kl", "val_kl"])
+    meta = meta.assign(pool=column(meta, "pool", "?"))
+    settings = [c for c in meta.columns if c.startswith("wf_") and c not in CURVE_BOOKKEEPING]
+    labels = {}
+    for pool, same in meta.groupby("pool", sort=True):
+        varied = [c for c in settings if same[c].map(repr).nunique() > 1]
+        common = {c: same[c].map(repr).mode().iloc[0] for c in varied}  # the pool's most common value
+        for r in same.itertuples():
+            # What this run sets apart from the pool's most common settings (a setting it does not
+            # have, NaN, is left out).
+            parts = [f"{c[len('wf_'):]} {_shown(getattr(r, c))}" for c in varied
+                     if repr(getattr(r, c)) != common[c] and not pd.isna(getattr(r, c))]
+            labels[r.run_id] = f"{pool}: " + (", ".join(parts) if parts else "the common settings") if varied \
+                else f"{pool}"
+    twice = {v for v in labels.values() if list(labels.values()).count(v) > 1}
     rows = []
     for r in meta.itertuples():
-        curve = getattr(r, "curve", None)
-        if not isinstance(curve, list):
-            continue
-        members = getattr(r, "wf_members", None)
-        split = getattr(r, "wf_distill_on", None)
-        label = f"{r.pool} N={int(r.n_teachers)}, {int(members) if members == members and members else '?'} teachers" + \
-            (f", eq. 1 on {split}" if isinstance(split, str) else "") + f" [{r.run_id[:6]}]"
-        rows += [{"label": label, "step": p["step"], "kl": p["kl"], "val_kl": p.get("val_kl", math.nan)} for p in curve]
+        label = labels[r.run_id] + (f" [{r.run_id[:6]}]" if labels[r.run_id] in twice else "")
+        rows += [{"label": label, "step": p["step"], "kl": p["kl"], "val_kl": p.get("val_kl", math.nan)} for p in r.curve]
     return pd.DataFrame(rows, columns=["label", "step", "kl", "val_kl"])

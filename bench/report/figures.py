@@ -375,8 +375,13 @@ def plot_pool_size(table: pd.DataFrame, grid: str, settings: list[str] | None = 
     return figure_bytes(fig)
 
 
+def curve_ylabel(curves: pd.DataFrame) -> str:
+    return "eq. 1 KL (nats; solid: training batches" + (", dashed: val)" if curves.val_kl.notna().any() else ")")
+
+
 def plot_curves(curves: pd.DataFrame, grid: str) -> dict[str, bytes]:
-    """Train KL (solid) and val KL (dashed, same colour) per meta-training, log y."""
+    """Train KL (solid) and, where the meta-training checked it, val KL (dashed, same colour) per
+    meta-training, log y; the y label names the dashed lines only where there are any."""
     plt = style.pyplot()
     fig, ax = plt.subplots(figsize=(7.2, 4.4), layout="constrained")
     groups = list(curves.groupby("label", sort=True))
@@ -389,7 +394,7 @@ def plot_curves(curves: pd.DataFrame, grid: str) -> dict[str, bytes]:
             ax.plot(c.step, c.val_kl, color=colour, linewidth=1, linestyle="--")
     ax.set_yscale("log")
     ax.set_xlabel("meta-training step")
-    ax.set_ylabel("eq. 1 KL (nats; solid: training batches, dashed: val)")
+    ax.set_ylabel(curve_ylabel(curves))
     ax.set_title(f"{grid}: meta-training curves", fontsize=10)
     ax.grid(alpha=0.3)
     style.legend_outside(fig, [ax])
