@@ -16,6 +16,8 @@ the size of its meta-train pool, and every meta-training's curves.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import math
 
 import pandas as pd
@@ -194,7 +196,7 @@ def curve_rows(runs: pd.DataFrame) -> pd.DataFrame:
                      if repr(getattr(r, c)) != common[c] and not pd.isna(getattr(r, c))]
             labels[r.run_id] = f"{pool}: " + (", ".join(parts) if parts else "the common settings") if varied \
                 else f"{pool}"
-    twice = {v for v in labels.values() if list(labels.values()).count(v) > 1}
+    twice = {v for v, n in Counter(labels.values()).items() if n > 1}
     rows = []
     for r in meta.itertuples():
         label = labels[r.run_id] + (f" [{r.run_id[:6]}]" if labels[r.run_id] in twice else "")

@@ -17,9 +17,9 @@ stage's `gpus` (a data-parallel evaluation would only repeat itself on every ran
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 import subprocess
 import time
+from dataclasses import replace
 from typing import Any
 
 import submitit
