@@ -46,7 +46,7 @@ from bench.data import DATASETS
 from bench.errors import BenchError
 from bench.methods import METHODS, method_options
 from bench.models import ARCHS, SCALES
-from bench.method_options import COMMON_OPTIONS, WeightFormerOptions
+from bench.method_options import COMMON_OPTIONS, FIELDS as WF_FIELDS, WeightFormerOptions
 from bench.paths import project_root
 from bench.train_config import RANGE_KEYS, TrainConfig, check_ranges, check_start, check_training
 
@@ -386,7 +386,8 @@ def read_methods(r: _Reader, raw: Any, pools: list[Pool], n_teachers: int, part:
     if not isinstance(raw, dict) or not raw:
         raise r.fail("methods", "expected a non-empty list of method names or a mapping name -> options")
     names = [p.name for p in pools]
-    methods = []
+    methods: list[MethodSpec] = []
+    same: dict[tuple, str] = {}  # what a row runs -> its variant
     for variant, options in raw.items():
         name = str(variant).split("/", 1)[0]
         r.choice(name, "methods", METHODS)
@@ -402,7 +403,14 @@ def read_methods(r: _Reader, raw: Any, pools: list[Pool], n_teachers: int, part:
         m_part = r.choice(opts.get("teacher_part", part), f"{where}.teacher_part", TEACHER_PARTS)
         m_n = r.count(opts.get("n_teachers", n_teachers), f"{where}.n_teachers", 1)
         check_groups(r, where, opts, pools, pool_size, m_part, m_n)
-        check_method_options(r, where, name, opts, pools)
+        jobs = (name, m_part, m_n, *((k, repr(v)) for k, v in sorted(opts.items()) if k in COMMON_OPTIONS),
+                check_method_options(r, where, name, opts, pools))
+        # Two rows that differ only where this scale does not look (a value given for the other
+        # scale, or this one's default spelled out) would spend their jobs twice under two names.
+        if jobs in same:
+            raise r.fail(where, f"runs the same jobs as methods.{same[jobs]} at scale {r.scale}; give it a "
+                                f"value of its own there (a per-scale value: {{paper: ..., tiny: ...}}) or drop it")
+        same[jobs] = str(variant)
         methods.append(MethodSpec(name, opts, str(variant)))
     return methods
 
@@ -426,15 +434,20 @@ def check_groups(r: _Reader, where: str, opts: dict[str, Any], pools: list[Pool]
         raise r.fail(f"{where}.fit_group", "fits the group it is tested on: it needs teacher_part meta_train")
 
 
-def check_method_options(r: _Reader, where: str, name: str, opts: dict[str, Any], pools: list[Pool]) -> None:
+def check_method_options(r: _Reader, where: str, name: str, opts: dict[str, Any], pools: list[Pool]) -> tuple:
     """A method variant's options, typed per architecture it runs on. A value may be given per
-    architecture (a setting chosen on val for each): every pool the method runs on needs one."""
+    architecture (a setting chosen on val for each): every pool the method runs on needs one.
+    Returns what the variant runs with on each architecture, defaults filled in at this scale."""
     archs = [p.arch for p in pools if method_applies(opts, p)]
     for key, value in opts.items():
         missing = [a for a in archs if per_arch(value) and a not in value]
         if missing:
             raise r.fail(f"{where}.{key}", f"no value for arch {missing[0]!r} (given: {', '.join(value)})")
+    resolved = []
     for arch in sorted(set(archs)) or [None]:
         typed = method_options(name, opts if arch is None else for_arch(opts, arch), f"{r.path}: {where}")
         if isinstance(typed, WeightFormerOptions):  # the WeightFormer it needs, at this scale's defaults
-            typed.wf_config(r.scale, f"{r.path}: {where}")
+            wf = typed.wf_config(r.scale, f"{r.path}: {where}")
+            typed = (wf, dataclasses.replace(typed, **{k: None for k in WF_FIELDS}))
+        resolved.append((arch, repr(typed)))
+    return tuple(resolved)

@@ -78,6 +78,30 @@ def test_bad_grids_name_file_key_and_valid_values(tmp_path, text, words):
     assert "\n" not in message
 
 
+def test_two_rows_that_run_the_same_jobs_at_a_scale_are_refused_there(tmp_path):
+    """A value given only for the other scale, or the default spelled out, makes a second name for
+    the same jobs: refused at the scale where they coincide, naming both rows."""
+    text = POOL.replace("methods: [single, ensemble]", """methods:
+  kd: {temperature: 4.0}
+  kd/e4: {temperature: 4.0, epochs: {paper: null, tiny: 4}}
+  weightformer: {}
+  weightformer/t4: {temperature: 4.0}
+""")
+    with pytest.raises(BenchError, match=r"methods.kd/e4: runs the same jobs as methods.kd at scale paper; "
+                                         r"give it a value of its own there"):
+        load_grid(write(tmp_path, text), "paper")
+    with pytest.raises(BenchError, match=r"methods.weightformer/t4: runs the same jobs as methods.weightformer "
+                                         r"at scale tiny"):
+        load_grid(write(tmp_path, text.replace("kd/e4: {temperature: 4.0, epochs: {paper: null, tiny: 4}}",
+                                               "kd/e4: {temperature: 4.0, epochs: 4}")), "tiny")
+    fixed = text.replace("{paper: null, tiny: 4}", "{paper: 480, tiny: 4}").replace("{temperature: 4.0}\n", "{temperature: 8.0}\n", 2)
+    grid = load_grid(write(tmp_path, fixed), "paper")
+    assert [m.variant for m in grid.methods] == ["kd", "kd/e4", "weightformer", "weightformer/t4"]
+    # The same options on other teachers are other jobs.
+    unseen = POOL.replace("methods: [single, ensemble]", "methods:\n  single: {}\n  single/unseen: {teacher_part: held_out}\n")
+    assert len(load_grid(write(tmp_path, unseen.replace("held_out: 1", "held_out: 2")), "tiny").methods) == 2
+
+
 def test_malformed_yaml_names_the_line(tmp_path):
     path = write(tmp_path, POOL.replace("members: 4", "members: [4"))
     with pytest.raises(BenchError, match=r"g.yaml: malformed YAML at line \d+"):
