@@ -361,6 +361,25 @@ def test_an_ablation_point_is_one_configuration_and_each_part_has_its_own_baseli
     assert ("single", "held_out") not in references(runs).set_index(["method", "teacher_part"]).index
 
 
+def test_a_row_limited_to_one_pool_is_a_point_of_that_pools_series(tmp_path):
+    """`pools: [...]` says where a row runs, not how: the depth-4 row run on one pool only is a point
+    of that pool's depth plot beside the default row that runs on every pool; a row that also
+    changes a grid option (steps) is not."""
+    from bench.report.ablations import ablation_table
+    from bench.report.render import method_runs as runs_of
+
+    folder = tmp_path / "o" / "records"
+    one_pool = [["vgg11-digits-tiny-scratch"]] * 2  # per seed
+    run(folder, "weightformer", [90.0, 91.0], variant="weightformer", option_steps=1000, **WF)
+    run(folder, "weightformer", [80.0, 81.0], variant="weightformer/depth4", option_steps=1000,
+        option_pools=one_pool, **{**WF, "wf_depth": 4})
+    run(folder, "weightformer", [70.0, 71.0], variant="weightformer/depth6", option_steps=300,
+        option_pools=one_pool, **{**WF, "wf_depth": 6})
+    depth = ablation_table(runs_of(load_records(tmp_path / "o"))).query("axis == 'depth'")
+    assert sorted(depth.value.map(float)) == [2.0, 4.0]
+    assert depth.set_index(depth.value.map(float)).loc[4.0, "mean"] == pytest.approx(80.5)
+
+
 def test_costs_and_repayment(tmp_path):
     folder = tmp_path / "k" / "records"
     run(folder, "kd", [95.0, 95.2], train_s=[100.0, 110.0], infer_forwards=1)

@@ -27,6 +27,9 @@ LABELS = {
 TEACHER_COLUMNS = ("init", "teacher_part")
 # axis -> (record column, x-axis label)
 AXES = {axis: (axis if axis in TEACHER_COLUMNS else f"wf_{axis}", label) for axis, label in LABELS.items()}
+# Grid options that say where a row runs, not how: a row limited to one pool is the same
+# configuration as the default row on that pool.
+WHERE_OPTIONS = ("option_archs", "option_inits", "option_pools")
 
 
 def norm(value):
@@ -68,7 +71,8 @@ def at_defaults(group: pd.DataFrame, method: str, axis: str) -> pd.DataFrame:
     plain = group[group.variant == method]
     base = plain if len(plain) else group
     keep = pd.Series(True, index=group.index)
-    options = [c for c in group.columns if c.startswith("option_") and c[len("option_"):] not in AXES]
+    options = [c for c in group.columns
+               if c.startswith("option_") and c[len("option_"):] not in AXES and c not in WHERE_OPTIONS]
     for col in [f"axis_{other}" for other in AXES if other != axis] + options:
         values = [norm(v) for v in group[col]]
         default = mode([norm(v) for v in base[col]])
@@ -109,7 +113,8 @@ def references(runs: pd.DataFrame, methods: tuple[str, ...] = REFERENCES, metric
     """setting, method, teacher_part, mean, ci_half, groups of `methods` per setting: the reference
     lines of the ablation panels (single, ensemble, KD) and of the headline figure. Each method's
     plainest variant there (the one setting the fewest grid options: `kd`, else `kd/zoo` before
-    `kd/zoo_transfer`), on the meta-train teachers, or with `by_part` on each part of the pool."""
+    `kd/zoo_transfer`), on the meta-train teachers, or with `by_part` on each part of the pool; `init`:
+    how that setting's pool was initialised."""
     rows = []
     options = [c for c in runs.columns if c.startswith("option_")]
     chosen = runs[runs.method.isin(list(methods)) & (by_part | (runs.teacher_part == "meta_train"))]
@@ -120,5 +125,5 @@ def references(runs: pd.DataFrame, methods: tuple[str, ...] = REFERENCES, metric
         r = r[r.variant == plainest]
         mean, half = interval(per_group(r, metric))
         rows.append({"setting": setting, "method": method, "teacher_part": part, "mean": mean, "ci_half": half,
-                     "groups": int(per_group(r, metric).notna().sum())})
-    return pd.DataFrame(rows, columns=["setting", "method", "teacher_part", "mean", "ci_half", "groups"])
+                     "groups": int(per_group(r, metric).notna().sum()), "init": column(r, "init").iloc[0]})
+    return pd.DataFrame(rows, columns=["setting", "method", "teacher_part", "mean", "ci_half", "groups", "init"])

@@ -270,6 +270,8 @@ def series_order(series: set[str], settings: list[str] | None) -> list[str]:
 
 # The teacher_part panels' baselines, drawn as hollow points beside WeightFormer's at each part.
 PART_MARKERS = {"single": "v", "ensemble": "D", "kd": "^"}
+# Axes whose every point has baselines of its own, drawn beside it: the refs column that names the point.
+BESIDE = {"teacher_part": "teacher_part", "init": "init"}
 # Categorical axes drawn in the tables' order: the meta-train (seen) teachers first, as the main table's rows.
 VALUE_ORDER = {"teacher_part": ["meta_train", "held_out"]}
 
@@ -295,10 +297,17 @@ def plot_axis(table: pd.DataFrame, axis: str, grid: str, refs: pd.DataFrame | No
                     linestyle="-" if numeric else "none", color="tab:blue",
                     label=f"WeightFormer ({style.groups_text(rows.groups)})")
         mine = refs[refs.setting == rows.setting.iloc[0]]
-        if axis == "teacher_part":  # each part's own baselines beside its point, not one part's across both
-            for i, r in enumerate(mine.itertuples()):
+        if axis == "init":  # a series spans pools: each pool's baselines, not the first pool's across all
+            base = rows.setting.iloc[0]
+            same = pd.Series([s == base or s.startswith(f"{base} [") for s in refs.setting], index=refs.index, dtype=bool)
+            mine = refs[same & (refs.teacher_part == "meta_train")]
+        if axis in BESIDE:  # each part's (pool's) own baselines beside its point, not one part's across both
+            for r in mine.itertuples():
+                x = where(norm(getattr(r, BESIDE[axis])))
+                if x is None:
+                    continue
                 offset = 0.12 * (1 + list(style.REFERENCE_STYLE).index(r.method))
-                ax.errorbar(where(r.teacher_part) + offset, r.mean, yerr=0 if pd.isna(r.ci_half) else r.ci_half,
+                ax.errorbar(x + offset, r.mean, yerr=0 if pd.isna(r.ci_half) else r.ci_half,
                             marker=PART_MARKERS.get(r.method, "s"), capsize=3, linestyle="none",
                             color=style.REFERENCE_STYLE[r.method][0], mfc="white",
                             label=f"{style.REFERENCE_NAMES[r.method]}, same teachers")
@@ -315,7 +324,7 @@ def plot_axis(table: pd.DataFrame, axis: str, grid: str, refs: pd.DataFrame | No
         elif len(values) <= 8:  # ticks at the values tried, whole numbers without ".0"
             ax.set_xticks(values, [style.name(v) for v in values])
         style.tidy(ax, s, AXES[axis][1], accuracy_label(split))
-    style.legend_outside(fig, axes, title="points: mean over groups, bars: 95% t interval" if axis == "teacher_part"
+    style.legend_outside(fig, axes, title="points: mean over groups, bars: 95% t interval" if axis in BESIDE
                          else "lines: mean; bands, bars: 95% t interval")
     what = "seen and unseen teachers" if axis == "teacher_part" else f"ablation, {axis}"
     fig.suptitle(f"{grid}: WeightFormer, {what} (mean, 95% t interval over distinct groups)", fontsize=10)
