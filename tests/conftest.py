@@ -13,6 +13,11 @@ def _isolated_roots(tmp_path, monkeypatch):
 
 def pytest_configure(config):
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    # One thread per process (set before torch is imported; the sweeps and jobs the tests start
+    # inherit it, bench.job_env.job_cpus honours it): the tests' networks are tiny, and a second
+    # thread per process spends the cores on hand-offs (the same tests take about 4x the CPU with 2),
+    # the more so beside the job subprocesses many tests run. What the tests assert is unchanged.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from bench.grid import load_grid
 from bench.jobs import Roots, member_dir, teacher_spec
 from bench.sweep.plan import make_plan
 from bench.run_records import load_records
-from bench.sweep import JobRunner
+from bench.sweep import JobRunner, print_status
 from bench.engine import train
 from bench.train_config import TrainConfig
 
@@ -118,6 +119,16 @@ def wait_for(predicate, seconds: float, what: str):
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
+@contextmanager
+def cancelled_on_failure(job_ids):
+    """Cancels `job_ids` (a submission made held) if the block fails, so none is left held in the queue."""
+    try:
+        yield
+    except BaseException:
+        subprocess.run(["scancel", *job_ids])
+        raise
+
+
 def epoch_on_disk(run_dir: Path) -> int:
     try:
         return json.loads((run_dir / "checkpoint.json").read_text())["epoch"]
@@ -168,7 +179,10 @@ def load_grid_from_text(tmp_path, text):
 def test_the_sbatch_driver_script_runs_a_grid_and_its_report(tmp_path):
     grid = tmp_path / "driven.yaml"
     grid.write_text(GRID.replace("members: 2", "members: 2\n    name: driven"))
-    env = {**os.environ, "GRID": str(grid), "SCALE": "tiny", "PARTITION": "debug", "SWEEP_ARGS": "--timeout-min 20",
+    # --pack-min: single and ensemble (light, nothing waits on them) share one task, so the driver,
+    # which holds one of the node's two CPUs while it waits, has one task fewer to wait for.
+    env = {**os.environ, "GRID": str(grid), "SCALE": "tiny", "PARTITION": "debug",
+           "SWEEP_ARGS": "--timeout-min 20 --pack-min 5",
            "PYTHON": sys.executable, "BENCH_RESULTS": str(tmp_path / "r"), "BENCH_TEACHERS": str(tmp_path / "t")}
     script = Path(__file__).resolve().parents[1] / "sweeps" / "slurm" / "sweep.sbatch"
     out = subprocess.run(["sbatch", "--parsable", "--chdir", str(tmp_path), str(script)],
@@ -196,15 +210,15 @@ methods: [single, ensemble]
 """
 
 
-def test_a_cancelled_array_task_fails_its_dependents_and_a_rerun_submits_only_what_is_missing(tmp_path):
+def test_a_cancelled_array_task_fails_its_dependents_and_a_rerun_submits_only_what_is_missing(tmp_path, capsys):
     grid = tmp_path / "faults.yaml"
     grid.write_text(FAULT_GRID)
     base = [sys.executable, "-m", "bench.sweep", "--grid", str(grid), "--partition", "debug", "--timeout-min", "20",
             "--mem-gb", "2", "--teachers-root", str(tmp_path / "t"), "--results-root", str(tmp_path / "r")]
     submit = base + ["--cluster", "slurm", "--stack", "1"]
-    # The arrays start 20 s after submission (an sbatch option passed through), so the cancel below
-    # lands on a task that has not run, however quick the machine.
-    r = subprocess.run(submit + ["--sbatch", "begin=now+20"], capture_output=True, text=True, timeout=300,
+    # The arrays are submitted held (an sbatch option passed through), so the cancel below lands on
+    # a task that has not run, however quick the machine; the rest are released once it is cancelled.
+    r = subprocess.run(submit + ["--sbatch", "hold"], capture_output=True, text=True, timeout=300,
                        env=os.environ.copy())
     assert r.returncode == 0, r.stdout + r.stderr
     manifest_file = tmp_path / "r" / "faults" / "sweep.json"
@@ -212,12 +226,17 @@ def test_a_cancelled_array_task_fails_its_dependents_and_a_rerun_submits_only_wh
     teachers = first["stages"]["teachers"]
     assert len(teachers) == 2  # the one group's two members; the third is never trained
     cancelled = teachers[0]["job_id"]
-    subprocess.run(["scancel", cancelled], check=True)
     arrays = sorted({j["job_id"].split("_")[0] for s in first["stages"].values() for j in s if j.get("job_id")})
+    with cancelled_on_failure(arrays):
+        subprocess.run(["scancel", cancelled], check=True)
+        subprocess.run(["scontrol", "release", ",".join(arrays)], check=True)
     wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", ",".join(arrays)], capture_output=True,
                                         text=True).stdout.strip(), 300, "the first submission to leave the queue")
 
-    status = subprocess.run(base + ["--status"], capture_output=True, text=True, env=os.environ.copy()).stdout
+    # What --status prints, read in this process (the command's own output: tests/test_sweep.py).
+    capsys.readouterr()
+    print_status("faults", Roots.resolve(str(tmp_path / "t"), str(tmp_path / "r")))
+    status = capsys.readouterr().out
     counts = {line.split()[0]: [int(x) for x in line.split()[1:6]] for line in status.splitlines()
               if line.split() and line.split()[0] in ("teachers", "methods") and len(line.split()) == 6}
     assert counts["teachers"] == [1, 0, 0, 1, 0], status  # done, running, pending, failed, skipped
@@ -241,6 +260,7 @@ def test_a_cancelled_array_task_fails_its_dependents_and_a_rerun_submits_only_wh
     assert len(records) == 2 + 2 and set(records.status) == {"done"}
 
 
+# ResNet's pool is there to be held up: only its WeightFormer (meta-training, students) runs on it.
 TWO_SETTINGS = """
 n_teachers: 2
 seeds: 2
@@ -248,8 +268,8 @@ pools:
   - {arch: vgg11, dataset: digits, members: 3, held_out: 0, recipe: {epochs: 1}}
   - {arch: resnet50, dataset: digits, members: 3, held_out: 0, recipe: {epochs: 1}}
 methods:
-  single: {}
-  ensemble: {}
+  single: {archs: [vgg11]}
+  ensemble: {archs: [vgg11]}
   weightformer: {steps: 4, d_model: 16, depth: 1, heads: 2}
 """
 
@@ -272,22 +292,26 @@ def test_each_job_waits_only_on_what_it_needs(tmp_path):
     (cancelled,) = first - other  # two distinct groups of 2 out of 3 members share one
     resnet_meta = next(j for j in plan.stages["meta_train"] if j.spec["pool"] != vgg)
     unaffected = by_label[f"{vgg}/single/seed-1"]
+    # Submitted held (an sbatch option passed through): the teacher is cancelled before it can run,
+    # then every other task is released but ResNet's meta-training.
     r = subprocess.run([sys.executable, "-m", "bench.sweep", "--grid", str(grid), "--cluster", "slurm", "--stack", "1",
-                        "--partition", "debug", "--timeout-min", "20", "--mem-gb", "2", "--sbatch", "begin=now+20",
+                        "--partition", "debug", "--timeout-min", "20", "--mem-gb", "2", "--sbatch", "hold",
                         "--teachers-root", str(roots.teachers), "--results-root", str(roots.results)],
                        capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert r.returncode == 0, r.stdout + r.stderr
     job_id = {j["run_id"]: j["job_id"] for jobs in json.loads((roots.results / "two" / "sweep.json").read_text())[
         "stages"].values() for j in jobs}
-    subprocess.run(["scancel", job_id[cancelled]], check=True)
-    subprocess.run(["scontrol", "hold", job_id[resnet_meta.run_id]], check=True)
-    try:
-        wait_for(lambda: unaffected.run_id in set(load_records(roots.results / "two").run_id), 300,
-                 "a VGG student whose teachers all trained")
-        assert squeue_state(job_id[resnet_meta.run_id]) == "PENDING"  # still held: nothing VGG waited on it
-    finally:
-        subprocess.run(["scontrol", "release", job_id[resnet_meta.run_id]], check=True)
     arrays = ",".join(sorted({j.split("_")[0] for j in job_id.values()}))
+    with cancelled_on_failure([arrays]):
+        subprocess.run(["scancel", job_id[cancelled]], check=True)
+        try:
+            released = sorted(set(job_id.values()) - {job_id[cancelled], job_id[resnet_meta.run_id]})
+            subprocess.run(["scontrol", "release", ",".join(released)], check=True)
+            wait_for(lambda: unaffected.run_id in set(load_records(roots.results / "two").run_id), 300,
+                     "a VGG student whose teachers all trained")
+            assert squeue_state(job_id[resnet_meta.run_id]) == "PENDING"  # still held: nothing VGG waited on it
+        finally:
+            subprocess.run(["scontrol", "release", job_id[resnet_meta.run_id]], check=True)
     wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", arrays], capture_output=True, text=True).stdout.strip(),
              600, "the sweep to leave the queue")
     # What needs the cancelled teacher: seed 0's VGG methods, and VGG's meta-training (every

@@ -15,7 +15,7 @@ from bench.errors import BenchError
 from bench.jobs import Roots
 from bench.smoke import smoke_grid
 from bench.run_records import load_records
-from bench.sweep import make_plan
+from bench.sweep import main as sweep_main, make_plan
 from bench.job_env import SMOKE_BATCH_ENV, SMOKE_STEPS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +116,9 @@ def test_the_smoke_plan_keeps_every_stage_pool_and_row_with_one_seed():
     assert {j.spec["recipe"]["epochs"] for j in plan.stages["teachers"]} == {200, 10}
 
 
-def test_smoke_options_refused_in_one_line(tmp_path):
+def test_smoke_options_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """In process (the command line's own entry point): exit code 2, one line, nothing written."""
+    monkeypatch.delenv(SMOKE_STEPS_ENV, raising=False)
     (tmp_path / "empty").mkdir()
     for args, message in ((["--smoke", "--data-root", str(tmp_path / "empty")], "cifar-10-batches-py/ not found under"),
                           (["--smoke", "--smoke-steps", "0"], "--smoke-steps must be a whole number"),
@@ -124,9 +126,11 @@ def test_smoke_options_refused_in_one_line(tmp_path):
                           (["--smoke-batch-size", "8"], "--smoke-batch-size is for a --smoke run only"),
                           (["--archs", "vgg16"], "grid main_table has no pool of vgg16; its architectures: "
                                                  "resnet50, vgg11, vit_b32")):
-        r = sweep("--grid", "main_table", "--scale", "paper", "--results-root", str(tmp_path / "r"), *args,
-                  "--dry-run")
-        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+        with pytest.raises(SystemExit) as exited:
+            sweep_main(["--grid", "main_table", "--scale", "paper", "--results-root", str(tmp_path / "r"), *args,
+                        "--dry-run"])
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "r").exists()
 
 

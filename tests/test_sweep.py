@@ -18,8 +18,8 @@ from bench.jobs import Roots, teacher_spec
 from bench.report import report
 from bench.stages import run_methods
 from bench.run_records import load_records, run_id
-from bench.sweep import (BUNDLE_MAX, CLUSTER_FILE, BundleRunner, load_resources, local_cap, make_plan, next_bundle,
-                         run_local, span_seconds, unit_cost)
+from bench.sweep import (BUNDLE_MAX, CLUSTER_FILE, BundleRunner, load_resources, local_cap, main, make_plan,
+                         next_bundle, print_status, run_local, span_seconds, unit_cost)
 
 MINI = """
 n_teachers: 2
@@ -45,9 +45,28 @@ def roots(tmp_path):
     return Roots.resolve(str(tmp_path / "teachers"), str(tmp_path / "results"))
 
 
+# The sweeps these tests start train tiny networks on one thread each: a debug sweep's jobs would
+# otherwise take a thread per core (bench.job_env.job_cpus), oversubscribing the cores beside the
+# test process and the other sweeps. What they run and record is the same.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
 def sweep(*args, env=None):
     return subprocess.run([sys.executable, "-m", "bench.sweep", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **ONE_THREAD, **(env or {})})
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """For jobs run in this process (the debug executor through `main`): one thread, as ONE_THREAD
+    gives the sweeps started as commands; this process's own thread count restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    for key, value in ONE_THREAD.items():
+        monkeypatch.setenv(key, value)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_plan_expansion_wiring_and_stable_run_ids(mini, tmp_path):
@@ -87,7 +106,7 @@ def test_debug_sweep_runs_records_and_skips_what_is_done(mini, tmp_path):
     assert "teachers       3" in status.stdout and "methods        4" in status.stdout
 
 
-def test_local_executor_respects_its_parallelism_cap(mini, tmp_path):
+def test_local_executor_respects_its_parallelism_cap(mini, tmp_path, capsys):
     mini.write_text(MINI.replace("seeds: 2", "seeds: 1").replace("[single, ensemble]", "[ensemble]"))
     grid = load_grid(mini, "tiny")
     r = roots(tmp_path)
@@ -107,8 +126,11 @@ def test_local_executor_respects_its_parallelism_cap(mini, tmp_path):
     for name in (method, "not-a-job"):
         (base / "students" / name).mkdir(parents=True)
         (base / "students" / name / "last.safetensors").write_bytes(b"0" * 1000)
-    status = sweep("--grid", str(mini), "--status", "--results-root", str(r.results), "--teachers-root", str(r.teachers))
-    assert f"disk under {base}: local job logs " in status.stdout and "students' run folders 2 kB" in status.stdout
+    # What --status prints, read in this process (the command: test_debug_sweep_runs_records_and_skips_what_is_done).
+    capsys.readouterr()
+    print_status("mini", r)
+    status = capsys.readouterr().out
+    assert f"disk under {base}: local job logs " in status and "students' run folders 2 kB" in status
     records = sorted(p.read_bytes() for p in (base / "records").glob("*.json"))
     teacher_files = sorted(str(p) for p in r.teachers.rglob("*"))
     assert any((base / "jobs").iterdir())
@@ -334,7 +356,7 @@ def test_a_list_of_seeds_plans_exactly_those_seeds(mini, tmp_path):
         load_grid(mini, "tiny")
 
 
-def test_seeds_flag_reruns_the_grid_on_other_groups(mini, tmp_path):
+def test_seeds_flag_reruns_the_grid_on_other_groups(mini, tmp_path, capsys):
     assert parse_seeds("3") == (0, 1, 2) and parse_seeds("5-7") == (5, 6, 7)
     assert parse_seeds("0, 2,7-8") == (0, 2, 7, 8)
     for bad in ("0", "7-5", "a", "1,1", "-3", "2-3,3", ""):
@@ -352,8 +374,11 @@ def test_seeds_flag_reruns_the_grid_on_other_groups(mini, tmp_path):
     assert len(make_plan(grid, where).todo["methods"]) == 4
     manifest = json.loads((tmp_path / "r" / "mini" / "sweep.json").read_text())
     assert manifest["selection"] == {"seeds": [2, 3]}
-    status = sweep("--grid", str(mini), "--status", *r)
-    assert "methods        4" in status.stdout, status.stdout  # the seeds run, not the grid's 2
+    # What --status prints, read in this process (the command: test_debug_sweep_runs_records_and_skips_what_is_done).
+    capsys.readouterr()
+    print_status("mini", where)
+    status = capsys.readouterr().out
+    assert "methods        4" in status, status  # the seeds run, not the grid's 2
     # The report plans the seeds the sweep ran: none of its records is left out as stale.
     report("mini", tmp_path / "r", grid_file=mini)
     assert "left out" not in (tmp_path / "r" / "mini" / "report" / "index.md").read_text()
@@ -411,34 +436,48 @@ def test_a_killed_driver_and_its_jobs_cost_nothing_on_rerun(mini, tmp_path):
     """SIGKILL the local driver and every job it started once the teachers are done; the same
     command then finishes the grid: every record once, every file whole, no temporary file, locks
     released, and the metrics of an uninterrupted run to the bit."""
-    mini.write_text(MINI.replace("[single, ensemble]", "[single, ensemble, kd]"))
-    cmd = [sys.executable, "-m", "bench.sweep", "--grid", str(mini), "--cluster", "local", "--wait", "--quiet"]
-    proc = subprocess.Popen(cmd + _run_tree(tmp_path, "killed"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    records = tmp_path / "killed" / "results" / "mini" / "records"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if sum(1 for p in records.glob("*.json") if json.loads(p.read_text())["stage"] == "teachers") == 3:
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the job subprocesses it started
-    proc.wait()
-    finished = {p.stem for p in records.glob("*.json") if json.loads(p.read_text())["stage"] == "methods"}
-    assert len(finished) < 6, "the sweep must be killed before its methods finish for this test to mean anything"
-    # A temporary file a killed writer left behind (no process has that pid).
-    (records / f".x.json.{socket.gethostname().split('.')[0]}.999999999.abcd1234.tmp").write_text("{")
+    # One seed: the group's two teachers (one stack) and three methods, one of them trained (KD).
+    mini.write_text(MINI.replace("seeds: 2", "seeds: 1").replace("[single, ensemble]", "[single, ensemble, kd]"))
+    # One job at a time: a stage's ready jobs share one subprocess (a bundle), so each stage pays
+    # one start (imports) instead of one per slot.
+    cmd = [sys.executable, "-m", "bench.sweep", "--grid", str(mini), "--cluster", "local", "--wait", "--quiet",
+           "--max-parallel", "1"]
+    # The uninterrupted run, in a tree of its own, goes on beside the killed one (each runs one
+    # single-threaded job at a time).
+    clean_log = tmp_path / "clean.log"
+    with clean_log.open("w") as log:
+        clean = subprocess.Popen(cmd + _run_tree(tmp_path, "clean"), stdout=subprocess.DEVNULL, stderr=log,
+                                 start_new_session=True)
+    try:
+        proc = subprocess.Popen(cmd + _run_tree(tmp_path, "killed"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        records = tmp_path / "killed" / "results" / "mini" / "records"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if sum(1 for p in records.glob("*.json") if json.loads(p.read_text())["stage"] == "teachers") == 2:
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the job subprocesses it started
+        proc.wait()
+        finished = {p.stem for p in records.glob("*.json") if json.loads(p.read_text())["stage"] == "methods"}
+        assert len(finished) < 3, "the sweep must be killed before its methods finish for this test to mean anything"
+        # A temporary file a killed writer left behind (no process has that pid).
+        (records / f".x.json.{socket.gethostname().split('.')[0]}.999999999.abcd1234.tmp").write_text("{")
 
-    rerun = subprocess.run(cmd + _run_tree(tmp_path, "killed"), capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    clean = subprocess.run(cmd + _run_tree(tmp_path, "clean"), capture_output=True, text=True)
-    assert clean.returncode == 0, clean.stderr[-2000:]
+        rerun = subprocess.run(cmd + _run_tree(tmp_path, "killed"), capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert clean.wait(timeout=600) == 0, clean_log.read_text()[-2000:]
+    finally:
+        if clean.poll() is None:
+            os.killpg(clean.pid, signal.SIGKILL)
+            clean.wait()
 
     def table(name):
         t = load_records(tmp_path / name / "results" / "mini" / "records")
         return t.set_index("run_id")[["stage", "top1", "top5", "nll", "ece"]].sort_index()
 
     killed, whole = table("killed"), table("clean")
-    assert list(killed.index) == list(whole.index) and len(killed) == 3 + 6
+    assert list(killed.index) == list(whole.index) and len(killed) == 2 + 3
     assert killed.equals(whole)
     for root in (tmp_path / "killed" / "results", tmp_path / "killed" / "teachers"):
         assert not [p for p in root.rglob("*.tmp")]
@@ -450,20 +489,22 @@ def test_a_killed_driver_and_its_jobs_cost_nothing_on_rerun(mini, tmp_path):
 def test_two_sweeps_of_one_grid_started_at_once_run_each_job_once(mini, tmp_path):
     """Both finish; the second waits on the first's locks and finds its jobs done: every teacher
     trained once (its log has one line per epoch), every record once and whole, no lock left."""
-    mini.write_text(MINI.replace("[single, ensemble]", "[single, ensemble, kd]"))
+    # One seed: the group's two teachers (one stack) and three methods, one of them trained (KD).
+    mini.write_text(MINI.replace("seeds: 2", "seeds: 1").replace("[single, ensemble]", "[single, ensemble, kd]"))
     cmd = [sys.executable, "-m", "bench.sweep", "--grid", str(mini), "--cluster", "debug", *_run_tree(tmp_path, "both")]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **ONE_THREAD}) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
-    # Each task (the one stack of 3 teachers, 6 method runs) was run by one sweep and found done by
+    # Each task (the one stack of 2 teachers, 3 method runs) was run by one sweep and found done by
     # the other, which had planned it too.
     skipped = sum(err.count("done by another run; not run again") for _, err in outs)
-    assert skipped == 1 + 6, [o[1][-2000:] for o in outs]
+    assert skipped == 1 + 3, [o[1][-2000:] for o in outs]
     results, teachers = tmp_path / "both" / "results", tmp_path / "both" / "teachers"
     table = load_records(results / "mini")
-    assert len(table) == 3 + 6 and set(table.status) == {"done"} and table.run_id.is_unique
+    assert len(table) == 2 + 3 and set(table.status) == {"done"} and table.run_id.is_unique
     logs = sorted(teachers.rglob("member-*/log.jsonl"))
-    assert len(logs) == 3 and all(len(p.read_text().splitlines()) == 1 for p in logs)  # 1 epoch, once
+    assert len(logs) == 2 and all(len(p.read_text().splitlines()) == 1 for p in logs)  # 1 epoch, once
     assert not list(teachers.rglob("*.lock")) and not list(results.rglob("*.lock"))
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -503,19 +544,30 @@ def test_a_sweep_killed_in_each_loop_resumes_to_an_uninterrupted_runs_numbers(tm
     loop resumes from its checkpoint and makes the steps it would have made)."""
     cmd = _sweep_tree(tmp_path, "killed")
     tree = tmp_path / "killed"
-    for point, pattern in KILL_POINTS.items():
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not list(tree.glob(pattern)):
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        assert proc.returncode == -signal.SIGKILL, f"the sweep ended before the kill in {point}"
-        assert list(tree.glob(pattern)), f"killed before {point} began"
-    rerun = subprocess.run(cmd, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    whole = subprocess.run(_sweep_tree(tmp_path, "whole"), capture_output=True, text=True)
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    env = {**os.environ, **ONE_THREAD}
+    # The uninterrupted run, in a tree of its own, goes on beside the killed ones (one thread each).
+    whole_log = tmp_path / "whole.log"
+    with whole_log.open("w") as log:
+        whole = subprocess.Popen(_sweep_tree(tmp_path, "whole"), stdout=subprocess.DEVNULL, stderr=log, env=env,
+                                 start_new_session=True)
+    try:
+        for point, pattern in KILL_POINTS.items():
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
+            deadline = time.time() + 300
+            while time.time() < deadline and proc.poll() is None and not list(tree.glob(pattern)):
+                time.sleep(0.01)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            assert proc.returncode == -signal.SIGKILL, f"the sweep ended before the kill in {point}"
+            assert list(tree.glob(pattern)), f"killed before {point} began"
+        rerun = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert whole.wait(timeout=600) == 0, whole_log.read_text()[-2000:]
+    finally:
+        if whole.poll() is None:
+            os.killpg(whole.pid, signal.SIGKILL)
+            whole.wait()
     cols = ["stage", "method", "top1", "top5", "nll", "ece"]
     killed, clean = (load_records(tmp_path / name / "results" / "kill").set_index("run_id")[cols].sort_index()
                      for name in ("killed", "whole"))
@@ -550,11 +602,13 @@ def test_a_sweep_killed_while_writing_a_record_finishes_on_rerun(mini, tmp_path)
     args = ["--grid", str(mini), "--cluster", "debug", *_run_tree(tmp_path, "t")]
     arm = tmp_path / "kill"
     (tmp_path / "kill.arm").write_text("")
-    killed = subprocess.run([sys.executable, "-c", KILL_AT_RECORD, *args, str(arm)], capture_output=True, text=True)
+    env = {**os.environ, **ONE_THREAD}
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_RECORD, *args, str(arm)], capture_output=True, text=True,
+                            env=env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     records = tmp_path / "t" / "results" / "mini" / "records"
     assert len(list(records.glob(".*.tmp"))) == 1 and not list(records.glob("*.json"))  # the first record: a teacher's
-    rerun = subprocess.run([sys.executable, "-m", "bench.sweep", *args], capture_output=True, text=True)
+    rerun = subprocess.run([sys.executable, "-m", "bench.sweep", *args], capture_output=True, text=True, env=env)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     table = load_records(records.parent)
     assert len(table) == 3 + 4 and table.run_id.is_unique and set(table.status) == {"done"}
@@ -568,7 +622,7 @@ def test_a_stacks_shared_span_counts_once_in_the_stage_seconds():
     assert span_seconds([(0.0, 5.0), (1.0, 4.0)]) == (5.0, 8.0)  # two slots at once
 
 
-def test_data_moved_to_another_root_finds_the_teachers_and_records(mini, tmp_path):
+def test_data_moved_to_another_root_finds_the_teachers_and_records(mini, tmp_path, capsys, one_thread):
     # Where the data lives is not what a teacher is: a grid whose recipe names another data root
     # plans the same run ids and folders, and a sweep over it has nothing left to run.
     from bench.jobs import member_dir
@@ -577,17 +631,20 @@ def test_data_moved_to_another_root_finds_the_teachers_and_records(mini, tmp_pat
         (tmp_path / name).mkdir()
     mini.write_text(MINI.replace("epochs: 1", f"epochs: 1, data_root: {tmp_path / 'old'}"))
     old = load_grid(mini, "tiny").pools[0]
-    assert sweep("--grid", str(mini), "--cluster", "debug", *_run_tree(tmp_path, "run")).returncode == 0
+    # The sweep's command, run in this process (as a command: test_debug_sweep_runs_records_and_skips_what_is_done);
+    # a failed job raises SystemExit.
+    main(["--grid", str(mini), "--cluster", "debug", *_run_tree(tmp_path, "run")])
     mini.write_text(MINI.replace("epochs: 1", f"epochs: 1, data_root: {tmp_path / 'new'}"))
     new = load_grid(mini, "tiny").pools[0]
     r = roots(tmp_path / "run")
     assert teacher_spec(new, 0)["where"] == {"data_root": str(tmp_path / "new")}
     assert run_id(teacher_spec(new, 0)) == run_id(teacher_spec(old, 0))
     assert member_dir(r, teacher_spec(new, 0)) == member_dir(r, teacher_spec(old, 0))
-    out = sweep("--grid", str(mini), "--dry-run", *_run_tree(tmp_path, "run"))
-    assert out.returncode == 0, out.stderr
-    assert re.search(r"teachers\s+3 jobs,\s+0 to run,\s+3 done", out.stdout), out.stdout
-    assert re.search(r"methods\s+4 jobs,\s+0 to run,\s+4 done", out.stdout), out.stdout
+    capsys.readouterr()
+    main(["--grid", str(mini), "--dry-run", *_run_tree(tmp_path, "run")])
+    out = capsys.readouterr().out
+    assert re.search(r"teachers\s+3 jobs,\s+0 to run,\s+3 done", out), out
+    assert re.search(r"methods\s+4 jobs,\s+0 to run,\s+4 done", out), out
 
 
 def test_sbatch_options_pass_through_from_the_cluster_file_and_the_flag(mini, tmp_path, fake_slurm):

@@ -16,7 +16,9 @@ from bench.train_config import TrainConfig
 from bench.data.loaders import make_loader
 from bench.metrics import classification_metrics
 
-FAST = dict(dataset="digits", scale="tiny", epochs=3)
+# Runs about the mechanics (seeding, finding, resuming, the kept evaluation), not about accuracy:
+# a fixed quarter of the digits training split (270 images, 4 steps an epoch), 3 epochs.
+FAST = dict(dataset="digits", scale="tiny", epochs=3, train_fraction=0.25)
 
 
 def weights(run_dir):
@@ -36,9 +38,13 @@ def test_same_seed_gives_bit_identical_weights(tmp_path):
 
 def test_killed_run_resumes_to_the_same_bits(tmp_path):
     """SIGKILL a training process after its first epoch checkpoint, rerun, compare."""
+    # vgg11: BatchNorm buffers, the optimizer's state, the data order and the augmentation's draws
+    # are what a resume must restore (no tiny architecture draws random numbers in its forward).
+    # Whole epochs of the full split, so the process is surely killed between its first checkpoint
+    # and its end.
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    cmd = [sys.executable, "-m", "bench.train", "--arch", "resnet50", "--dataset", "digits",
-           "--scale", "tiny", "--seed", "2", "--epochs", "4", "--out", str(killed)]
+    cmd = [sys.executable, "-m", "bench.train", "--arch", "vgg11", "--dataset", "digits",
+           "--scale", "tiny", "--seed", "2", "--epochs", "3", "--out", str(killed)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sidecar, deadline = killed / "checkpoint.json", time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -51,12 +57,12 @@ def test_killed_run_resumes_to_the_same_bits(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     epoch_at_kill = json.loads(sidecar.read_text())["epoch"]
-    assert 1 <= epoch_at_kill < 4, "the run must be killed midway for this test to mean anything"
-    resumed = train(TrainConfig(arch="resnet50", seed=2, dataset="digits", scale="tiny", epochs=4),
+    assert 1 <= epoch_at_kill < 3, "the run must be killed midway for this test to mean anything"
+    resumed = train(TrainConfig(arch="vgg11", seed=2, dataset="digits", scale="tiny", epochs=3),
                     killed, progress=False)
-    train(TrainConfig(arch="resnet50", seed=2, dataset="digits", scale="tiny", epochs=4), clean, progress=False)
+    train(TrainConfig(arch="vgg11", seed=2, dataset="digits", scale="tiny", epochs=3), clean, progress=False)
     assert weights(killed) == weights(clean)
-    assert len((killed / "log.jsonl").read_text().splitlines()) == 4
+    assert len((killed / "log.jsonl").read_text().splitlines()) == 3
     assert resumed["metrics"] == json.loads((clean / "model.json").read_text())["metrics"] | {
         "train_s": resumed["metrics"]["train_s"]}
 
@@ -92,10 +98,18 @@ def test_a_finished_run_keeps_its_final_evaluation_for_later_jobs(tmp_path, monk
             torch.testing.assert_close(probs, fresh, rtol=1e-4, atol=1e-5)
 
 
-# Stated accuracies on the 450 held-out digits with each architecture's default tiny recipe.
-@pytest.mark.parametrize("arch, at_least", [("vgg11", 97.0), ("resnet50", 96.0), ("vit_b32", 88.0)])
-def test_tiny_models_learn_digits(tmp_path, arch, at_least):
-    meta = train(TrainConfig(arch=arch, dataset="digits", scale="tiny", seed=0), tmp_path, progress=False)
+# Top-1 on the 450 held-out digits (chance: 10 %). vgg11 trains on its whole default tiny recipe
+# (20 epochs) and must reach the accuracy stated for that recipe. resnet50 and vit_b32 train on
+# their default recipes cut short (`epochs`; the warm-up and the cosine decay over the shorter run),
+# which must take them far above chance: each bar sits 12+ points below what they reached on one
+# machine (resnet50, 3 epochs, seeds 0 / 1 / 2: 70.4 / 66.0 / 66.7 %; vit_b32, 8 epochs, seeds 0 / 1:
+# 42.4 / 46.7 %), so that another machine's float rounding does not trip it.
+@pytest.mark.parametrize("arch, epochs, at_least", [("vgg11", None, 97.0), ("resnet50", 3, 50.0),
+                                                    ("vit_b32", 8, 30.0)])
+def test_tiny_models_learn_digits(tmp_path, arch, epochs, at_least):
+    meta = train(TrainConfig(arch=arch, dataset="digits", scale="tiny", seed=0, epochs=epochs), tmp_path,
+                 progress=False)
+    assert meta["epochs"] == (epochs or 20)  # None: the recipe's (its stated bar is for its 20 epochs)
     assert meta["metrics"]["top1"] >= at_least
     # The saved model, reloaded, reproduces the recorded accuracy.
     model, _ = load_model(tmp_path / "model", arch=arch)
@@ -185,10 +199,10 @@ def test_a_loss_that_turns_nan_stops_naming_the_step_and_keeps_the_last_good_che
     def nan_in_epoch_two(logits, images, labels, indices, views):
         calls["n"] += 1
         loss = torch.nn.functional.cross_entropy(logits, labels)
-        return loss * float("nan") if calls["n"] == 20 else loss  # 17 steps an epoch: epoch 2
+        return loss * float("nan") if calls["n"] == 6 else loss  # 4 steps an epoch: epoch 2
 
     cfg = TrainConfig(arch="vgg11", seed=0, **{**FAST, "epochs": 2})
-    with pytest.raises(BenchError, match=r"stopped at step 19: the training loss is nan \(the last good "
+    with pytest.raises(BenchError, match=r"stopped at step 5: the training loss is nan \(the last good "
                                          r"checkpoint is kept\)"):
         train(cfg, tmp_path, criterion=nan_in_epoch_two, progress=False)
     _, meta = load_checkpoint(tmp_path / "checkpoint")
