@@ -157,10 +157,21 @@ def test_cache_holds_the_teachers_logits_on_each_drawn_view_bit_for_bit():
             cache.mean(torch.tensor([i]), torch.tensor([v]), 4.0)
 
 
-def test_a_row_does_not_depend_on_its_batch():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_row_does_not_depend_on_its_batch(threads):
     """What makes the cache exact: a row's logits are the same in any batch of 16 images or more
     (the cache's CHUNK, the recipes' training batches); smaller batches agree to float rounding (on
-    some CPUs the last bits differ below 16 rows, hence the cache's fixed, padded chunks)."""
+    some CPUs the last bits differ below 16 rows, hence the cache's fixed, padded chunks). With one
+    thread (the tests' own) and two (a job's, where a job has two cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _rows_match_in_any_batch()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _rows_match_in_any_batch():
     for arch in ("vgg11", "resnet50", "vit_b32"):
         (model,) = _teachers(arch, 1, "loop").models
         x = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(3))
