@@ -18,19 +18,6 @@ from bench.weights.tokens import from_tokens, passthrough, stack_tokens, to_toke
 ARCHS = ("vgg11", "resnet50", "vit_b32")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny networks: with a second thread the OpenMP hand-offs cost more than the products (4x
-    # the CPU time here on a busy machine; tests/test_alignment.py). Jobs run in this process
-    # follow it too (bench.job_env.job_cpus reads OMP_NUM_THREADS). Both restored afterwards.
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(threads)
-
-
 def untrained(arch, seed, scale="tiny"):
     """A freshly initialised model with every weight jittered: like a trained one, no column of its
     tokens is constant (LayerNorm weights of exactly 1 would give all-zero standardised inputs)."""

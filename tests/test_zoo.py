@@ -9,19 +9,6 @@ from bench.errors import BenchError
 from bench.jobs import STAGES, Roots, partner_sets, run_id
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny networks: with a second thread the OpenMP hand-offs cost more than the products (4x
-    # the CPU time here on a busy machine; tests/test_alignment.py). Jobs run in this process
-    # follow it too (bench.job_env.job_cpus reads OMP_NUM_THREADS). Both restored afterwards.
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(threads)
-
-
 ZOO = """
 n_teachers: 2
 seeds: 3
