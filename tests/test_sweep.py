@@ -1,3 +1,4 @@
+import contextlib
 import dataclasses
 import json
 import os
@@ -45,28 +46,23 @@ def roots(tmp_path):
     return Roots.resolve(str(tmp_path / "teachers"), str(tmp_path / "results"))
 
 
-# The sweeps these tests start train tiny networks on one thread each: a debug sweep's jobs would
-# otherwise take a thread per core (bench.job_env.job_cpus), oversubscribing the cores beside the
-# test process and the other sweeps. What they run and record is the same.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
 def sweep(*args, env=None):
     return subprocess.run([sys.executable, "-m", "bench.sweep", *args], capture_output=True, text=True,
-                          env={**os.environ, **ONE_THREAD, **(env or {})})
+                          env={**os.environ, **(env or {})})
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    """For jobs run in this process (the debug executor through `main`): one thread, as ONE_THREAD
-    gives the sweeps started as commands; this process's own thread count restored afterwards."""
-    import torch
-
-    threads = torch.get_num_threads()
-    for key, value in ONE_THREAD.items():
-        monkeypatch.setenv(key, value)
-    yield
-    torch.set_num_threads(threads)
+@contextlib.contextmanager
+def beside(cmd: list[str], log: Path):
+    """`cmd` running in the background (its stderr to `log`) while the block runs; killed with
+    the processes it started if it is still running when the block ends."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_plan_expansion_wiring_and_stable_run_ids(mini, tmp_path):
@@ -445,10 +441,7 @@ def test_a_killed_driver_and_its_jobs_cost_nothing_on_rerun(mini, tmp_path):
     # The uninterrupted run, in a tree of its own, goes on beside the killed one (each runs one
     # single-threaded job at a time).
     clean_log = tmp_path / "clean.log"
-    with clean_log.open("w") as log:
-        clean = subprocess.Popen(cmd + _run_tree(tmp_path, "clean"), stdout=subprocess.DEVNULL, stderr=log,
-                                 start_new_session=True)
-    try:
+    with beside(cmd + _run_tree(tmp_path, "clean"), clean_log) as clean:
         proc = subprocess.Popen(cmd + _run_tree(tmp_path, "killed"), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         records = tmp_path / "killed" / "results" / "mini" / "records"
@@ -467,10 +460,6 @@ def test_a_killed_driver_and_its_jobs_cost_nothing_on_rerun(mini, tmp_path):
         rerun = subprocess.run(cmd + _run_tree(tmp_path, "killed"), capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert clean.wait(timeout=600) == 0, clean_log.read_text()[-2000:]
-    finally:
-        if clean.poll() is None:
-            os.killpg(clean.pid, signal.SIGKILL)
-            clean.wait()
 
     def table(name):
         t = load_records(tmp_path / name / "results" / "mini" / "records")
@@ -492,8 +481,7 @@ def test_two_sweeps_of_one_grid_started_at_once_run_each_job_once(mini, tmp_path
     # One seed: the group's two teachers (one stack) and three methods, one of them trained (KD).
     mini.write_text(MINI.replace("seeds: 2", "seeds: 1").replace("[single, ensemble]", "[single, ensemble, kd]"))
     cmd = [sys.executable, "-m", "bench.sweep", "--grid", str(mini), "--cluster", "debug", *_run_tree(tmp_path, "both")]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, **ONE_THREAD}) for _ in range(2)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     # Each task (the one stack of 2 teachers, 3 method runs) was run by one sweep and found done by
@@ -544,15 +532,11 @@ def test_a_sweep_killed_in_each_loop_resumes_to_an_uninterrupted_runs_numbers(tm
     loop resumes from its checkpoint and makes the steps it would have made)."""
     cmd = _sweep_tree(tmp_path, "killed")
     tree = tmp_path / "killed"
-    env = {**os.environ, **ONE_THREAD}
-    # The uninterrupted run, in a tree of its own, goes on beside the killed ones (one thread each).
+    # The uninterrupted run, in a tree of its own, goes on beside the killed ones.
     whole_log = tmp_path / "whole.log"
-    with whole_log.open("w") as log:
-        whole = subprocess.Popen(_sweep_tree(tmp_path, "whole"), stdout=subprocess.DEVNULL, stderr=log, env=env,
-                                 start_new_session=True)
-    try:
+    with beside(_sweep_tree(tmp_path, "whole"), whole_log) as whole:
         for point, pattern in KILL_POINTS.items():
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     start_new_session=True)
             deadline = time.time() + 300
             while time.time() < deadline and proc.poll() is None and not list(tree.glob(pattern)):
@@ -561,13 +545,9 @@ def test_a_sweep_killed_in_each_loop_resumes_to_an_uninterrupted_runs_numbers(tm
             proc.wait()
             assert proc.returncode == -signal.SIGKILL, f"the sweep ended before the kill in {point}"
             assert list(tree.glob(pattern)), f"killed before {point} began"
-        rerun = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        rerun = subprocess.run(cmd, capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert whole.wait(timeout=600) == 0, whole_log.read_text()[-2000:]
-    finally:
-        if whole.poll() is None:
-            os.killpg(whole.pid, signal.SIGKILL)
-            whole.wait()
     cols = ["stage", "method", "top1", "top5", "nll", "ece"]
     killed, clean = (load_records(tmp_path / name / "results" / "kill").set_index("run_id")[cols].sort_index()
                      for name in ("killed", "whole"))
@@ -602,13 +582,11 @@ def test_a_sweep_killed_while_writing_a_record_finishes_on_rerun(mini, tmp_path)
     args = ["--grid", str(mini), "--cluster", "debug", *_run_tree(tmp_path, "t")]
     arm = tmp_path / "kill"
     (tmp_path / "kill.arm").write_text("")
-    env = {**os.environ, **ONE_THREAD}
-    killed = subprocess.run([sys.executable, "-c", KILL_AT_RECORD, *args, str(arm)], capture_output=True, text=True,
-                            env=env)
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_RECORD, *args, str(arm)], capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     records = tmp_path / "t" / "results" / "mini" / "records"
     assert len(list(records.glob(".*.tmp"))) == 1 and not list(records.glob("*.json"))  # the first record: a teacher's
-    rerun = subprocess.run([sys.executable, "-m", "bench.sweep", *args], capture_output=True, text=True, env=env)
+    rerun = subprocess.run([sys.executable, "-m", "bench.sweep", *args], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     table = load_records(records.parent)
     assert len(table) == 3 + 4 and table.run_id.is_unique and set(table.status) == {"done"}
@@ -622,7 +600,7 @@ def test_a_stacks_shared_span_counts_once_in_the_stage_seconds():
     assert span_seconds([(0.0, 5.0), (1.0, 4.0)]) == (5.0, 8.0)  # two slots at once
 
 
-def test_data_moved_to_another_root_finds_the_teachers_and_records(mini, tmp_path, capsys, one_thread):
+def test_data_moved_to_another_root_finds_the_teachers_and_records(mini, tmp_path, capsys):
     # Where the data lives is not what a teacher is: a grid whose recipe names another data root
     # plans the same run ids and folders, and a sweep over it has nothing left to run.
     from bench.jobs import member_dir
